@@ -1,0 +1,109 @@
+"""The *wait* flow: a task does `sleep` seconds of work, the flow waits for it at most `timeout`.
+
+The work is cooperative (`asyncio.sleep`), so Prefect's task timeout really stops it at the
+deadline: a sync `time.sleep` in a worker thread cannot be interrupted (PrefectHQ/prefect#15760)
+and a timed-out `PrefectFuture.wait()` leaves the thread running. The flow's final state says
+which outcome happened: `Completed` when the work finished in time, `Cancelled` when it ran past
+the timeout. Both carry a `WaitOutcome` as their data.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from typing import Any, Literal, TypedDict
+
+from prefect import flow, task
+from prefect.cache_policies import NO_CACHE
+from prefect.client.schemas.objects import State
+from prefect.runtime import flow_run
+from prefect.states import Cancelled, Completed
+
+__all__ = ["WaitOutcome", "draw_sleep", "outcome_message", "sleep_for", "wait"]
+
+logger = logging.getLogger(__name__)
+
+Outcome = Literal["completed", "canceled"]
+
+
+class WaitOutcome(TypedDict):
+    """What one run of the wait flow did."""
+
+    outcome: Outcome
+    sleep: float
+    timeout: float
+    flow_run_id: str
+    flow_run_name: str
+    message: str
+
+
+def draw_sleep(sleep: float | tuple[float, float], rng: random.Random | None = None) -> float:
+    """Return the seconds of work: `sleep` itself, or a uniform draw from `[min, max]`."""
+    if isinstance(sleep, tuple | list):
+        low, high = sleep
+        return round((rng or random).uniform(low, high), 3)
+    return float(sleep)
+
+
+def outcome_message(outcome: Outcome, seconds: float, timeout: float) -> str:
+    """The sentence a result gives for an outcome of the wait."""
+    if outcome == "completed":
+        return f"The work ({seconds:g} s) finished within the {timeout:g} s timeout."
+    return f"Canceled: the work ({seconds:g} s) ran past the {timeout:g} s timeout."
+
+
+# NO_CACHE: a cache key hashes the task's source and inputs on every run, and a sleep is never
+# worth caching.
+@task(name="sleep", task_run_name="sleep-{seconds}s", cache_policy=NO_CACHE, persist_result=False)
+async def sleep_for(seconds: float) -> float:
+    """Do `seconds` of (cooperative, cancellable) work."""
+    await asyncio.sleep(seconds)
+    return seconds
+
+
+@flow(name="wait", flow_run_name="{name}", persist_result=False, validate_parameters=True)
+async def wait(
+    timeout: float,
+    sleep: float | tuple[float, float] = 0.0,
+    name: str = "wait",
+) -> State[Any]:
+    """Run `sleep` seconds of work and wait for it at most `timeout` seconds.
+
+    Args:
+        timeout: Seconds the flow waits for the work; > 0.
+        sleep: Seconds of work, or `(min, max)` to draw them uniformly at random.
+        name: A label; the flow run is named after it.
+
+    Returns:
+        `Completed` if the work finished within `timeout`, else `Cancelled`; either way the
+        state's data is a `WaitOutcome` with the seconds of work actually drawn.
+    """
+    seconds = draw_sleep(sleep)
+    # The timeout is per job, so it is set per call; Prefect cancels the coroutine at the
+    # deadline and ends the task run in `TimedOut`.
+    work = sleep_for.with_options(timeout_seconds=timeout)
+    # Prefect's overloads type this call as returning the State; for an async task it returns
+    # a coroutine of it.
+    task_state: State[float] = await work(seconds, return_state=True)  # type: ignore[misc]
+    if task_state.is_completed():
+        outcome: Outcome = "completed"
+    elif task_state.name == "TimedOut":
+        outcome = "canceled"
+    else:
+        # Anything else is a real failure of the task: let Prefect fail the flow with it.
+        await task_state.aresult()
+        raise RuntimeError(f"sleep task ended in {task_state.name}: {task_state.message}")
+    message = outcome_message(outcome, seconds, timeout)
+    result = WaitOutcome(
+        outcome=outcome,
+        sleep=seconds,
+        timeout=timeout,
+        flow_run_id=str(flow_run.id),
+        flow_run_name=str(flow_run.name),
+        message=message,
+    )
+    logger.debug("wait flow %s: %s", result["flow_run_name"], outcome)
+    if outcome == "completed":
+        return Completed(message=message, data=result)
+    return Cancelled(message=message, data=result)

@@ -1,0 +1,84 @@
+"""Test session set-up: an isolated PREFECT_HOME, one shared `prefect server`, and factories
+for `dropflow run` subprocesses."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.harness import QUIET_PREFECT, PrefectServer, ServiceProcess
+
+# Before Prefect is imported anywhere: never touch the user's ~/.prefect or their server.
+_SESSION_HOME = Path(tempfile.mkdtemp(prefix="dropflow-tests-"))
+os.environ["PREFECT_HOME"] = str(_SESSION_HOME / "prefect-home")
+os.environ.pop("PREFECT_API_URL", None)
+os.environ.pop("PREFECT_PROFILE", None)
+os.environ.update(QUIET_PREFECT)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    shutil.rmtree(_SESSION_HOME, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def prefect_server() -> Iterator[PrefectServer]:
+    """One real `prefect server start` for the whole session (in-memory SQLite)."""
+    server = PrefectServer(_SESSION_HOME / "server-home").start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def prefect_api(prefect_server: PrefectServer) -> Iterator[str]:
+    """Point in-process Prefect calls at the shared server."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with temporary_settings({PREFECT_API_URL: prefect_server.url}):
+        yield prefect_server.url
+
+
+ServiceFactory = Callable[..., ServiceProcess]
+
+
+@pytest.fixture
+def service(tmp_path: Path, prefect_server: PrefectServer) -> Iterator[ServiceFactory]:
+    """Start `dropflow run` subprocesses against the shared server; all killed at the end."""
+    started: list[ServiceProcess] = []
+
+    def make(
+        config: dict[str, Any] | None = None, *, start: bool = True, **kw: Any
+    ) -> ServiceProcess:
+        proc = ServiceProcess(
+            tmp_path, config, api_url=prefect_server.url, prefect_home=_SESSION_HOME / "svc", **kw
+        )
+        started.append(proc)
+        return proc.start() if start else proc
+
+    yield make
+    for proc in started:
+        proc.kill()
+
+
+@pytest.fixture
+def embedded_service(tmp_path: Path) -> Iterator[ServiceFactory]:
+    """Start `dropflow run` with no PREFECT_API_URL: Prefect's embedded server."""
+    started: list[ServiceProcess] = []
+
+    def make(
+        config: dict[str, Any] | None = None, *, start: bool = True, **kw: Any
+    ) -> ServiceProcess:
+        proc = ServiceProcess(
+            tmp_path, config, api_url=None, prefect_home=tmp_path / "prefect-home", **kw
+        )
+        started.append(proc)
+        return proc.start(timeout=120) if start else proc
+
+    yield make
+    for proc in started:
+        proc.kill()

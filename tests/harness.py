@@ -1,0 +1,244 @@
+"""Real processes for the tests: a shared `prefect server`, and `dropflow run` itself."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# What every child process gets: no telemetry (no internet here), nothing from the user's
+# Prefect profile.
+QUIET_PREFECT = {"PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_UI_ENABLED": "false"}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_until(check: Callable[[], Any], timeout: float, interval: float = 0.05) -> Any:
+    """Poll `check` until it returns something truthy; fail after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"gave up after {timeout}s waiting for {check}")
+        time.sleep(interval)
+
+
+class _Output:
+    """Collects a child's output on a thread, so the pipe never fills up."""
+
+    def __init__(self, stream: Any) -> None:
+        self.lines: list[str] = []
+        self._thread = threading.Thread(target=self._read, args=(stream,), daemon=True)
+        self._thread.start()
+
+    def _read(self, stream: Any) -> None:
+        for line in iter(stream.readline, ""):
+            self.lines.append(line.rstrip("\n"))
+        stream.close()
+
+    def text(self) -> str:
+        return "\n".join(self.lines)
+
+    def join(self) -> None:
+        self._thread.join(timeout=10)
+
+
+class PrefectServer:
+    """`prefect server start` on a free loopback port, with its own PREFECT_HOME."""
+
+    def __init__(self, home: Path, database_url: str = "sqlite+aiosqlite:///:memory:") -> None:
+        self.home = home
+        self.port = free_port()
+        self.database_url = database_url
+        self.url = f"http://127.0.0.1:{self.port}/api"
+        self.proc: subprocess.Popen[str] | None = None
+
+    def start(self, timeout: float = 90) -> PrefectServer:
+        env = {
+            **os.environ,
+            **QUIET_PREFECT,
+            "PREFECT_HOME": str(self.home),
+            "PREFECT_SERVER_DATABASE_CONNECTION_URL": self.database_url,
+        }
+        env.pop("PREFECT_API_URL", None)
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "prefect",
+                "server",
+                "start",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+            ],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
+        )
+        self.output = _Output(self.proc.stdout)
+        wait_until(self.healthy, timeout, interval=0.2)
+        return self
+
+    def healthy(self) -> bool:
+        if self.proc is not None and self.proc.poll() is not None:
+            raise RuntimeError(f"prefect server exited:\n{self.output.text()}")
+        try:
+            with urllib.request.urlopen(f"{self.url}/health", timeout=1) as response:
+                return bool(response.status == 200)
+        except OSError:
+            return False
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+
+
+class ServiceProcess:
+    """`python -m watcher run` on a config in `root`, with helpers to drop files and read
+    results."""
+
+    def __init__(
+        self,
+        root: Path,
+        config: Mapping[str, Any] | None = None,
+        *,
+        api_url: str | None,
+        prefect_home: Path,
+        extra_env: Mapping[str, str] | None = None,
+    ) -> None:
+        self.root = root
+        self.config = {"settle_seconds": 0.5, **(config or {})}
+        self.api_url = api_url
+        self.prefect_home = prefect_home
+        self.extra_env = dict(extra_env or {})
+        self.proc: subprocess.Popen[str] | None = None
+        self.inbox = root / str(self.config.get("inbox", "inbox"))
+        self.results = root / str(self.config.get("results", "results"))
+        self.archive = root / str(self.config.get("archive", "archive"))
+        self.processing = root / str(self.config.get("processing", "processing"))
+
+    def start(self, timeout: float = 90, wait: bool = True) -> ServiceProcess:
+        config_path = self.root / "config.yaml"
+        config_path.write_text(yaml.safe_dump(self.config))
+        env = {
+            **os.environ,
+            **QUIET_PREFECT,
+            "PREFECT_HOME": str(self.prefect_home),
+            **self.extra_env,
+        }
+        if self.api_url:
+            env["PREFECT_API_URL"] = self.api_url
+        else:
+            env.pop("PREFECT_API_URL", None)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "watcher", "run", "--config", str(config_path)],
+            cwd=self.root,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
+        )
+        self.output = _Output(self.proc.stdout)
+        if wait:
+            self.wait_for_log("watching ", timeout)
+        return self
+
+    def log(self) -> str:
+        return self.output.text()
+
+    def wait_for_log(self, text: str, timeout: float = 30) -> None:
+        def seen() -> bool:
+            if text in self.log():
+                return True
+            if self.proc is not None and self.proc.poll() is not None:
+                raise RuntimeError(f"service exited ({self.proc.returncode}):\n{self.log()}")
+            return False
+
+        wait_until(seen, timeout)
+
+    def drop(self, name: str, content: str | bytes) -> Path:
+        """Write a job file the way careful writers do: elsewhere, then rename it in."""
+        staging = self.root / "staging"
+        staging.mkdir(exist_ok=True)
+        tmp = staging / name
+        tmp.write_bytes(content.encode() if isinstance(content, str) else content)
+        target = self.inbox / name
+        os.rename(tmp, target)
+        return target
+
+    def result_path(self, job_name: str, n: int = 1) -> Path:
+        stem = Path(job_name).stem
+        suffix = ".result.yaml" if n == 1 else f".result.{n}.yaml"
+        return self.results / f"{stem}{suffix}"
+
+    def wait_result(self, job_name: str, timeout: float = 30, n: int = 1) -> dict[str, Any]:
+        path = self.result_path(job_name, n)
+
+        def ready() -> dict[str, Any] | None:
+            if self.proc is not None and self.proc.poll() is not None and not path.exists():
+                raise RuntimeError(f"service exited ({self.proc.returncode}):\n{self.log()}")
+            if not path.exists():
+                return None
+            data = yaml.safe_load(path.read_text())
+            assert isinstance(data, dict)
+            return data
+
+        try:
+            result: dict[str, Any] = wait_until(ready, timeout)
+        except TimeoutError:
+            raise TimeoutError(f"no result for {job_name} in {timeout}s:\n{self.log()}") from None
+        return result
+
+    def signal(self, signum: int) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signum)
+
+    def stop(self, signum: int = signal.SIGTERM, timeout: float = 60) -> int:
+        """Send `signum` and wait; the exit status."""
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signum)
+        try:
+            code = self.proc.wait(timeout=timeout)
+        finally:
+            if self.proc.poll() is None:
+                self.kill()
+        self.output.join()
+        return code
+
+    def kill(self) -> None:
+        """kill -9 the service and everything it started (the embedded server)."""
+        if self.proc is not None and self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()

@@ -1,0 +1,5 @@
+"""dropflow: a hot-folder runner for Prefect."""
+
+__version__ = "0.1.0"
+
+__all__ = ["__version__"]

@@ -1,0 +1,93 @@
+"""`dropflow`: the command line. Parses arguments, sets up logging and Prefect, runs the service."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from watcher import __version__
+from watcher.backend import embedded_environment
+from watcher.config import ConfigError, load_config
+
+__all__ = ["main"]
+
+logger = logging.getLogger("watcher")
+
+EXIT_USAGE = 2
+EXIT_FATAL = 1
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="dropflow",
+        description="A hot-folder runner for Prefect: each job file dropped in the inbox "
+        "becomes a Prefect flow run and a result file.",
+    )
+    parser.add_argument("--version", action="version", version=f"dropflow {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    run = commands.add_parser(
+        "run",
+        help="run the service in the foreground until SIGTERM or SIGINT",
+        description="Run the service in the foreground. SIGTERM or SIGINT stops it gracefully "
+        "(running jobs get `shutdown_grace` seconds); a second one stops it at once. Without "
+        "PREFECT_API_URL, Prefect's embedded server is started; with it, runs go to that server.",
+    )
+    run.add_argument(
+        "--config",
+        "-c",
+        type=Path,
+        default=None,
+        metavar="PATH",
+        help="the config file (YAML); without it every key takes its default, "
+        "relative to the current folder",
+    )
+    run.add_argument(
+        "--log-level",
+        default="INFO",
+        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+        help="how much dropflow logs (default: INFO)",
+    )
+    return parser
+
+
+def _setup_logging(level: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(
+        logging.Formatter(
+            "%(asctime)s.%(msecs)03d | %(levelname)-7s | %(name)s - %(message)s", "%H:%M:%S"
+        )
+    )
+    logger.handlers[:] = [handler]
+    logger.setLevel(level)
+    logger.propagate = False
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run `dropflow` with `argv` (default: `sys.argv[1:]`); return the exit status."""
+    args = _parser().parse_args(argv)
+    _setup_logging(args.log_level)
+    try:
+        settings = load_config(args.config)
+    except ConfigError as exc:
+        print(f"dropflow: bad config: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+
+    if settings.runner == "prefect":
+        # Before Prefect is imported: its settings are read from the environment then.
+        os.environ.update(embedded_environment(os.environ))
+    from watcher.runner import DirectRunner, PrefectRunner, RunnerUnavailable
+    from watcher.service import Service
+
+    runner = PrefectRunner() if settings.runner == "prefect" else DirectRunner()
+    try:
+        return Service(settings, runner).run()
+    except RunnerUnavailable as exc:
+        print(f"dropflow: cannot start: {exc}", file=sys.stderr)
+        return EXIT_FATAL
+    except OSError as exc:
+        print(f"dropflow: cannot start: {exc}", file=sys.stderr)
+        return EXIT_FATAL

@@ -1,0 +1,72 @@
+"""Every default of dropflow, named and documented in one place.
+
+Paths are relative to the folder of the config file that uses them.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+INBOX = "./inbox"
+"""Folder watched for job files; created if missing."""
+
+RESULTS = "./results"
+"""Folder for result files (`<job stem>.result.yaml`)."""
+
+ARCHIVE = "./archive"
+"""Where job files go once their result is written."""
+
+PROCESSING = "./processing"
+"""Where a job file is moved (claimed) before its flow starts; what is here at start-up
+was in flight when the service stopped and is run again."""
+
+MAX_CONCURRENT_JOBS = 8
+"""How many jobs run at once."""
+
+JOB_TIMEOUT = 2.0
+"""Seconds the wait flow waits for the work, for a job file that gives no `timeout`."""
+
+JOB_SLEEP: tuple[float, float] = (0.0, 3.0)
+"""Seconds of work for a job file that gives no `sleep`: a uniform draw from this range."""
+
+MAX_TIMEOUT = 3600.0
+"""The largest `timeout` a job may ask for, in seconds."""
+
+MAX_SLEEP = 3600.0
+"""The largest `sleep` a job may ask for, in seconds."""
+
+PATTERNS: tuple[str, ...] = ("*.yaml", "*.yml")
+"""Job file name patterns, matched case-insensitively. Dotfiles and editor temp files
+never match."""
+
+POLLING = False
+"""Use watchdog's PollingObserver (network drives, where native events miss remote writes)."""
+
+SETTLE_SECONDS = 2.0
+"""A file with no close-after-write event (other platforms, polling, a file moved in from
+another folder, the backlog) is complete once its size and mtime have not changed for this
+long. On Linux a file still open for writing is never taken, however long the writer pauses."""
+
+RESCAN_INTERVAL = 30.0
+"""Seconds between full scans of the inbox, which catch files whose events were lost."""
+
+SHUTDOWN_GRACE = 10.0
+"""Seconds running jobs get to finish after SIGTERM/SIGINT; those still running then are put
+back for the next start."""
+
+MAX_ATTEMPTS = 3
+"""A job in flight when the service died this many times gets an error result instead of a
+further attempt."""
+
+MAX_JOB_BYTES = 64 * 1024
+"""Job files larger than this are rejected; only this much (plus one byte) is ever read."""
+
+MAX_NAME_CHARS = 100
+"""The longest `name` a job may give."""
+
+RUNNER: Literal["prefect", "direct"] = "prefect"
+"""`prefect` runs each job as a Prefect flow run. `direct` does the same sleep and timeout with
+no Prefect at all: only for measuring the watcher itself (benchmarks, burst tests)."""
+
+RESULT_FILE_MODE = 0o644
+"""Permissions of result files: the owner writes, everyone may read."""

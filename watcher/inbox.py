@@ -1,0 +1,259 @@
+"""The inbox: watchdog events and scans in, complete job files out.
+
+The watchdog handler only posts events to the service's event loop. `Inbox` decides when a
+file is complete:
+
+- where the platform reports close-after-write (Linux inotify), a file is complete as soon as
+  the last writer closes it, and never while it is open for writing, however long the writer
+  pauses;
+- a file renamed into the inbox from inside it is complete when it arrives;
+- otherwise (other platforms, polling, a file moved in from another folder, the backlog at
+  start-up) it is complete once its size and mtime have not changed for `settle_seconds`.
+
+Each path is handed out once; the service claims it (moves it away) right after.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fnmatch
+import logging
+import os
+import stat
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from watchdog.events import (
+    DirCreatedEvent,
+    DirMovedEvent,
+    FileClosedEvent,
+    FileClosedNoWriteEvent,
+    FileCreatedEvent,
+    FileDeletedEvent,
+    FileModifiedEvent,
+    FileMovedEvent,
+    FileOpenedEvent,
+    FileSystemEvent,
+    FileSystemEventHandler,
+)
+from watchdog.observers import Observer
+from watchdog.observers.api import BaseObserver
+from watchdog.observers.polling import PollingObserver
+
+__all__ = ["Inbox", "is_job_name"]
+
+logger = logging.getLogger(__name__)
+
+_EDITOR_TEMP_SUFFIXES = ("~", ".swp", ".swx", ".tmp", ".part", ".crdownload", ".partial")
+
+
+def is_job_name(name: str, patterns: Iterable[str]) -> bool:
+    """Whether a file name is a job file: it matches a pattern, case-insensitively, and is
+    neither a dotfile nor an editor or download temp file."""
+    if name.startswith((".", "~", "#")) or name.lower().endswith(_EDITOR_TEMP_SUFFIXES):
+        return False
+    lowered = name.lower()
+    return any(fnmatch.fnmatchcase(lowered, pattern.lower()) for pattern in patterns)
+
+
+@dataclass
+class _Candidate:
+    writing: bool = False
+    closed: bool = False
+    signature: tuple[int, int] | None = None
+    changed_at: float = field(default_factory=time.monotonic)
+
+
+class _Handler(FileSystemEventHandler):
+    """Runs on the observer thread: posts each event to the loop and returns."""
+
+    def __init__(self, post: Callable[[FileSystemEvent], None]) -> None:
+        self._post = post
+
+    def on_any_event(self, event: FileSystemEvent) -> None:
+        self._post(event)
+
+
+class _OverflowAlarm(logging.Handler):
+    """watchdog reports a lost-events overflow only as a log record; turn it into a rescan."""
+
+    def __init__(self, alarm: Callable[[], None]) -> None:
+        super().__init__(logging.WARNING)
+        self._alarm = alarm
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if "overflow" in record.getMessage().lower():
+            self._alarm()
+
+
+class Inbox:
+    """Watches one folder and hands each complete job file to `on_ready`, once."""
+
+    def __init__(
+        self,
+        folder: Path,
+        patterns: Iterable[str],
+        *,
+        settle_seconds: float,
+        polling: bool,
+        on_ready: Callable[[Path], None],
+    ) -> None:
+        self.folder = folder
+        self.patterns = tuple(patterns)
+        self.settle_seconds = settle_seconds
+        self.polling = polling
+        self.on_ready = on_ready
+        self._candidates: dict[Path, _Candidate] = {}
+        self._handed_out: set[Path] = set()
+        self._observer: BaseObserver | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._close_events = False
+        self._alarm = _OverflowAlarm(self._on_overflow)
+        self.rescan_needed = asyncio.Event()
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start watching, then scan: watch first, so nothing written meanwhile is missed."""
+        self._loop = asyncio.get_running_loop()
+        self.folder.mkdir(parents=True, exist_ok=True)
+        observer: BaseObserver = PollingObserver(timeout=0.5) if self.polling else Observer()
+        # Only inotify reports close-after-write; elsewhere the settle time decides.
+        self._close_events = type(observer).__name__ == "InotifyObserver"
+        observer.schedule(_Handler(self._post), str(self.folder), recursive=False)
+        observer.daemon = True
+        observer.start()
+        self._observer = observer
+        logging.getLogger("watchdog").addHandler(self._alarm)
+        logger.debug("watching %s with %s", self.folder, type(observer).__name__)
+        self.scan()
+
+    def stop(self) -> None:
+        """Stop watching; files already handed out are unaffected."""
+        logging.getLogger("watchdog").removeHandler(self._alarm)
+        if self._observer is not None:
+            self._observer.stop()
+            if self._observer.is_alive():
+                self._observer.join(timeout=5)
+            self._observer = None
+
+    def healthy(self) -> bool:
+        """Whether the folder still exists and the observer thread is alive."""
+        return self._observer is not None and self._observer.is_alive() and self.folder.is_dir()
+
+    def restart(self) -> None:
+        """Recreate the folder if it is gone and start a new observer, then rescan."""
+        self.stop()
+        self.start()
+
+    def done(self, path: Path) -> None:
+        """The service is finished with `path` (claimed or given up): it may be seen again."""
+        self._handed_out.discard(path)
+
+    # -- events ----------------------------------------------------------------------------
+
+    def _post(self, event: FileSystemEvent) -> None:
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            # RuntimeError: the loop closed while we were posting; the service is stopping.
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(self._on_event, event)
+
+    def _on_overflow(self) -> None:
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(self.rescan_needed.set)
+
+    def _on_event(self, event: FileSystemEvent) -> None:
+        if isinstance(event, FileMovedEvent | DirMovedEvent):
+            self._candidates.pop(Path(os.fsdecode(event.src_path)), None)
+            self._track(Path(os.fsdecode(event.dest_path)), closed=True)
+            return
+        path = Path(os.fsdecode(event.src_path))
+        if isinstance(event, FileDeletedEvent):
+            self._candidates.pop(path, None)
+        elif isinstance(event, FileClosedEvent):
+            self._track(path, closed=True)
+        elif isinstance(event, FileOpenedEvent | FileModifiedEvent):
+            self._track(path, writing=self._close_events)
+        elif isinstance(event, FileClosedNoWriteEvent):
+            self._track(path, writing=False)
+        elif isinstance(event, FileCreatedEvent | DirCreatedEvent):
+            self._track(path)
+
+    def _track(self, path: Path, *, closed: bool = False, writing: bool | None = None) -> None:
+        if path.parent != self.folder or path in self._handed_out:
+            return
+        if not is_job_name(path.name, self.patterns):
+            return
+        candidate = self._candidates.setdefault(path, _Candidate())
+        if closed:
+            candidate.closed, candidate.writing = True, False
+        elif writing is not None:
+            candidate.writing = writing
+            if writing:
+                candidate.closed = False
+        candidate.changed_at = time.monotonic()
+        if candidate.closed:
+            self._check(path, candidate)
+
+    def scan(self) -> int:
+        """Look at every entry in the folder (the backlog, or files whose events were lost)."""
+        count = 0
+        try:
+            entries = list(os.scandir(self.folder))
+        except FileNotFoundError:
+            return 0
+        for entry in entries:
+            path = Path(entry.path)
+            if path in self._handed_out or not is_job_name(entry.name, self.patterns):
+                continue
+            count += 1
+            self._candidates.setdefault(path, _Candidate())
+        self.check_all()
+        return count
+
+    # -- readiness -------------------------------------------------------------------------
+
+    def check_all(self) -> None:
+        """Hand out every candidate that has become complete."""
+        for path, candidate in list(self._candidates.items()):
+            self._check(path, candidate)
+
+    @property
+    def pending(self) -> int:
+        """How many files are being watched until they are complete."""
+        return len(self._candidates)
+
+    def _check(self, path: Path, candidate: _Candidate) -> None:
+        try:
+            info = os.lstat(path)
+        except FileNotFoundError:
+            self._candidates.pop(path, None)
+            return
+        except OSError as exc:
+            logger.warning("cannot stat %s: %s", path, exc)
+            return
+        now = time.monotonic()
+        signature = (info.st_size, info.st_mtime_ns)
+        if signature != candidate.signature:
+            if candidate.signature is None:
+                # First look: a file untouched for a while (the backlog) need not wait again.
+                age = max(0.0, time.time() - info.st_mtime)
+                candidate.changed_at = min(candidate.changed_at, now - age)
+            else:
+                candidate.changed_at = now
+            candidate.signature = signature
+        # Anything but a regular file (a link, a FIFO, a folder) is never "being written": it
+        # goes straight on, to be turned down with an error result.
+        regular = stat.S_ISREG(info.st_mode)
+        if candidate.writing and regular:
+            return
+        if regular and not candidate.closed and now - candidate.changed_at < self.settle_seconds:
+            return
+        del self._candidates[path]
+        self._handed_out.add(path)
+        self.on_ready(path)

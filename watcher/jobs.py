@@ -1,0 +1,302 @@
+"""Job files: read with a size cap, parse safely, validate into one typed `Job`.
+
+Every way a job file can be wrong ends in `JobError`, whose message is one sentence a person
+can act on. Nothing in a job file is ever executed: YAML is parsed by a loader that only builds
+plain scalars, lists and mappings, refuses aliases (no billion-laughs bombs) and limits nesting.
+"""
+
+from __future__ import annotations
+
+import errno
+import math
+import os
+import re
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, ValidationError, ValidationInfo, field_validator
+from pydantic_core import PydanticCustomError
+
+from watcher import defaults
+from watcher.validation import humanize, show
+
+__all__ = ["Job", "JobError", "JobLimits", "load_job", "parse_job", "read_job_bytes"]
+
+MAX_DEPTH = 16
+"""How deeply a job file's YAML may nest; a job needs 2 levels."""
+
+
+_SYMLINK = "a symbolic link, not a job file; put the job file itself in the inbox"
+
+
+class JobError(Exception):
+    """A job file that cannot be run; the message says why, for the result file."""
+
+
+@dataclass(frozen=True)
+class JobLimits:
+    """The caps and defaults a job is checked against (from the service config)."""
+
+    max_timeout: float = defaults.MAX_TIMEOUT
+    max_sleep: float = defaults.MAX_SLEEP
+    max_bytes: int = defaults.MAX_JOB_BYTES
+    default_timeout: float = defaults.JOB_TIMEOUT
+    default_sleep: float | tuple[float, float] = defaults.JOB_SLEEP
+
+
+def _seconds(value: Any, key: str, *, allow_zero: bool, cap: float) -> float:
+    kind = "a number of seconds >= 0" if allow_zero else "a number of seconds > 0"
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise PydanticCustomError("dropflow", f"{key}: must be {kind}, got {show(value)}")
+    try:
+        number = float(value)
+    except OverflowError:
+        number = math.inf
+    if math.isnan(number):
+        raise PydanticCustomError("dropflow", f"{key}: must be {kind}, got NaN")
+    if number < 0 or (number == 0 and not allow_zero):
+        raise PydanticCustomError("dropflow", f"{key}: must be {kind}, got {show(value)}")
+    if number > cap:
+        shown = "infinity" if math.isinf(number) else show(value)
+        raise PydanticCustomError(
+            "dropflow", f"{key}: must be at most {cap:g} seconds (the service's cap), got {shown}"
+        )
+    return number
+
+
+class Job(BaseModel):
+    """A validated job: what the wait flow will be asked to do."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    timeout: float = defaults.JOB_TIMEOUT
+    sleep: float | tuple[float, float] = defaults.JOB_SLEEP
+    name: str | None = None
+
+    @field_validator("timeout", mode="before")
+    @classmethod
+    def _check_timeout(cls, value: Any, info: ValidationInfo) -> float:
+        limits: JobLimits = (info.context or {}).get("limits", JobLimits())
+        return _seconds(value, "timeout", allow_zero=False, cap=limits.max_timeout)
+
+    @field_validator("sleep", mode="before")
+    @classmethod
+    def _check_sleep(cls, value: Any, info: ValidationInfo) -> float | tuple[float, float]:
+        limits: JobLimits = (info.context or {}).get("limits", JobLimits())
+        if isinstance(value, list | tuple):
+            if len(value) != 2:
+                raise PydanticCustomError(
+                    "dropflow",
+                    f"sleep: a range must be [min, max] with two numbers, got {show(value)}",
+                )
+            low = _seconds(value[0], "sleep: min", allow_zero=True, cap=limits.max_sleep)
+            high = _seconds(value[1], "sleep: max", allow_zero=True, cap=limits.max_sleep)
+            if low > high:
+                raise PydanticCustomError(
+                    "dropflow",
+                    f"sleep: the range [{low:g}, {high:g}] is reversed; write [min, max]",
+                )
+            return (low, high)
+        return _seconds(value, "sleep", allow_zero=True, cap=limits.max_sleep)
+
+    @field_validator("name", mode="before")
+    @classmethod
+    def _check_name(cls, value: Any) -> str | None:
+        if value is None:
+            return None
+        if not isinstance(value, str | int | float) or isinstance(value, bool):
+            raise PydanticCustomError("dropflow", f"name: must be text, got {show(value)}")
+        text = str(value).strip()
+        if not text or any(not ch.isprintable() for ch in text):
+            raise PydanticCustomError(
+                "dropflow", f"name: must be printable text on one line, got {show(value)}"
+            )
+        if len(text) > defaults.MAX_NAME_CHARS:
+            raise PydanticCustomError(
+                "dropflow",
+                f"name: must be at most {defaults.MAX_NAME_CHARS} characters, got {len(text)}",
+            )
+        return text
+
+
+KNOWN_KEYS = tuple(Job.model_fields)
+
+
+class _JobLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, minus aliases, duplicate keys and deep nesting."""
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self._depth = 0
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()  # type: ignore[no-untyped-call]
+            raise JobError(
+                f"YAML alias '*{show(event.anchor)[1:-1]}' at line "
+                f"{event.start_mark.line + 1}: aliases are not allowed in job files"
+            )
+        self._depth += 1
+        if self._depth > MAX_DEPTH:
+            raise JobError(f"nested deeper than {MAX_DEPTH} levels; a job file is a flat mapping")
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+    def construct_mapping(self, node: Any, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = key_node.value if isinstance(key_node, yaml.ScalarNode) else None
+            if key is not None and key in seen:
+                raise JobError(
+                    f"the key '{show(key)[1:-1]}' appears twice (line "
+                    f"{key_node.start_mark.line + 1})"
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+# YAML 1.1 (PyYAML) reads `1e3` as text; people mean a number, as YAML 1.2 says.
+_JobLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    if isinstance(exc, yaml.constructor.ConstructorError) and exc.problem:
+        if "tag" in exc.problem:
+            tag = exc.problem.split("tag", 1)[1].strip(" '")
+            where = f" at line {exc.problem_mark.line + 1}" if exc.problem_mark else ""
+            return f"YAML tag '{tag[:80]}'{where} is not allowed: job files hold plain values only"
+        return f"not a valid job file: {exc.problem}"
+    if isinstance(exc, yaml.composer.ComposerError) and "single document" in str(exc):
+        return "several YAML documents; a job file holds exactly one mapping"
+    if isinstance(exc, yaml.MarkedYAMLError) and exc.problem:
+        where = f" at line {exc.problem_mark.line + 1}" if exc.problem_mark else ""
+        context = f" {exc.context}" if exc.context else ""
+        return f"not valid YAML{where}: {exc.problem}{context}"
+    return f"not valid YAML: {str(exc)[:200]}"
+
+
+def parse_job(data: bytes, limits: JobLimits | None = None) -> Job:
+    """Parse and validate a job file's bytes.
+
+    Raises:
+        JobError: the bytes are not a valid job; the message says why.
+    """
+    limits = limits or JobLimits()
+    if len(data) > limits.max_bytes:
+        raise JobError(f"larger than the {limits.max_bytes}-byte limit for job files")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise JobError(f"not valid UTF-8 text (bad byte at offset {exc.start})") from None
+    if text.startswith("\ufeff"):
+        text = text[1:]
+    if "\x00" in text:
+        raise JobError(f"a NUL byte at offset {text.index(chr(0))}: not a text file")
+    try:
+        loader = _JobLoader(text)
+        try:
+            document = loader.get_single_data()
+        finally:
+            loader.dispose()
+    except JobError:
+        raise
+    except yaml.YAMLError as exc:
+        raise JobError(_yaml_problem(exc)) from None
+    except RecursionError:
+        raise JobError("nested too deeply to read; a job file is a flat mapping") from None
+    except (ValueError, OverflowError) as exc:
+        # e.g. an integer literal of more than 4300 digits
+        raise JobError(f"a value that cannot be read: {str(exc)[:120]}") from None
+    if document is None:
+        raise JobError("empty file; a job file is a YAML mapping such as 'timeout: 2'")
+    if not isinstance(document, dict):
+        raise JobError(
+            f"not a YAML mapping of keys to values (such as 'timeout: 2'), got {show(document)}"
+        )
+    for key in document:
+        if not isinstance(key, str):
+            raise JobError(f"a key that is not text: {show(key)}")
+    merged = {"timeout": limits.default_timeout, "sleep": _as_yaml(limits.default_sleep)}
+    merged.update(document)
+    try:
+        return Job.model_validate(merged, context={"limits": limits})
+    except ValidationError as exc:
+        raise JobError("; ".join(humanize(exc, KNOWN_KEYS))) from None
+
+
+def _as_yaml(sleep: float | tuple[float, float]) -> float | list[float]:
+    return list(sleep) if isinstance(sleep, tuple) else sleep
+
+
+def read_job_bytes(path: Path, max_bytes: int) -> bytes:
+    """Read at most `max_bytes + 1` bytes of a regular file, never following a symlink.
+
+    Opening with O_NONBLOCK means a FIFO can never block the service; fstat on the open
+    descriptor means a file swapped between the check and the read is not misjudged.
+
+    Raises:
+        JobError: the entry is not a plain regular file, or has vanished.
+        OSError: an unexpected I/O error.
+    """
+    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
+    flags |= getattr(os, "O_BINARY", 0)
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        raise JobError("the file vanished before it could be read") from None
+    if stat.S_ISLNK(mode):
+        raise JobError(_SYMLINK)
+    if not stat.S_ISREG(mode):
+        raise JobError(f"a {_kind(mode)}, not a job file")
+    try:
+        fd = os.open(path, flags)
+    except FileNotFoundError:
+        raise JobError("the file vanished before it could be read") from None
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise JobError(_SYMLINK) from None
+        raise
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise JobError(f"a {_kind(info.st_mode)}, not a job file")
+        if info.st_nlink > 1:
+            raise JobError("a hard link to another file; put a copy of the job in the inbox")
+        chunks = []
+        remaining = max_bytes + 1
+        while remaining > 0:
+            chunk = os.read(fd, min(remaining, 65536))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            remaining -= len(chunk)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
+def _kind(mode: int) -> str:
+    if stat.S_ISDIR(mode):
+        return "directory"
+    if stat.S_ISFIFO(mode):
+        return "named pipe (FIFO)"
+    if stat.S_ISSOCK(mode):
+        return "socket"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "device"
+    return "special file"
+
+
+def load_job(path: Path, limits: JobLimits | None = None) -> Job:
+    """Read and validate the job file at `path` (see `read_job_bytes` and `parse_job`)."""
+    limits = limits or JobLimits()
+    return parse_job(read_job_bytes(path, limits.max_bytes), limits)

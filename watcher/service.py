@@ -1,0 +1,346 @@
+"""The service: inbox in, flow runs through the runner, result files out.
+
+Threads: the main thread only waits for signals (Python delivers them there alone) and asks
+the service to stop. The service's event loop runs in its own thread, so the Prefect engine,
+which installs a SIGTERM handler around every flow run it starts on the main thread, never
+replaces ours: a SIGTERM stops the service gracefully instead of crashing the running flows.
+The watchdog observer thread only posts events to that loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from watcher.claims import Claim, Processing
+from watcher.config import Settings
+from watcher.inbox import Inbox
+from watcher.jobs import Job, JobError, load_job
+from watcher.results import TEMP_PREFIX, Result, dump, now_iso, publish, read_result
+from watcher.runner import Runner, RunnerUnavailable, RunOutcome, RunRequest
+
+__all__ = ["EXIT_FORCED", "Service"]
+
+logger = logging.getLogger(__name__)
+
+EXIT_FORCED = 130
+"""Exit status after a second SIGINT/SIGTERM: stopped at once, running jobs left claimed."""
+
+_Handler = Callable[[int, FrameType | None], Any] | int | signal.Handlers | None
+_TICK = 0.1  # seconds between settle checks while files wait to be complete
+_RETRY_FIRST, _RETRY_MAX = 1.0, 30.0  # backoff when Prefect or the disk fails us
+
+
+class Service:
+    """Runs jobs dropped in the inbox until asked to stop."""
+
+    def __init__(self, settings: Settings, runner: Runner) -> None:
+        self.settings = settings
+        self.runner = runner
+        self.processing = Processing(settings.processing, settings.archive)
+        self.started = threading.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Event | None = None
+        self._signals = 0
+        self._forced = False
+        self._error: BaseException | None = None
+
+    # -- running in a thread, stopping from the main thread --------------------------------
+
+    def run(self) -> int:
+        """Serve until SIGTERM/SIGINT (or `request_stop`); return the exit status.
+
+        0 after a graceful stop, `EXIT_FORCED` after a second signal.
+        """
+        thread = threading.Thread(target=self._thread_main, name="dropflow-service")
+        previous = self._install_signal_handlers()
+        try:
+            thread.start()
+            while thread.is_alive():
+                # A timed join keeps the main thread waking up to run signal handlers.
+                thread.join(0.2)
+        finally:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+        if self._error is not None:
+            raise self._error
+        return EXIT_FORCED if self._forced else 0
+
+    def _install_signal_handlers(self) -> dict[int, _Handler]:
+        previous: dict[int, _Handler] = {}
+        if threading.current_thread() is not threading.main_thread():
+            return previous
+        for signum in (signal.SIGINT, signal.SIGTERM, getattr(signal, "SIGBREAK", None)):
+            if signum is not None:
+                previous[signum] = signal.signal(signum, self._on_signal)
+        return previous
+
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        logger.info("received %s", signal.Signals(signum).name)
+        self.request_stop()
+
+    def request_stop(self) -> None:
+        """Stop gracefully; a second call stops at once. Safe from any thread."""
+        self._signals += 1
+        if self._signals > 1:
+            self._forced = True
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(self._wake_stop)
+
+    def _wake_stop(self) -> None:
+        if self._stop is not None:
+            self._stop.set()
+        if self._forced:
+            for task in self._job_tasks:
+                task.cancel()
+
+    def _thread_main(self) -> None:
+        try:
+            asyncio.run(self.serve())
+        except BaseException as exc:  # handed to the main thread, which re-raises it
+            self._error = exc
+            self.started.set()
+
+    # -- the service proper ----------------------------------------------------------------
+
+    async def serve(self) -> None:
+        """Recover, start the runner, watch the inbox, and process jobs until stopped."""
+        self._loop = asyncio.get_running_loop()
+        self._stop = asyncio.Event()
+        self._queue: asyncio.Queue[Path | Claim] = asyncio.Queue()
+        self._job_tasks: set[asyncio.Task[None]] = set()
+        self._slots = asyncio.Semaphore(self.settings.max_concurrent_jobs)
+        if self._signals:
+            self._stop.set()
+
+        s = self.settings
+        for folder in (s.inbox, s.results, s.archive, s.processing):
+            folder.mkdir(parents=True, exist_ok=True)
+        for stray in s.results.glob(f"{TEMP_PREFIX}*"):
+            stray.unlink(missing_ok=True)
+        recovered = self.processing.recover()
+        if recovered:
+            logger.info("recovering %d job(s) left in %s", len(recovered), s.processing)
+        logger.info("runner: %s", await self.runner.start())
+
+        self.inbox = Inbox(
+            s.inbox,
+            s.patterns,
+            settle_seconds=s.settle_seconds,
+            polling=s.polling,
+            on_ready=self._queue.put_nowait,
+        )
+        for claim in recovered:
+            self._queue.put_nowait(claim)
+        self.inbox.start()
+        logger.info(
+            "watching %s (results: %s, up to %d jobs at once)",
+            s.inbox,
+            s.results,
+            s.max_concurrent_jobs,
+        )
+        self.started.set()
+        dispatcher = asyncio.create_task(self._dispatch())
+        ticker = asyncio.create_task(self._tick())
+        try:
+            await self._stop.wait()
+            logger.info("stopping: no new jobs; %d running", len(self._job_tasks))
+        finally:
+            self.inbox.stop()
+            dispatcher.cancel()
+            ticker.cancel()
+            await self._drain()
+        logger.info("stopped")
+
+    async def _dispatch(self) -> None:
+        while True:
+            await self._slots.acquire()
+            item = await self._queue.get()
+            task = asyncio.create_task(self._handle(item))
+            self._job_tasks.add(task)
+            task.add_done_callback(self._job_done)
+
+    def _job_done(self, task: asyncio.Task[None]) -> None:
+        self._job_tasks.discard(task)
+        self._slots.release()
+        if not task.cancelled() and task.exception() is not None:
+            logger.error("job handler failed", exc_info=task.exception())
+
+    async def _drain(self) -> None:
+        if self._job_tasks and not self._forced:
+            grace = self.settings.shutdown_grace
+            logger.info("waiting up to %gs for %d running job(s)", grace, len(self._job_tasks))
+            await asyncio.wait(set(self._job_tasks), timeout=grace)
+        for task in list(self._job_tasks):
+            task.cancel()
+        if self._job_tasks:
+            await asyncio.wait(set(self._job_tasks))
+
+    async def _tick(self) -> None:
+        """Settle checks, health checks and periodic rescans."""
+        next_scan = time.monotonic() + self.settings.rescan_interval
+        while True:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self.inbox.rescan_needed.wait(), _TICK)
+            try:
+                if not self.inbox.healthy():
+                    logger.error("inbox %s or its watcher is gone: restarting", self.inbox.folder)
+                    self.inbox.restart()
+                elif self.inbox.rescan_needed.is_set() or time.monotonic() >= next_scan:
+                    self.inbox.rescan_needed.clear()
+                    next_scan = time.monotonic() + self.settings.rescan_interval
+                    self.inbox.scan()
+                elif self.inbox.pending:
+                    self.inbox.check_all()
+            except OSError as exc:
+                logger.error("cannot watch inbox %s: %s; retrying", self.inbox.folder, exc)
+                await asyncio.sleep(_RETRY_FIRST)
+
+    # -- one job ---------------------------------------------------------------------------
+
+    async def _handle(self, item: Path | Claim) -> None:
+        if isinstance(item, Path):
+            try:
+                claim = await asyncio.to_thread(self.processing.claim, item)
+            except OSError as exc:
+                logger.error("cannot claim %s: %s; will retry on the next scan", item.name, exc)
+                return
+            finally:
+                self.inbox.done(item)
+            if claim is None:
+                return
+        else:
+            claim = item
+        if claim.staged_result.exists():
+            await self._complete(claim, None)
+            return
+        try:
+            outcome = await self._run(claim)
+        except asyncio.CancelledError:
+            if not self._forced:
+                await asyncio.to_thread(self.processing.release, claim)
+                logger.info("%s: interrupted by the stop, left for the next start", claim.name)
+            raise
+        # From here on the outcome is known: finish even if a stop is requested meanwhile.
+        await asyncio.shield(self._complete(claim, outcome))
+
+    async def _run(self, claim: Claim) -> Result:
+        started_at, t0 = now_iso(), time.monotonic()
+        base: Result = {
+            "job": claim.name,
+            "status": "error",
+            "message": "",
+            "claim_id": claim.id,
+            "attempt": claim.attempt,
+        }
+        if claim.attempt > self.settings.max_attempts:
+            outcome = RunOutcome(
+                "error",
+                f"The service stopped while this job was running {claim.attempt - 1} times; "
+                "it is not tried again.",
+            )
+            return self._result(base, None, outcome, started_at, t0)
+        try:
+            job = await asyncio.to_thread(load_job, claim.path, self.settings.job_limits)
+        except JobError as exc:
+            outcome = RunOutcome("error", f"{claim.name}: {exc}")
+            return self._result(base, None, outcome, started_at, t0)
+        label = job.name or Path(claim.name).stem
+        logger.info(
+            "job started: %s (claim %s, attempt %d, timeout %gs, sleep %s)",
+            claim.name,
+            claim.id,
+            claim.attempt,
+            job.timeout,
+            job.sleep,
+        )
+        request = RunRequest(claim.id, label, job.timeout, job.sleep, claim.attempt)
+        delay = _RETRY_FIRST
+        while True:
+            try:
+                outcome = await self.runner.run(request)
+                break
+            except RunnerUnavailable as exc:
+                logger.warning("%s: %s; retrying in %gs", claim.name, exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, _RETRY_MAX)
+            except Exception as exc:
+                logger.exception("%s: the runner failed", claim.name)
+                outcome = RunOutcome("error", f"Internal error while running the job: {exc}")
+                break
+        return self._result(base, job, outcome, started_at, t0)
+
+    @staticmethod
+    def _result(
+        base: Result, job: Job | None, outcome: RunOutcome, started_at: str, t0: float
+    ) -> Result:
+        result: Result = {**base, "status": outcome.status, "message": outcome.message}
+        if job is not None:
+            if job.name:
+                result["name"] = job.name
+            if outcome.sleep is not None:
+                result["sleep"] = outcome.sleep
+            result["timeout"] = job.timeout
+        result["started_at"] = started_at
+        result["finished_at"] = now_iso()
+        result["duration_s"] = round(time.monotonic() - t0, 3)
+        if outcome.flow_run_id:
+            result["flow_run_id"] = outcome.flow_run_id
+        if outcome.flow_run_name:
+            result["flow_run_name"] = outcome.flow_run_name
+        return result
+
+    async def _complete(self, claim: Claim, result: Result | None) -> None:
+        """Stage, publish and archive; retried with backoff while the disk fails us."""
+        delay = _RETRY_FIRST
+        while True:
+            try:
+                path, status = await asyncio.to_thread(self._complete_sync, claim, result)
+                break
+            except OSError as exc:
+                logger.error(
+                    "%s: cannot write its result (%s); the job stays claimed, retrying in %gs",
+                    claim.name,
+                    exc,
+                    delay,
+                )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, _RETRY_MAX)
+        duration = result.get("duration_s", 0.0) if result else 0.0
+        flow_run = result.get("flow_run_name", "-") if result else "-"
+        logger.info(
+            "job finished: %s %s in %.2fs (flow run %s) -> %s",
+            claim.name,
+            status,
+            duration,
+            flow_run,
+            path.name,
+        )
+
+    def _complete_sync(self, claim: Claim, result: Result | None) -> tuple[Path, str]:
+        recovering = result is None
+        if result is None:
+            staged = read_result(claim.staged_result) or {}
+        else:
+            staged = dict(result)
+            if not claim.staged_result.exists():
+                self.processing.stage(claim, dump(result))
+        path = publish(
+            self.settings.results,
+            claim.staged_result,
+            claim.name or str(staged.get("job", "job")),
+            claim.id,
+            recovering=recovering,
+        )
+        self.processing.finish(claim)
+        return path, str(staged.get("status", "?"))

@@ -1,0 +1,58 @@
+"""Turn pydantic validation errors into sentences a person can act on."""
+
+from __future__ import annotations
+
+import difflib
+import reprlib
+from collections.abc import Iterable
+from typing import Any
+
+from pydantic import ValidationError
+
+__all__ = ["did_you_mean", "humanize", "show"]
+
+_repr = reprlib.Repr()
+_repr.maxstring = 60
+_repr.maxother = 60
+_repr.maxlist = _repr.maxtuple = _repr.maxdict = _repr.maxset = 4
+_repr.maxlevel = 2
+
+
+def show(value: Any) -> str:
+    """A short, bounded repr of a user's value (never the whole of a huge or deep value)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if value is None:
+        return "null (an empty value)"
+    if isinstance(value, list):
+        return f"a list {_repr.repr(value)}"
+    if isinstance(value, dict):
+        return f"a mapping {_repr.repr(value)}"
+    return _repr.repr(value)
+
+
+def did_you_mean(word: str, choices: Iterable[str]) -> str:
+    """` (did you mean 'x'?)` when a choice is close to `word`, else an empty string."""
+    close = difflib.get_close_matches(word.lower(), list(choices), n=1, cutoff=0.6)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def humanize(error: ValidationError, known_keys: Iterable[str]) -> list[str]:
+    """One sentence per problem, each starting with the dotted key it concerns."""
+    known = list(known_keys)
+    lines = []
+    for item in error.errors(include_url=False):
+        loc = ".".join(str(part) for part in item["loc"])
+        if item["type"] == "extra_forbidden":
+            key = str(item["loc"][-1])
+            lines.append(f"unknown key '{_repr.repr(key)[1:-1]}'{did_you_mean(key, known)}")
+            continue
+        message = str(item["msg"])
+        if item["type"] == "dropflow":
+            # our own validators already name the key and quote the value
+            lines.append(message)
+            continue
+        if item["type"] not in {"value_error", "assertion_error"} and "input" in item:
+            message = f"{message}, got {show(item['input'])}"
+        lines.append(f"{loc}: {message}" if loc else message)
+    return lines
