@@ -219,7 +219,7 @@ class ServiceProcess:
             raise TimeoutError(f"no result for {job_name} in {timeout}s:\n{self.log()}") from None
         return result
 
-    def signal(self, signum: int) -> None:
+    def send(self, signum: int) -> None:
         assert self.proc is not None
         self.proc.send_signal(signum)
 

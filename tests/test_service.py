@@ -1,0 +1,196 @@
+"""End to end: `dropflow run` as a subprocess against the shared Prefect server."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ServiceFactory
+from tests.harness import wait_until
+
+
+def _interval(result: dict[str, object]) -> tuple[datetime, datetime]:
+    return (
+        datetime.fromisoformat(str(result["started_at"])),
+        datetime.fromisoformat(str(result["finished_at"])),
+    )
+
+
+def test_backlog_is_processed_at_start(service: ServiceFactory, tmp_path: Path) -> None:
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    for i in range(3):
+        (inbox / f"old{i}.yaml").write_text("timeout: 5\nsleep: 0\n")
+    svc = service()
+    for i in range(3):
+        assert svc.wait_result(f"old{i}.yaml")["status"] == "completed"
+    assert sorted(p.name for p in svc.archive.iterdir()) == ["old0.yaml", "old1.yaml", "old2.yaml"]
+    assert list(svc.inbox.iterdir()) == []
+    assert list(svc.processing.iterdir()) == []
+
+
+def test_completed_and_canceled_as_in_the_seed(service: ServiceFactory) -> None:
+    svc = service()
+    svc.drop("quick.yaml", "timeout: 2\nsleep: 0.2\nname: quick one\n")
+    svc.drop("slow.yaml", "timeout: 1\nsleep: 3\n")
+    quick = svc.wait_result("quick.yaml")
+    slow = svc.wait_result("slow.yaml")
+
+    assert quick["status"] == "completed"
+    assert quick["sleep"] == 0.2 and quick["timeout"] == 2
+    assert quick["name"] == "quick one" and quick["flow_run_name"] == "quick one"
+    assert quick["flow_run_id"]
+    assert "finished within" in quick["message"]
+
+    assert slow["status"] == "canceled"
+    assert slow["message"] == "Canceled: the work (3 s) ran past the 1 s timeout."
+    assert slow["flow_run_name"] == "slow"
+    # The work was stopped at the timeout, not waited for.
+    assert slow["duration_s"] < 3
+    for result in (quick, slow):
+        started, finished = _interval(result)
+        assert started.tzinfo is not None and finished >= started
+    assert "job started: slow.yaml" in svc.log()
+    assert "job finished: slow.yaml canceled" in svc.log()
+
+
+def test_random_sleep_from_the_config_defaults(service: ServiceFactory) -> None:
+    svc = service({"defaults": {"timeout": 5, "sleep": [0.1, 0.3]}})
+    svc.drop("drawn.yaml", "{}\n")
+    result = svc.wait_result("drawn.yaml")
+    assert result["status"] == "completed"
+    assert 0.1 <= result["sleep"] <= 0.3
+
+
+def test_a_half_written_file_waits_for_its_writer(service: ServiceFactory) -> None:
+    svc = service({"settle_seconds": 0.5})
+    path = svc.inbox / "half.yaml"
+    with open(path, "w") as handle:
+        handle.write("timeout: 5\n")
+        handle.flush()
+        time.sleep(3)  # the writer pauses far longer than settle_seconds
+        assert not svc.result_path("half.yaml").exists()
+        handle.write("sleep: 0.1\nname: written in two goes\n")
+    result = svc.wait_result("half.yaml")
+    assert result["status"] == "completed", result
+    assert result["sleep"] == 0.1 and result["name"] == "written in two goes"
+
+
+def test_one_file_with_many_events_gives_one_run(service: ServiceFactory) -> None:
+    svc = service()
+    path = svc.inbox / "chatty.yaml"
+    with open(path, "w") as handle:
+        for i in range(200):
+            handle.write(f"# line {i}\n")
+            handle.flush()
+        handle.write("timeout: 5\nsleep: 0\n")
+    os.utime(svc.inbox, None)
+    result = svc.wait_result("chatty.yaml")
+    assert result["status"] == "completed"
+    time.sleep(1.5)
+    assert sorted(p.name for p in svc.results.iterdir()) == ["chatty.result.yaml"]
+    assert svc.log().count("job started: chatty.yaml") == 1
+
+
+def test_jobs_run_concurrently_up_to_the_limit(service: ServiceFactory) -> None:
+    svc = service({"max_concurrent_jobs": 3})
+    names = [f"c{i}.yaml" for i in range(6)]
+    for name in names:
+        svc.drop(name, "timeout: 10\nsleep: 1.5\n")
+    results = [svc.wait_result(name, timeout=60) for name in names]
+    assert all(r["status"] == "completed" for r in results)
+    intervals = [_interval(r) for r in results]
+    peak = max(sum(1 for s, f in intervals if s <= t < f) for t, _ in intervals)
+    assert peak == 3, intervals
+
+
+def test_invalid_job_gets_an_error_result_and_the_service_goes_on(service: ServiceFactory) -> None:
+    svc = service()
+    svc.drop("typo.yaml", "timout: 3\n")
+    svc.drop("words.yaml", "timeout: ten\n")
+    svc.drop("fine.yaml", "timeout: 5\nsleep: 0\n")
+    typo = svc.wait_result("typo.yaml")
+    assert typo["status"] == "error"
+    assert typo["message"] == "typo.yaml: unknown key 'timout' (did you mean 'timeout'?)"
+    assert "flow_run_id" not in typo
+    words = svc.wait_result("words.yaml")
+    assert words["message"] == "words.yaml: timeout: must be a number of seconds > 0, got 'ten'"
+    assert svc.wait_result("fine.yaml")["status"] == "completed"
+    assert {p.name for p in svc.archive.iterdir()} == {"typo.yaml", "words.yaml", "fine.yaml"}
+
+
+def test_a_reused_name_is_a_new_job_with_its_own_result(service: ServiceFactory) -> None:
+    svc = service()
+    svc.drop("again.yaml", "timeout: 5\nsleep: 0\nname: first\n")
+    first = svc.wait_result("again.yaml")
+    svc.drop("again.yaml", "timeout: 5\nsleep: 0\nname: second\n")
+    second = svc.wait_result("again.yaml", n=2)
+    assert (first["name"], second["name"]) == ("first", "second")
+    assert first["claim_id"] != second["claim_id"]
+    assert len(list(svc.archive.iterdir())) == 2
+
+
+def test_other_files_are_ignored(service: ServiceFactory) -> None:
+    svc = service()
+    for name in (".hidden.yaml", "notes.txt", "job.yaml~", "#job.yaml#", "job.yaml.swp"):
+        (svc.inbox / name).write_text("timeout: 1\n")
+    svc.drop("real.YAML", "timeout: 5\nsleep: 0\n")
+    svc.wait_result("real.YAML")
+    time.sleep(1)
+    assert len(list(svc.results.iterdir())) == 1
+    assert len(list(svc.inbox.iterdir())) == 5
+
+
+def test_sigterm_stops_gracefully_with_exit_0(service: ServiceFactory) -> None:
+    svc = service({"shutdown_grace": 10})
+    svc.drop("inflight.yaml", "timeout: 10\nsleep: 2\n")
+    svc.wait_for_log("job started: inflight.yaml")
+    assert svc.stop(signal.SIGTERM) == 0
+    # The running job was allowed to finish before the exit.
+    result = svc.wait_result("inflight.yaml", timeout=1)
+    assert result["status"] == "completed"
+    assert "stopped" in svc.log()
+
+
+def test_jobs_past_the_grace_go_back_for_the_next_start(service: ServiceFactory) -> None:
+    svc = service({"shutdown_grace": 0.5})
+    svc.drop("long.yaml", "timeout: 30\nsleep: 20\n")
+    svc.wait_for_log("job started: long.yaml")
+    assert svc.stop(signal.SIGTERM) == 0
+    assert not svc.result_path("long.yaml").exists()
+    claims = list(svc.processing.iterdir())
+    assert len(claims) == 1 and claims[0].name.endswith(".0")
+    assert (claims[0] / "long.yaml").exists()
+
+
+def test_bad_config_exits_non_zero_naming_file_key_and_problem(
+    service: ServiceFactory, tmp_path: Path
+) -> None:
+    svc = service({"max_concurrent_jobs": "many"}, start=False)
+    svc.start(wait=False)
+    assert svc.proc is not None
+    code = svc.proc.wait(timeout=30)
+    assert code == 2
+    wait_until(lambda: "bad config" in svc.log(), 5)
+    assert str(tmp_path / "config.yaml") in svc.log()
+    assert "max_concurrent_jobs" in svc.log() and "'many'" in svc.log()
+
+
+@pytest.mark.embedded
+def test_embedded_default_runs_jobs_concurrently(embedded_service: ServiceFactory) -> None:
+    svc = embedded_service()
+    assert "Prefect API at http://127.0.0.1" in svc.log()
+    names = [f"e{i}.yaml" for i in range(8)]
+    for name in names:
+        svc.drop(name, "timeout: 10\nsleep: 1.5\n")
+    results = [svc.wait_result(name, timeout=60) for name in names]
+    assert all(r["status"] == "completed" for r in results)
+    intervals = [_interval(r) for r in results]
+    # All eight ran at the same time: the last start came before the first finish.
+    assert max(s for s, _ in intervals) < min(f for _, f in intervals)
+    assert svc.stop(signal.SIGTERM) == 0
