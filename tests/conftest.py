@@ -27,6 +27,11 @@ def pytest_unconfigure(config: pytest.Config) -> None:
 
 
 @pytest.fixture(scope="session")
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture(scope="session")
 def prefect_server() -> Iterator[PrefectServer]:
     """One real `prefect server start` for the whole session (in-memory SQLite)."""
     server = PrefectServer(_SESSION_HOME / "server-home").start()
