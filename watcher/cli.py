@@ -76,13 +76,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"dropflow: bad config: {exc}", file=sys.stderr)
         return EXIT_USAGE
 
-    if settings.runner == "prefect":
-        # Before Prefect is imported: its settings are read from the environment then.
-        os.environ.update(embedded_environment(os.environ))
-    from watcher.runner import DirectRunner, PrefectRunner, RunnerUnavailable
+    from watcher.runner import DirectRunner, PrefectRunner, Runner, RunnerUnavailable
     from watcher.service import Service
 
-    runner = PrefectRunner() if settings.runner == "prefect" else DirectRunner()
+    runner: Runner = DirectRunner()
+    if settings.runner == "prefect":
+        # Before Prefect is imported: it reads its settings from the environment then.
+        os.environ.update(embedded_environment(os.environ))
+        from prefect.settings import get_current_settings
+
+        # No API URL in the environment or the Prefect profile: the embedded default.
+        embedded = None if get_current_settings().api.url else dict(os.environ)
+        runner = PrefectRunner(embedded)
     try:
         return Service(settings, runner).run()
     except RunnerUnavailable as exc:

@@ -8,13 +8,14 @@ Prefect deployment on a work pool fits the same `Runner` protocol.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
-import httpx
-
 from flows.wait import WaitOutcome, draw_sleep, outcome_message
+from watcher.embedded import EmbeddedServer, EmbeddedServerError
 
 __all__ = [
     "DirectRunner",
@@ -65,6 +66,10 @@ class Runner(Protocol):
         """Run one job to its outcome; raise `RunnerUnavailable` to have it retried."""
         ...
 
+    async def close(self) -> None:
+        """Release what `start` set up; called once no job is running."""
+        ...
+
 
 def _from_outcome(data: WaitOutcome) -> RunOutcome:
     return RunOutcome(
@@ -77,23 +82,47 @@ def _from_outcome(data: WaitOutcome) -> RunOutcome:
 
 
 class PrefectRunner:
-    """Runs the wait flow in-process against the configured Prefect API."""
+    """Runs the wait flow in-process against the configured Prefect API.
+
+    With `embedded_environment`, it first starts an `EmbeddedServer` with that environment and
+    points every flow run of the service at it. `start` must be awaited in the task that goes
+    on to create the job tasks: they inherit the Prefect settings it enters.
+    """
+
+    def __init__(self, embedded_environment: Mapping[str, str] | None = None) -> None:
+        self._embedded_environment = embedded_environment
+        self._server: EmbeddedServer | None = None
+        self._settings = contextlib.ExitStack()
 
     async def start(self) -> str:
         from prefect.client.orchestration import get_client
+        from prefect.settings import PREFECT_API_URL, temporary_settings
 
+        mode = "server"
+        if self._embedded_environment is not None:
+            self._server = EmbeddedServer(self._embedded_environment)
+            logger.info("no PREFECT_API_URL: starting Prefect's embedded server")
+            try:
+                url = await asyncio.to_thread(self._server.start)
+            except EmbeddedServerError as exc:
+                raise RunnerUnavailable(str(exc)) from exc
+            self._settings.enter_context(temporary_settings({PREFECT_API_URL: url}))
+            mode = "embedded server"
         async with get_client() as client:
-            # The first request starts the embedded server, if that is the mode; doing it
-            # now keeps that start-up out of the first job's time.
-            error = await client.api_healthcheck()
-            if error is not None:
-                raise RunnerUnavailable(f"Prefect API at {client.api_url} is not healthy: {error}")
             url = str(client.api_url)
-        return f"Prefect API at {url}"
+            if await client.api_healthcheck() is not None:
+                # A server that is down at boot may come back: jobs wait for it.
+                logger.warning("Prefect API at %s is not answering yet; jobs will wait", url)
+        return f"Prefect API at {url} ({mode})"
+
+    async def close(self) -> None:
+        self._settings.close()
+        if self._server is not None:
+            await asyncio.to_thread(self._server.stop)
+            self._server = None
 
     async def run(self, request: RunRequest) -> RunOutcome:
         from prefect import tags
-        from prefect.exceptions import PrefectHTTPStatusError
 
         from flows.wait import wait
 
@@ -105,19 +134,34 @@ class PrefectRunner:
                     name=request.label,
                     return_state=True,
                 )
-        except (httpx.HTTPError, PrefectHTTPStatusError, ConnectionError) as exc:
-            raise RunnerUnavailable(f"Prefect API unavailable: {exc}") from exc
-        flow_run_id = str(state.state_details.flow_run_id or "") or None
+        except Exception as exc:
+            # Prefect reports an unreachable API in several shapes (httpx errors, a
+            # RuntimeError "Failed to reach API", 503s after its own retries): ask the API.
+            if await self._api_down():
+                raise RunnerUnavailable(f"Prefect API unavailable ({exc})") from exc
+            raise
         if state.is_completed() or state.is_cancelled():
             data = await state.aresult(raise_on_failure=False)
             if isinstance(data, dict) and data.get("outcome") in ("completed", "canceled"):
                 return _from_outcome(data)
+        if await self._api_down():
+            raise RunnerUnavailable(f"Prefect API unavailable (flow run ended {state.name})")
         message = state.message or f"the flow run ended in state {state.name}"
         return RunOutcome(
             status="error",
             message=f"The flow run ended in {state.name}: {message}",
-            flow_run_id=flow_run_id,
+            flow_run_id=str(state.state_details.flow_run_id or "") or None,
         )
+
+    @staticmethod
+    async def _api_down() -> bool:
+        from prefect.client.orchestration import get_client
+
+        try:
+            async with get_client() as client:
+                return await client.api_healthcheck() is not None
+        except Exception:
+            return True
 
 
 class DirectRunner:
@@ -129,6 +173,9 @@ class DirectRunner:
 
     async def start(self) -> str:
         return "no Prefect (direct runner: jobs are not recorded in Prefect)"
+
+    async def close(self) -> None:
+        return None
 
     async def run(self, request: RunRequest) -> RunOutcome:
         seconds = draw_sleep(request.sleep)

@@ -131,8 +131,15 @@ class Service:
         recovered = self.processing.recover()
         if recovered:
             logger.info("recovering %d job(s) left in %s", len(recovered), s.processing)
-        logger.info("runner: %s", await self.runner.start())
+        try:
+            logger.info("runner: %s", await self.runner.start())
+            await self._serve(recovered)
+        finally:
+            await self.runner.close()
+        logger.info("stopped")
 
+    async def _serve(self, recovered: list[Claim]) -> None:
+        s = self.settings
         self.inbox = Inbox(
             s.inbox,
             s.patterns,
@@ -152,6 +159,7 @@ class Service:
         self.started.set()
         dispatcher = asyncio.create_task(self._dispatch())
         ticker = asyncio.create_task(self._tick())
+        assert self._stop is not None
         try:
             await self._stop.wait()
             logger.info("stopping: no new jobs; %d running", len(self._job_tasks))
@@ -160,7 +168,6 @@ class Service:
             dispatcher.cancel()
             ticker.cancel()
             await self._drain()
-        logger.info("stopped")
 
     async def _dispatch(self) -> None:
         while True:
