@@ -242,3 +242,41 @@ class ServiceProcess:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait()
+
+
+def audit(root: Path, names: list[str]) -> dict[str, Any]:
+    """What became of the jobs `names` dropped in `root/inbox`: results by job, and what is
+    wrong (lost jobs, partial or duplicate results, leftovers)."""
+    by_job: dict[str, list[dict[str, Any]]] = {}
+    partial: list[str] = []
+    for path in (root / "results").iterdir():
+        if path.name.startswith(".dropflow-tmp-"):
+            partial.append(path.name)
+            continue
+        try:
+            data = yaml.safe_load(path.read_text())
+        except (OSError, yaml.YAMLError):
+            data = None
+        if not isinstance(data, dict) or data.get("status") not in _STATUSES:
+            partial.append(path.name)
+            continue
+        by_job.setdefault(str(data["job"]), []).append(data)
+    leftovers = [
+        str(p)
+        for folder in ("inbox", "processing")
+        for p in (root / folder).iterdir()
+        if (root / folder).exists()
+    ]
+    archived = sorted(p.name for p in (root / "archive").iterdir())
+    return {
+        "results": {job: runs[0] for job, runs in by_job.items()},
+        "lost": sorted(set(names) - set(by_job)),
+        "partial": partial,
+        "duplicates": sorted(job for job, runs in by_job.items() if len(runs) > 1),
+        "unexpected": sorted(set(by_job) - set(names)),
+        "not_archived": sorted(set(names) - set(archived)),
+        "leftovers": leftovers,
+    }
+
+
+_STATUSES = ("completed", "canceled", "error")

@@ -11,35 +11,26 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
-import yaml
 
 from tests.conftest import ServiceFactory
-from tests.harness import PrefectServer, ServiceProcess, wait_until
+from tests.harness import PrefectServer, ServiceProcess, audit, wait_until
 from watcher.config import load_config
-from watcher.results import TEMP_PREFIX
 from watcher.runner import DirectRunner
 from watcher.service import Service
 
 
 def check_every_job_has_one_complete_result(
     root: Path, names: list[str]
-) -> dict[str, dict[str, object]]:
+) -> dict[str, dict[str, Any]]:
     """The invariant: one parseable result per job, every job file archived, nothing left over."""
-    results = root / "results"
-    by_job: dict[str, dict[str, object]] = {}
-    for path in results.iterdir():
-        assert not path.name.startswith(TEMP_PREFIX), f"temp file left: {path}"
-        data = yaml.safe_load(path.read_text())
-        assert isinstance(data, dict) and data["status"] in ("completed", "canceled", "error"), path
-        assert data["job"] not in by_job, f"two results for {data['job']}"
-        by_job[str(data["job"])] = data
-    assert sorted(by_job) == sorted(names)
-    assert sorted(p.name for p in (root / "archive").iterdir()) == sorted(names)
-    assert list((root / "inbox").iterdir()) == []
-    assert list((root / "processing").iterdir()) == []
-    return by_job
+    found = audit(root, names)
+    problems = {k: v for k, v in found.items() if k != "results" and v}
+    assert not problems, problems
+    results: dict[str, dict[str, Any]] = found["results"]
+    return results
 
 
 def test_kill_9_at_random_moments_loses_nothing(service: ServiceFactory, tmp_path: Path) -> None:

@@ -1,0 +1,121 @@
+"""`make chaos`: kill -9 the service at random moments, many times, and count what broke.
+
+Runs `dropflow run` against its own `prefect server`, drops jobs while killing and restarting
+the service, then lets a last start finish everything and audits: lost jobs, partial results,
+duplicate results, and duplicate flow runs (from the Prefect API), against the number of jobs
+that were in flight at the kills (the most a kill can legitimately make run again).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import random
+import sys
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+
+from tests.harness import PrefectServer, ServiceProcess, audit, wait_until
+
+
+async def _flow_runs_per_job(url: str) -> Counter[str]:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterTags
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    counts: Counter[str] = Counter()
+    with temporary_settings({PREFECT_API_URL: url}):
+        async with get_client() as client:
+            offset = 0
+            while True:
+                runs = await client.read_flow_runs(
+                    flow_run_filter=FlowRunFilter(tags=FlowRunFilterTags(all_=["dropflow"])),
+                    limit=200,
+                    offset=offset,
+                )
+                if not runs:
+                    break
+                counts.update(r.name for r in runs)
+                offset += len(runs)
+    return counts
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--kills", type=int, default=50)
+    parser.add_argument("--jobs", type=int, default=200)
+    parser.add_argument("--seed", type=int, default=None)
+    args = parser.parse_args(argv)
+    seed = args.seed if args.seed is not None else random.randrange(1 << 30)
+    rng = random.Random(seed)
+    root = Path(tempfile.mkdtemp(prefix="dropflow-chaos-"))
+    os.environ["PREFECT_HOME"] = str(root / "prefect-home")
+    os.environ.pop("PREFECT_API_URL", None)
+    server = PrefectServer(root / "server-home").start()
+    names = [f"chaos{i:04d}.yaml" for i in range(args.jobs)]
+    per_cycle = -(-args.jobs // args.kills)
+    config = {
+        "max_attempts": args.kills + 1,
+        "rescan_interval": 1,
+        "defaults": {"timeout": 1, "sleep": [0, 1.5]},
+    }
+    in_flight_at_kills = 0
+    dropped = 0
+    t0 = time.monotonic()
+    try:
+        for kill in range(args.kills):
+            svc = ServiceProcess(root, config, api_url=server.url, prefect_home=root / "svc-home")
+            svc.start()
+            for name in names[dropped : dropped + per_cycle]:
+                svc.drop(name, "{}\n")
+            dropped = min(dropped + per_cycle, len(names))
+            time.sleep(rng.uniform(0.0, 2.5))
+            in_flight_at_kills += len(os.listdir(svc.processing))
+            svc.kill()
+            print(
+                f"kill {kill + 1}/{args.kills}: {len(os.listdir(svc.results))} results so far",
+                flush=True,
+            )
+        svc = ServiceProcess(root, config, api_url=server.url, prefect_home=root / "svc-home")
+        svc.start()
+        for name in names[dropped:]:
+            svc.drop(name, "{}\n")
+        wait_until(lambda: len(os.listdir(svc.archive)) >= len(names), 600, 0.5)
+        wait_until(lambda: not os.listdir(svc.processing), 60, 0.2)
+        svc.stop()
+        found = audit(root, names)
+        runs = asyncio.run(_flow_runs_per_job(server.url))
+    finally:
+        server.stop()
+    duplicate_runs = sum(n - 1 for n in runs.values() if n > 1)
+    statuses = Counter(r["status"] for r in found["results"].values())
+    print()
+    print(f"seed {seed}, {time.monotonic() - t0:.0f}s, folder {root}")
+    print(f"kills:                  {args.kills}")
+    print(f"jobs:                   {len(names)} ({dict(statuses)})")
+    print(f"lost:                   {len(found['lost'])}")
+    print(f"partial results:        {len(found['partial'])}")
+    print(f"duplicate results:      {len(found['duplicates'])}")
+    print(f"leftovers:              {len(found['leftovers']) + len(found['not_archived'])}")
+    print(f"flow runs:              {sum(runs.values())}")
+    print(
+        f"duplicate runs:         {duplicate_runs} (jobs in flight at the kills: "
+        f"{in_flight_at_kills})"
+    )
+    ok = (
+        not found["lost"]
+        and not found["partial"]
+        and not found["duplicates"]
+        and not found["leftovers"]
+        and not found["not_archived"]
+        and duplicate_runs <= in_flight_at_kills
+    )
+    print("PASS" if ok else "FAIL")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
