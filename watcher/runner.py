@@ -81,6 +81,18 @@ def _from_outcome(data: WaitOutcome) -> RunOutcome:
     )
 
 
+def _overloaded(exc: Exception) -> bool:
+    """An API answer that means "not now" (Prefect's own client retries these first)."""
+    from prefect.exceptions import PrefectHTTPStatusError
+
+    return isinstance(exc, PrefectHTTPStatusError) and exc.response.status_code in (
+        429,
+        502,
+        503,
+        504,
+    )
+
+
 class PrefectRunner:
     """Runs the wait flow in-process against the configured Prefect API.
 
@@ -137,7 +149,7 @@ class PrefectRunner:
         except Exception as exc:
             # Prefect reports an unreachable API in several shapes (httpx errors, a
             # RuntimeError "Failed to reach API", 503s after its own retries): ask the API.
-            if await self._api_down():
+            if _overloaded(exc) or await self._api_down():
                 raise RunnerUnavailable(f"Prefect API unavailable ({exc})") from exc
             raise
         if state.is_completed() or state.is_cancelled():
