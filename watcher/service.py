@@ -258,7 +258,7 @@ class Service:
             )
             return self._result(base, None, outcome, started_at, t0)
         try:
-            job = await asyncio.to_thread(load_job, claim.path, self.settings.job_limits)
+            job = await self._load(claim)
         except JobError as exc:
             outcome = RunOutcome("error", f"{claim.name}: {exc}")
             return self._result(base, None, outcome, started_at, t0)
@@ -286,6 +286,18 @@ class Service:
                 outcome = RunOutcome("error", f"Internal error while running the job: {exc}")
                 break
         return self._result(base, job, outcome, started_at, t0)
+
+    async def _load(self, claim: Claim) -> Job:
+        """The claim's job; an I/O error (not the file's fault) is retried a few times."""
+        for delay in (_RETRY_FIRST, 2 * _RETRY_FIRST, 4 * _RETRY_FIRST, None):
+            try:
+                return await asyncio.to_thread(load_job, claim.path, self.settings.job_limits)
+            except OSError as exc:
+                if delay is None:
+                    raise JobError(f"could not be read: {exc.strerror or exc}") from exc
+                logger.warning("%s: cannot read it (%s); retrying in %gs", claim.name, exc, delay)
+                await asyncio.sleep(delay)
+        raise AssertionError("unreachable")
 
     @staticmethod
     def _result(
