@@ -1,8 +1,11 @@
 """Job files: read with a size cap, parse safely, validate into one typed `Job`.
 
-Every way a job file can be wrong ends in `JobError`, whose message is one sentence a person
+Every way a job file can be wrong ends in `JobError`, whose message is one short line a person
 can act on. Nothing in a job file is ever executed: YAML is parsed by a loader that only builds
-plain scalars, lists and mappings, refuses aliases (no billion-laughs bombs) and limits nesting.
+plain scalars, lists and mappings. It refuses explicit tags (`!!python/...`, and the standard
+ones too, some of which crash PyYAML's constructors), anchors and aliases (no billion-laughs
+bombs), and stops at the first value past a small nesting depth or node count, so a hostile file
+costs little to turn down.
 """
 
 from __future__ import annotations
@@ -27,6 +30,15 @@ __all__ = ["Job", "JobError", "JobLimits", "load_job", "parse_job", "read_job_by
 
 MAX_DEPTH = 16
 """How deeply a job file's YAML may nest; a job needs 2 levels."""
+
+MAX_NODES = 256
+"""How many values (scalars, lists, mappings) a job file may hold; a job needs fewer than 10.
+Reading stops at the first value past this, so a file of thousands of values costs little."""
+
+MAX_PROBLEMS = 5
+"""How many problems an error message lists before it says how many more there are."""
+
+_YAML_TAG_PREFIX = "tag:yaml.org,2002:"
 
 
 _SYMLINK = "a symbolic link, not a job file; put the job file itself in the inbox"
@@ -60,7 +72,7 @@ def _seconds(value: Any, key: str, *, allow_zero: bool, cap: float) -> float:
     if number < 0 or (number == 0 and not allow_zero):
         raise PydanticCustomError("dropflow", f"{key}: must be {kind}, got {show(value)}")
     if number > cap:
-        shown = "infinity" if math.isinf(number) else show(value)
+        shown = "infinity" if isinstance(value, float) and math.isinf(value) else show(value)
         raise PydanticCustomError(
             "dropflow", f"{key}: must be at most {cap:g} seconds (the service's cap), got {shown}"
         )
@@ -126,11 +138,13 @@ KNOWN_KEYS = tuple(Job.model_fields)
 
 
 class _JobLoader(yaml.SafeLoader):
-    """PyYAML's safe loader, minus aliases, duplicate keys and deep nesting."""
+    """PyYAML's safe loader, minus tags, anchors, aliases, duplicate keys, deep nesting and
+    more than a few values."""
 
     def __init__(self, stream: str) -> None:
         super().__init__(stream)
         self._depth = 0
+        self._nodes = 0
 
     def compose_node(self, parent: Any, index: Any) -> Any:
         if self.check_event(yaml.AliasEvent):
@@ -138,6 +152,27 @@ class _JobLoader(yaml.SafeLoader):
             raise JobError(
                 f"YAML alias '*{show(event.anchor)[1:-1]}' at line "
                 f"{event.start_mark.line + 1}: aliases are not allowed in job files"
+            )
+        event = self.peek_event()  # type: ignore[no-untyped-call]
+        line = event.start_mark.line + 1
+        if event.anchor is not None:
+            raise JobError(
+                f"YAML anchor '&{show(event.anchor)[1:-1]}' at line {line}: anchors and "
+                "aliases are not allowed in job files"
+            )
+        # An explicit tag picks a constructor by name: refuse them all, so only the plain
+        # scalars, lists and mappings of the implicit resolvers are ever built. ("!" is the
+        # non-specific tag: it only makes a plain scalar text.)
+        tag = getattr(event, "tag", None)
+        if tag is not None and tag != "!":
+            raise JobError(
+                f"YAML tag '{_short_tag(tag)}' at line {line} is not allowed: job files hold "
+                "plain values only"
+            )
+        self._nodes += 1
+        if self._nodes > MAX_NODES:
+            raise JobError(
+                f"more than {MAX_NODES} values; a job file is a short mapping such as 'timeout: 2'"
             )
         self._depth += 1
         if self._depth > MAX_DEPTH:
@@ -150,8 +185,14 @@ class _JobLoader(yaml.SafeLoader):
     def construct_mapping(self, node: Any, deep: bool = False) -> dict[Any, Any]:
         seen: set[Any] = set()
         for key_node, _ in node.value:
-            key = key_node.value if isinstance(key_node, yaml.ScalarNode) else None
-            if key is not None and key in seen:
+            if not isinstance(key_node, yaml.ScalarNode):
+                kind = "list" if isinstance(key_node, yaml.SequenceNode) else "mapping"
+                raise JobError(
+                    f"a {kind} used as a key (line {key_node.start_mark.line + 1}); keys are "
+                    "names such as 'timeout'"
+                )
+            key = key_node.value
+            if key in seen:
                 raise JobError(
                     f"the key '{show(key)[1:-1]}' appears twice (line "
                     f"{key_node.start_mark.line + 1})"
@@ -166,22 +207,54 @@ _JobLoader.add_implicit_resolver(
     re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
     list("-+0123456789"),
 )
+# YAML 1.1's merge key `<<` and value key `=` are plain text in a job file: a merge would let
+# one key silently override another, and `=` has no constructor at all.
+_JobLoader.yaml_implicit_resolvers = {
+    first: [
+        (tag, regexp)
+        for tag, regexp in resolvers
+        if tag not in (f"{_YAML_TAG_PREFIX}merge", f"{_YAML_TAG_PREFIX}value")
+    ]
+    for first, resolvers in _JobLoader.yaml_implicit_resolvers.items()
+}
 
 
-def _yaml_problem(exc: yaml.YAMLError) -> str:
+def _short_tag(tag: str) -> str:
+    short = f"!!{tag[len(_YAML_TAG_PREFIX) :]}" if tag.startswith(_YAML_TAG_PREFIX) else tag
+    return show(short)[1:-1] if len(short) <= 80 else show(short[:77] + "...")[1:-1]
+
+
+def _yaml_problem(exc: yaml.YAMLError, text: str) -> str:
+    if isinstance(exc, yaml.reader.ReaderError) and isinstance(exc.character, int):
+        line = text.count("\n", 0, exc.position) + 1
+        return (
+            f"the character U+{exc.character:04X} at line {line} is a control or non-character "
+            "code point, which YAML does not allow; a job file is plain text"
+        )
     if isinstance(exc, yaml.constructor.ConstructorError) and exc.problem:
         if "tag" in exc.problem:
             tag = exc.problem.split("tag", 1)[1].strip(" '")
             where = f" at line {exc.problem_mark.line + 1}" if exc.problem_mark else ""
-            return f"YAML tag '{tag[:80]}'{where} is not allowed: job files hold plain values only"
-        return f"not a valid job file: {exc.problem}"
+            return (
+                f"YAML tag '{_clip(tag, 80)}'{where} is not allowed: job files hold plain "
+                "values only"
+            )
+        return f"not a valid job file: {_clip(exc.problem)}"
     if isinstance(exc, yaml.composer.ComposerError) and "single document" in str(exc):
         return "several YAML documents; a job file holds exactly one mapping"
     if isinstance(exc, yaml.MarkedYAMLError) and exc.problem:
         where = f" at line {exc.problem_mark.line + 1}" if exc.problem_mark else ""
-        context = f" {exc.context}" if exc.context else ""
-        return f"not valid YAML{where}: {exc.problem}{context}"
-    return f"not valid YAML: {str(exc)[:200]}"
+        if "'\\t'" in exc.problem:
+            return f"a tab{where}, where YAML allows only spaces"
+        context = f" {_clip(exc.context)}" if exc.context else ""
+        return f"not valid YAML{where}: {_clip(exc.problem)}{context}"
+    return f"not valid YAML: {_clip(str(exc))}"
+
+
+def _clip(text: str, limit: int = 120) -> str:
+    """PyYAML quotes the input in its messages: keep that to one short line."""
+    text = " ".join(text.split())
+    return text if len(text) <= limit else f"{text[: limit - 3]}..."
 
 
 def parse_job(data: bytes, limits: JobLimits | None = None) -> Job:
@@ -210,12 +283,12 @@ def parse_job(data: bytes, limits: JobLimits | None = None) -> Job:
     except JobError:
         raise
     except yaml.YAMLError as exc:
-        raise JobError(_yaml_problem(exc)) from None
+        raise JobError(_yaml_problem(exc, text)) from None
     except RecursionError:
         raise JobError("nested too deeply to read; a job file is a flat mapping") from None
     except (ValueError, OverflowError) as exc:
-        # e.g. an integer literal of more than 4300 digits
-        raise JobError(f"a value that cannot be read: {str(exc)[:120]}") from None
+        # e.g. an integer literal of more than 4300 digits, or a date such as 2001-13-45
+        raise JobError(_value_problem(exc)) from None
     if document is None:
         raise JobError("empty file; a job file is a YAML mapping such as 'timeout: 2'")
     if not isinstance(document, dict):
@@ -230,7 +303,19 @@ def parse_job(data: bytes, limits: JobLimits | None = None) -> Job:
     try:
         return Job.model_validate(merged, context={"limits": limits})
     except ValidationError as exc:
-        raise JobError("; ".join(humanize(exc, KNOWN_KEYS))) from None
+        problems = humanize(exc, KNOWN_KEYS)
+        if len(problems) > MAX_PROBLEMS:
+            more = len(problems) - MAX_PROBLEMS
+            problems = [*problems[:MAX_PROBLEMS], f"and {more} more problem{'s' * (more > 1)}"]
+        raise JobError("; ".join(problems)) from None
+
+
+def _value_problem(exc: ValueError | OverflowError) -> str:
+    text = str(exc)
+    if "integer string conversion" in text:
+        return "a number with more than 4300 digits, which cannot be read"
+    first = text.splitlines()[0] if text else type(exc).__name__
+    return f"a value that cannot be read ({first[:100]})"
 
 
 def _as_yaml(sleep: float | tuple[float, float]) -> float | list[float]:
@@ -245,10 +330,11 @@ def read_job_bytes(path: Path, max_bytes: int) -> bytes:
 
     Raises:
         JobError: the entry is not a plain regular file, or has vanished.
-        OSError: an unexpected I/O error.
+        OSError: an unexpected I/O error (a disk error, too many open files): the file
+            itself may be fine.
     """
     flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
-    flags |= getattr(os, "O_BINARY", 0)
+    flags |= getattr(os, "O_BINARY", 0) | getattr(os, "O_NOCTTY", 0)
     try:
         mode = os.lstat(path).st_mode
     except FileNotFoundError:
@@ -264,6 +350,11 @@ def read_job_bytes(path: Path, max_bytes: int) -> bytes:
     except OSError as exc:
         if exc.errno == errno.ELOOP:
             raise JobError(_SYMLINK) from None
+        if exc.errno in (errno.EACCES, errno.EPERM):
+            raise JobError("the service may not read this file (permission denied)") from None
+        if exc.errno in (errno.ENXIO, errno.ENODEV, errno.EOPNOTSUPP):
+            # replaced by a socket or device between the check and the open
+            raise JobError("a socket or device, not a job file") from None
         raise
     try:
         info = os.fstat(fd)

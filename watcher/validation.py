@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import difflib
 import reprlib
 from collections.abc import Iterable
@@ -28,6 +29,16 @@ def show(value: Any) -> str:
         return f"a list {_repr.repr(value)}"
     if isinstance(value, dict):
         return f"a mapping {_repr.repr(value)}"
+    if isinstance(value, datetime.datetime):
+        return f"a date and time {value.isoformat()}"
+    if isinstance(value, datetime.date):
+        return f"a date {value.isoformat()}"
+    if isinstance(value, bytes | bytearray):
+        return f"binary data ({len(value)} bytes)"
+    if isinstance(value, set | frozenset):
+        return f"a set {_repr.repr(value)}"
+    if isinstance(value, tuple):
+        return f"a list {_repr.repr(list(value))}"
     return _repr.repr(value)
 
 
