@@ -6,9 +6,11 @@ file is complete:
 - where the platform reports close-after-write (Linux inotify), a file is complete as soon as
   the last writer closes it, and never while it is open for writing, however long the writer
   pauses;
-- a file renamed into the inbox from inside it is complete when it arrives;
-- otherwise (other platforms, polling, a file moved in from another folder, the backlog at
-  start-up) it is complete once its size and mtime have not changed for `settle_seconds`.
+- a file renamed into the inbox (from inside it or from another folder) is complete when it
+  arrives; with inotify, a file created without being opened (a move from another folder, a
+  hard link) is such an arrival: a writer's open(O_CREAT) reports its open at once;
+- otherwise (other platforms, polling, the backlog at start-up) it is complete once its size
+  and mtime have not changed for `settle_seconds`.
 
 Each path is handed out once; the service claims it (moves it away) right after.
 """
@@ -59,10 +61,16 @@ def is_job_name(name: str, patterns: Iterable[str]) -> bool:
     return any(fnmatch.fnmatchcase(lowered, pattern.lower()) for pattern in patterns)
 
 
+_ARRIVAL_GRACE = 0.05
+"""Seconds a created file must go without an open event to count as moved in, not written.
+The kernel queues a writer's IN_CREATE and IN_OPEN in the same system call."""
+
+
 @dataclass
 class _Candidate:
     writing: bool = False
     closed: bool = False
+    arrived: float | None = None
     signature: tuple[int, int] | None = None
     changed_at: float = field(default_factory=time.monotonic)
 
@@ -182,9 +190,16 @@ class Inbox:
         elif isinstance(event, FileClosedNoWriteEvent):
             self._track(path, writing=False)
         elif isinstance(event, FileCreatedEvent | DirCreatedEvent):
-            self._track(path)
+            self._track(path, created=True)
 
-    def _track(self, path: Path, *, closed: bool = False, writing: bool | None = None) -> None:
+    def _track(
+        self,
+        path: Path,
+        *,
+        closed: bool = False,
+        writing: bool | None = None,
+        created: bool = False,
+    ) -> None:
         if path.parent != self.folder or path in self._handed_out:
             return
         if not is_job_name(path.name, self.patterns):
@@ -196,8 +211,18 @@ class Inbox:
             candidate.writing = writing
             if writing:
                 candidate.closed = False
+                candidate.arrived = None
         candidate.changed_at = time.monotonic()
+        if created and self._close_events and not candidate.writing:
+            candidate.arrived = candidate.changed_at
+            if self._loop is not None:
+                self._loop.call_later(_ARRIVAL_GRACE * 1.5, self._recheck, path)
         if candidate.closed:
+            self._check(path, candidate)
+
+    def _recheck(self, path: Path) -> None:
+        candidate = self._candidates.get(path)
+        if candidate is not None:
             self._check(path, candidate)
 
     def scan(self) -> int:
@@ -252,7 +277,9 @@ class Inbox:
         regular = stat.S_ISREG(info.st_mode)
         if candidate.writing and regular:
             return
-        if regular and not candidate.closed and now - candidate.changed_at < self.settle_seconds:
+        arrived = candidate.arrived is not None and now - candidate.arrived >= _ARRIVAL_GRACE
+        complete = candidate.closed or arrived or now - candidate.changed_at >= self.settle_seconds
+        if regular and not complete:
             return
         del self._candidates[path]
         self._handed_out.add(path)

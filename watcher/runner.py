@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -93,6 +94,20 @@ def _overloaded(exc: Exception) -> bool:
     )
 
 
+FLUSH_TIMEOUT = 10.0
+"""Seconds the service waits at exit for Prefect to send its last logs and events."""
+
+
+async def _flush_prefect() -> None:
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogHandler
+
+    await APILogHandler.aflush()
+    drained = EventsWorker.drain_all(timeout=FLUSH_TIMEOUT)
+    if inspect.isawaitable(drained):
+        await drained
+
+
 class PrefectRunner:
     """Runs the wait flow in-process against the configured Prefect API.
 
@@ -128,6 +143,12 @@ class PrefectRunner:
         return f"Prefect API at {url} ({mode})"
 
     async def close(self) -> None:
+        # Send the logs and events still queued while the API is up: Prefect otherwise drains
+        # them at interpreter exit, and waits forever if the embedded server is gone by then.
+        try:
+            await asyncio.wait_for(_flush_prefect(), FLUSH_TIMEOUT)
+        except Exception as exc:
+            logger.warning("could not send the last Prefect logs and events: %r", exc)
         self._settings.close()
         if self._server is not None:
             await asyncio.to_thread(self._server.stop)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import threading
 import time
@@ -170,8 +171,9 @@ class Service:
             await self._drain()
 
     async def _dispatch(self) -> None:
+        # Every file is claimed and read at once; only running its flow waits for a slot, so
+        # a bad file gets its error result without queueing behind long jobs.
         while True:
-            await self._slots.acquire()
             item = await self._queue.get()
             task = asyncio.create_task(self._handle(item))
             self._job_tasks.add(task)
@@ -179,7 +181,6 @@ class Service:
 
     def _job_done(self, task: asyncio.Task[None]) -> None:
         self._job_tasks.discard(task)
-        self._slots.release()
         if not task.cancelled() and task.exception() is not None:
             logger.error("job handler failed", exc_info=task.exception())
 
@@ -262,30 +263,38 @@ class Service:
         except JobError as exc:
             outcome = RunOutcome("error", f"{claim.name}: {exc}")
             return self._result(base, None, outcome, started_at, t0)
-        label = job.name or Path(claim.name).stem
-        logger.info(
-            "job started: %s (claim %s, attempt %d, timeout %gs, sleep %s)",
-            claim.name,
-            claim.id,
-            claim.attempt,
-            job.timeout,
-            job.sleep,
-        )
-        request = RunRequest(claim.id, label, job.timeout, job.sleep, claim.attempt)
+        except Exception as exc:  # a bug must cost one error result, not a stuck claim
+            logger.exception("%s: reading the job failed", claim.name)
+            outcome = RunOutcome("error", f"{claim.name}: internal error reading it: {exc}")
+            return self._result(base, None, outcome, started_at, t0)
+        # A file name need not be valid UTF-8; Prefect's names must be.
+        stem = os.fsencode(Path(claim.name).stem).decode("utf-8", "replace")
+        request = RunRequest(claim.id, job.name or stem, job.timeout, job.sleep, claim.attempt)
+        async with self._slots:
+            started_at, t0 = now_iso(), time.monotonic()
+            logger.info(
+                "job started: %s (claim %s, attempt %d, timeout %gs, sleep %s)",
+                claim.name,
+                claim.id,
+                claim.attempt,
+                job.timeout,
+                job.sleep,
+            )
+            outcome = await self._run_with_retries(claim, request)
+        return self._result(base, job, outcome, started_at, t0)
+
+    async def _run_with_retries(self, claim: Claim, request: RunRequest) -> RunOutcome:
         delay = _RETRY_FIRST
         while True:
             try:
-                outcome = await self.runner.run(request)
-                break
+                return await self.runner.run(request)
             except RunnerUnavailable as exc:
                 logger.warning("%s: %s; retrying in %gs", claim.name, exc, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, _RETRY_MAX)
             except Exception as exc:
                 logger.exception("%s: the runner failed", claim.name)
-                outcome = RunOutcome("error", f"Internal error while running the job: {exc}")
-                break
-        return self._result(base, job, outcome, started_at, t0)
+                return RunOutcome("error", f"Internal error while running the job: {exc}")
 
     async def _load(self, claim: Claim) -> Job:
         """The claim's job; an I/O error (not the file's fault) is retried a few times."""

@@ -113,6 +113,34 @@ async def test_a_file_renamed_inside_the_inbox_is_ready_at_once(tmp_path: Path) 
     await _with_inbox(tmp_path, 3.0, False, body)
 
 
+async def test_a_file_moved_in_from_another_folder_is_ready_at_once(tmp_path: Path) -> None:
+    inbox, outside = tmp_path / "inbox", tmp_path / "outside"
+    outside.mkdir()
+
+    async def body(_: Inbox, ready: Ready) -> None:
+        (outside / "job.yaml").write_text("timeout: 1\n")
+        os.rename(outside / "job.yaml", inbox / "job.yaml")
+        moved = time.monotonic()
+        await _until(ready, 1)
+        assert ready[0][0] - moved < 1.0  # not the 3 s settle time
+
+    await _with_inbox(inbox, 3.0, False, body)
+
+
+async def test_a_created_file_that_is_opened_waits_for_its_close(tmp_path: Path) -> None:
+    async def body(_: Inbox, ready: Ready) -> None:
+        fd = os.open(tmp_path / "empty.yaml", os.O_WRONLY | os.O_CREAT)
+        try:
+            await asyncio.sleep(0.6)  # created, opened, nothing written yet
+            assert ready == []
+            os.write(fd, b"timeout: 1\n")
+        finally:
+            os.close(fd)
+        await _until(ready, 1)
+
+    await _with_inbox(tmp_path, 5.0, False, body)
+
+
 async def test_polling_waits_for_the_settle_time(tmp_path: Path) -> None:
     async def body(inbox: Inbox, ready: Ready) -> None:
         await asyncio.sleep(0.6)
