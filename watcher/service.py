@@ -53,6 +53,8 @@ class Service:
         self._signals = 0
         self._forced = False
         self._error: BaseException | None = None
+        self._main: asyncio.Task[None] | None = None
+        self._job_tasks: set[asyncio.Task[None]] = set()
 
     # -- running in a thread, stopping from the main thread --------------------------------
 
@@ -104,12 +106,15 @@ class Service:
         if self._forced:
             for task in self._job_tasks:
                 task.cancel()
+            if not self.started.is_set() and self._main is not None:
+                self._main.cancel()  # still starting (the embedded server): give up on it
 
     def _thread_main(self) -> None:
         try:
             asyncio.run(self.serve())
         except BaseException as exc:  # handed to the main thread, which re-raises it
-            self._error = exc
+            if not (self._forced and isinstance(exc, asyncio.CancelledError)):
+                self._error = exc
             self.started.set()
 
     # -- the service proper ----------------------------------------------------------------
@@ -117,9 +122,9 @@ class Service:
     async def serve(self) -> None:
         """Recover, start the runner, watch the inbox, and process jobs until stopped."""
         self._loop = asyncio.get_running_loop()
+        self._main = asyncio.current_task()
         self._stop = asyncio.Event()
         self._queue: asyncio.Queue[Path | Claim] = asyncio.Queue()
-        self._job_tasks: set[asyncio.Task[None]] = set()
         self._slots = asyncio.Semaphore(self.settings.max_concurrent_jobs)
         if self._signals:
             self._stop.set()
