@@ -120,9 +120,11 @@ class PrefectRunner:
         self._embedded_environment = embedded_environment
         self._server: EmbeddedServer | None = None
         self._settings = contextlib.ExitStack()
+        self._clients = contextlib.AsyncExitStack()
 
     async def start(self) -> str:
         from prefect.client.orchestration import get_client
+        from prefect.context import AsyncClientContext, SyncClientContext
         from prefect.settings import PREFECT_API_URL, temporary_settings
 
         mode = "server"
@@ -135,6 +137,12 @@ class PrefectRunner:
                 raise RunnerUnavailable(str(exc)) from exc
             self._settings.enter_context(temporary_settings({PREFECT_API_URL: url}))
             mode = "embedded server"
+        # One sync and one async client for every flow run (the job tasks inherit these
+        # contexts). Otherwise Prefect builds three clients per run, its own async one and two
+        # sync ones that only look up the default result storage, each with a new SSL context
+        # (~20 ms of CPU on the event loop). bench, 100 runs: client CPU 0.099 -> 0.031 s a run.
+        self._clients.enter_context(SyncClientContext.get_or_create())
+        await self._clients.enter_async_context(AsyncClientContext.get_or_create())
         async with get_client() as client:
             url = str(client.api_url)
             if await client.api_healthcheck() is not None:
@@ -149,6 +157,7 @@ class PrefectRunner:
             await asyncio.wait_for(_flush_prefect(), FLUSH_TIMEOUT)
         except Exception as exc:
             logger.warning("could not send the last Prefect logs and events: %r", exc)
+        await self._clients.aclose()
         self._settings.close()
         if self._server is not None:
             await asyncio.to_thread(self._server.stop)
@@ -160,7 +169,13 @@ class PrefectRunner:
         from flows.wait import wait
 
         try:
-            with tags("dropflow", f"job:{request.label}", f"claim:{request.claim_id}"):
+            # One tag for all runs. Task runs inherit their flow's tags, and Prefect looks up
+            # tag concurrency limits through a service (a thread and a client, kept until exit)
+            # per distinct tag set: per-job tags paid that on every run and leaked a service per
+            # job (bench, 100 runs: client CPU 0.10 -> 0.14-0.17 s a run, wall +30-65 %; 120 runs:
+            # 122 services, 130 threads). The job is the flow run's name; its result file has
+            # the flow run id.
+            with tags("dropflow"):
                 state = await wait(
                     timeout=request.timeout,
                     sleep=request.sleep,
