@@ -20,7 +20,7 @@ from pathlib import Path
 
 from bench.hotfolder import ready
 from bench.jobfile import JobSpec, RunClock, write_result
-from watcher.backend import embedded_environment
+from watcher.backend import embedded_environment, service_environment
 
 __all__ = ["main"]
 
@@ -76,6 +76,7 @@ def main(argv: list[str]) -> int:
         raise SystemExit(f"unknown floor {mode!r}")
     if mode != "direct":
         # Before Prefect is imported, as `dropflow run` does: the same embedded settings.
+        os.environ.update(service_environment(os.environ))
         os.environ.update(embedded_environment(os.environ))
     results.mkdir(parents=True, exist_ok=True)
     asyncio.run(_serve(mode, results, concurrency))

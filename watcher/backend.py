@@ -15,7 +15,17 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-__all__ = ["EMBEDDED_SETTINGS", "embedded_environment"]
+__all__ = ["EMBEDDED_SETTINGS", "SERVICE_SETTINGS", "embedded_environment", "service_environment"]
+
+SERVICE_SETTINGS: Mapping[str, str] = {
+    # Prefect prints a rich-formatted console line for every flow and task run step; the
+    # service logs one line per job start and end itself, and the runs' logs still reach the
+    # API (and its UI). Warnings and errors still print. Measured with `make bench`, dropflow
+    # alone, back to back: W1 (200 `sleep: 0`) wall 17.07 -> 15.81 s, CPU 0.094 -> 0.089 s a
+    # job; W2 canceled results' worst lateness after flow start + timeout +0.15 -> +0.09 s.
+    "PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL": "WARNING",
+}
+"""Prefect settings dropflow uses whichever API it talks to."""
 
 EMBEDDED_SETTINGS: Mapping[str, str] = {
     "PREFECT_SERVER_DATABASE_CONNECTION_URL": "sqlite+aiosqlite:///:memory:",
@@ -38,6 +48,11 @@ EMBEDDED_SETTINGS: Mapping[str, str] = {
 _SAME_SETTING = {
     "PREFECT_SERVER_DATABASE_CONNECTION_URL": ("PREFECT_API_DATABASE_CONNECTION_URL",),
 }
+
+
+def service_environment(environ: Mapping[str, str]) -> dict[str, str]:
+    """The `SERVICE_SETTINGS` to add to `environ`; a setting the user gave is never replaced."""
+    return {key: value for key, value in SERVICE_SETTINGS.items() if not environ.get(key)}
 
 
 def embedded_environment(environ: Mapping[str, str]) -> dict[str, str]:

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from watcher import __version__
-from watcher.backend import embedded_environment
+from watcher.backend import embedded_environment, service_environment
 from watcher.config import ConfigError, load_config
 
 __all__ = ["main"]
@@ -82,6 +82,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     runner: Runner = DirectRunner()
     if settings.runner == "prefect":
         # Before Prefect is imported: it reads its settings from the environment then.
+        os.environ.update(service_environment(os.environ))
         os.environ.update(embedded_environment(os.environ))
         from prefect.settings import get_current_settings
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import time
 from collections.abc import Callable, Coroutine
@@ -192,3 +193,15 @@ async def test_a_deleted_inbox_is_reported_unhealthy_and_recreated(tmp_path: Pat
         await _until(ready, 1)
 
     await _with_inbox(folder, 0.1, False, body)
+
+
+async def test_an_inotify_overflow_asks_for_a_rescan(tmp_path: Path) -> None:
+    async def body(inbox: Inbox, ready: Ready) -> None:
+        assert not inbox.rescan_needed.is_set()
+        # watchdog reports a kernel queue overflow only as this log record.
+        logging.getLogger("watchdog.observers.inotify_c").warning(
+            "Inotify queue overflowed; filesystem events were lost"
+        )
+        await asyncio.wait_for(inbox.rescan_needed.wait(), 2)
+
+    await _with_inbox(tmp_path, 0.1, False, body)
