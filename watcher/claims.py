@@ -3,7 +3,8 @@ until its result is published and the file is archived.
 
 Layout: one folder per claim, `<processing>/<claim id>.<attempt>/`, holding the job file under
 its own name and, once the outcome is known, the staged result `.result.yaml`. Every state
-change is one rename, so a crash at any point leaves a state that `recover` can finish:
+change is one rename (the claim itself a link and an unlink), so a crash at any point leaves a
+state that `recover` can finish:
 
 - a folder with the job file and no staged result was in flight: it runs again, as the next
   attempt (the attempt number is in the folder name);
@@ -68,9 +69,10 @@ def _new_id() -> str:
 class Processing:
     """Claims, recovery and archiving over the processing and archive folders."""
 
-    def __init__(self, root: Path, archive: Path) -> None:
+    def __init__(self, root: Path, archive: Path, inbox: Path | None = None) -> None:
         self.root = root
         self.archive_dir = archive
+        self.inbox = inbox
         # Archive names are chosen and taken under one lock: two jobs of the same name may
         # finish at once, and a rename would silently replace the other's file.
         self._archive_lock = threading.Lock()
@@ -80,12 +82,45 @@ class Processing:
         claim = Claim(id=_new_id(), attempt=1, name=source.name, root=self.root)
         claim.folder.mkdir()
         try:
-            os.rename(source, claim.path)
+            self._take(source, claim)
         except FileNotFoundError:
             claim.folder.rmdir()
             return None
         fsync_dir(self.root)
         return claim
+
+    def _take(self, source: Path, claim: Claim) -> None:
+        """Move `source` into the claim: a hard link made durable, then an unlink.
+
+        Not a rename: a rename out of the watched inbox is an unpaired move, which watchdog's
+        inotify emitter holds for 0.5 s while every event behind it waits (watchdog#477; a job
+        dropped right after another was seen 0.5 s late). A crash between the link and the
+        unlink leaves the file in both places; `recover` removes the inbox name. Where hard
+        links are impossible (FAT, some shares, a folder), it is a rename.
+        """
+        try:
+            os.link(source, claim.path, follow_symlinks=False)
+        except FileNotFoundError:
+            raise
+        except OSError:
+            os.rename(source, claim.path)
+            return
+        fsync_dir(claim.folder)
+        fsync_dir(self.root)
+        os.unlink(source)
+
+    def _finish_take(self, claim: Claim) -> None:
+        """Remove the inbox name of a claim interrupted between its link and its unlink."""
+        if self.inbox is None:
+            return
+        try:
+            mine = os.lstat(claim.path)
+            theirs = os.lstat(self.inbox / claim.name)
+        except FileNotFoundError:
+            return
+        if mine.st_nlink > 1 and (mine.st_dev, mine.st_ino) == (theirs.st_dev, theirs.st_ino):
+            os.unlink(self.inbox / claim.name)
+            logger.info("finished claiming %s (interrupted by a crash)", claim.name)
 
     def recover(self) -> list[Claim]:
         """The claims left by an earlier run, oldest first, each moved to its next attempt.
@@ -110,6 +145,7 @@ class Processing:
                 else:
                     shutil.rmtree(folder)
                 continue
+            self._finish_take(claim)
             if not claim.staged_result.exists():
                 claim = self._move(claim, claim.attempt + 1)
             found.append(claim)

@@ -46,7 +46,7 @@ class Service:
     def __init__(self, settings: Settings, runner: Runner) -> None:
         self.settings = settings
         self.runner = runner
-        self.processing = Processing(settings.processing, settings.archive)
+        self.processing = Processing(settings.processing, settings.archive, settings.inbox)
         self.started = threading.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop: asyncio.Event | None = None

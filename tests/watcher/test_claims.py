@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -11,7 +12,7 @@ from watcher.claims import Processing
 def processing(tmp_path: Path) -> Processing:
     for name in ("inbox", "processing", "archive"):
         (tmp_path / name).mkdir()
-    return Processing(tmp_path / "processing", tmp_path / "archive")
+    return Processing(tmp_path / "processing", tmp_path / "archive", tmp_path / "inbox")
 
 
 def _drop(tmp_path: Path, name: str = "job.yaml") -> Path:
@@ -84,3 +85,33 @@ def test_archive_keeps_every_file_of_a_reused_name(tmp_path: Path, processing: P
     assert len({p for p in archived}) == 3
     assert all(p is not None and p.exists() for p in archived)
     assert list(processing.root.iterdir()) == []
+
+
+def test_a_claim_is_a_link_then_an_unlink(tmp_path: Path, processing: Processing) -> None:
+    source = _drop(tmp_path)
+    inode = source.stat().st_ino
+    claim = processing.claim(source)
+    assert claim is not None and not source.exists()
+    assert claim.path.stat().st_ino == inode and claim.path.stat().st_nlink == 1
+
+
+def test_recovery_finishes_a_claim_cut_between_link_and_unlink(
+    tmp_path: Path, processing: Processing
+) -> None:
+    source = _drop(tmp_path)
+    folder = processing.root / "20260101T000000.000000-abcdef.1"
+    folder.mkdir()
+    os.link(source, folder / source.name)  # the crash came before the unlink
+    (recovered,) = processing.recover()
+    assert not source.exists()
+    assert recovered.path.read_text() == "timeout: 1\n" and recovered.attempt == 2
+
+
+def test_recovery_leaves_a_new_file_of_the_same_name_alone(
+    tmp_path: Path, processing: Processing
+) -> None:
+    claim = processing.claim(_drop(tmp_path))
+    assert claim is not None
+    newer = _drop(tmp_path)  # a new job with the same name, a different file
+    processing.recover()
+    assert newer.exists()
