@@ -13,8 +13,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
+from watchdog.observers import Observer
 
-__all__ = ["JobHandler", "ready"]
+__all__ = ["JobHandler", "ready", "watch_until_stopped"]
 
 
 class JobHandler(FileSystemEventHandler):
@@ -41,3 +42,18 @@ def ready() -> None:
     """Tell the bench this peer is listening (it waits for this line in the peer's log)."""
     print("READY", flush=True)
     sys.stderr.flush()
+
+
+def watch_until_stopped(inbox: Path | str, on_job: Callable[[Path], None]) -> None:
+    """Call `on_job` for each new job file in `inbox` until the process is interrupted."""
+    observer = Observer()
+    observer.schedule(JobHandler(on_job), str(inbox))
+    observer.start()
+    ready()
+    try:
+        while observer.is_alive():
+            observer.join(0.5)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        observer.stop()

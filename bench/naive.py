@@ -23,9 +23,8 @@ import time
 from pathlib import Path
 
 from prefect import flow, task
-from watchdog.observers import Observer
 
-from bench.hotfolder import JobHandler, ready
+from bench.hotfolder import watch_until_stopped
 from bench.jobfile import RunClock, archive, read_spec, write_result
 
 __all__ = ["main", "seed_flow"]
@@ -61,17 +60,7 @@ def main(argv: list[str]) -> int:
         write_result(results, clock.finish(spec, status))
         archive(path, done)
 
-    observer = Observer()
-    observer.schedule(JobHandler(on_job), str(inbox))
-    observer.start()
-    ready()
-    try:
-        while observer.is_alive():
-            observer.join(0.5)
-    except KeyboardInterrupt:
-        pass
-    finally:
-        observer.stop()
+    watch_until_stopped(inbox, on_job)
     return 0
 
 

@@ -17,9 +17,7 @@ import sys
 import threading
 from pathlib import Path
 
-from watchdog.observers import Observer
-
-from bench.hotfolder import JobHandler, ready
+from bench.hotfolder import watch_until_stopped
 from watcher.backend import embedded_environment
 from watcher.embedded import EmbeddedServer
 
@@ -48,17 +46,9 @@ def main(argv: list[str]) -> int:
             threading.Event().wait(0.05)
 
     threading.Thread(target=reap, daemon=True).start()
-    observer = Observer()
-    observer.schedule(JobHandler(on_job), inbox)
-    observer.start()
-    ready()
     try:
-        while observer.is_alive():
-            observer.join(0.5)
-    except KeyboardInterrupt:
-        pass
+        watch_until_stopped(inbox, on_job)
     finally:
-        observer.stop()
         server.stop()
     return 0
 

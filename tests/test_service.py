@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import ServiceFactory
-from tests.harness import wait_until
+from tests.harness import ServiceProcess, wait_until
 
 
 def _interval(result: dict[str, object]) -> tuple[datetime, datetime]:
@@ -19,6 +19,16 @@ def _interval(result: dict[str, object]) -> tuple[datetime, datetime]:
         datetime.fromisoformat(str(result["started_at"])),
         datetime.fromisoformat(str(result["finished_at"])),
     )
+
+
+def _run_together(svc: ServiceProcess, count: int) -> list[tuple[datetime, datetime]]:
+    """Drop `count` jobs of 1.5 s at once; when each ran, once all completed."""
+    names = [f"together{i}.yaml" for i in range(count)]
+    for name in names:
+        svc.drop(name, "timeout: 10\nsleep: 1.5\n")
+    results = [svc.wait_result(name, timeout=60) for name in names]
+    assert all(r["status"] == "completed" for r in results)
+    return [_interval(r) for r in results]
 
 
 def test_backlog_is_processed_at_start(service: ServiceFactory, tmp_path: Path) -> None:
@@ -99,12 +109,7 @@ def test_one_file_with_many_events_gives_one_run(service: ServiceFactory) -> Non
 
 def test_jobs_run_concurrently_up_to_the_limit(service: ServiceFactory) -> None:
     svc = service({"max_concurrent_jobs": 3})
-    names = [f"c{i}.yaml" for i in range(6)]
-    for name in names:
-        svc.drop(name, "timeout: 10\nsleep: 1.5\n")
-    results = [svc.wait_result(name, timeout=60) for name in names]
-    assert all(r["status"] == "completed" for r in results)
-    intervals = [_interval(r) for r in results]
+    intervals = _run_together(svc, 6)
     peak = max(sum(1 for s, f in intervals if s <= t < f) for t, _ in intervals)
     assert peak == 3, intervals
 
@@ -185,12 +190,7 @@ def test_bad_config_exits_non_zero_naming_file_key_and_problem(
 def test_embedded_default_runs_jobs_concurrently(embedded_service: ServiceFactory) -> None:
     svc = embedded_service()
     assert "Prefect API at http://127.0.0.1" in svc.log()
-    names = [f"e{i}.yaml" for i in range(8)]
-    for name in names:
-        svc.drop(name, "timeout: 10\nsleep: 1.5\n")
-    results = [svc.wait_result(name, timeout=60) for name in names]
-    assert all(r["status"] == "completed" for r in results)
-    intervals = [_interval(r) for r in results]
+    intervals = _run_together(svc, 8)
     # All eight ran at the same time: the last start came before the first finish.
     assert max(s for s, _ in intervals) < min(f for _, f in intervals)
     assert svc.stop(signal.SIGTERM) == 0
