@@ -162,6 +162,18 @@ def test_sigterm_stops_gracefully_with_exit_0(service: ServiceFactory) -> None:
     assert "stopped" in svc.log()
 
 
+def test_a_stop_starts_no_queued_job(service: ServiceFactory) -> None:
+    svc = service({"shutdown_grace": 20, "max_concurrent_jobs": 1})
+    for name in ("first.yaml", "second.yaml", "third.yaml"):
+        svc.drop(name, "timeout: 10\nsleep: 2\n")
+    svc.wait_for_log("job started:")
+    assert svc.stop(signal.SIGTERM) == 0
+    assert svc.log().count("job started:") == 1
+    assert len(list(svc.results.iterdir())) == 1  # the running job finished in the grace
+    claims = sorted(p.name.rsplit(".", 1)[1] for p in svc.processing.iterdir())
+    assert claims == ["0", "0"]  # the two queued jobs wait for the next start, uncounted
+
+
 def test_jobs_past_the_grace_go_back_for_the_next_start(service: ServiceFactory) -> None:
     svc = service({"shutdown_grace": 0.5})
     svc.drop("long.yaml", "timeout: 30\nsleep: 20\n")

@@ -55,6 +55,7 @@ class Service:
         self._error: BaseException | None = None
         self._main: asyncio.Task[None] | None = None
         self._job_tasks: set[asyncio.Task[None]] = set()
+        self._waiting: set[asyncio.Task[Any] | None] = set()  # claimed, no run slot yet
 
     # -- running in a thread, stopping from the main thread --------------------------------
 
@@ -168,7 +169,7 @@ class Service:
         assert self._stop is not None
         try:
             await self._stop.wait()
-            logger.info("stopping: no new jobs; %d running", len(self._job_tasks))
+            logger.info("stopping: no new jobs; %d in progress", len(self._job_tasks))
         finally:
             self.inbox.stop()
             dispatcher.cancel()
@@ -190,6 +191,10 @@ class Service:
             logger.error("job handler failed", exc_info=task.exception())
 
     async def _drain(self) -> None:
+        # Jobs still waiting for a run slot do not start now: they go back at once.
+        for task in list(self._waiting):
+            if task is not None:
+                task.cancel()
         if self._job_tasks and not self._forced:
             grace = self.settings.shutdown_grace
             logger.info("waiting up to %gs for %d running job(s)", grace, len(self._job_tasks))
@@ -275,7 +280,17 @@ class Service:
         # A file name need not be valid UTF-8; Prefect's names must be.
         stem = os.fsencode(Path(claim.name).stem).decode("utf-8", "replace")
         request = RunRequest(claim.id, job.name or stem, job.timeout, job.sleep, claim.attempt)
-        async with self._slots:
+        me = asyncio.current_task()
+        self._waiting.add(me)
+        try:
+            await self._slots.acquire()
+        finally:
+            self._waiting.discard(me)
+        if self._stop is not None and self._stop.is_set():
+            # Stopping: no flow starts now, even for a job that reached its slot just now.
+            self._slots.release()
+            raise asyncio.CancelledError
+        try:
             started_at, t0 = now_iso(), time.monotonic()
             logger.info(
                 "job started: %s (claim %s, attempt %d, timeout %gs, sleep %s)",
@@ -286,6 +301,8 @@ class Service:
                 job.sleep,
             )
             outcome = await self._run_with_retries(claim, request)
+        finally:
+            self._slots.release()
         return self._result(base, job, outcome, started_at, t0)
 
     async def _run_with_retries(self, claim: Claim, request: RunRequest) -> RunOutcome:
