@@ -86,7 +86,6 @@ class Processing:
         except FileNotFoundError:
             claim.folder.rmdir()
             return None
-        fsync_dir(self.root)
         return claim
 
     def _take(self, source: Path, claim: Claim) -> None:
@@ -100,14 +99,16 @@ class Processing:
         """
         try:
             os.link(source, claim.path, follow_symlinks=False)
+            linked = True
         except FileNotFoundError:
             raise
         except OSError:
             os.rename(source, claim.path)
-            return
+            linked = False
         fsync_dir(claim.folder)
         fsync_dir(self.root)
-        os.unlink(source)
+        if linked:
+            os.unlink(source)
 
     def _finish_take(self, claim: Claim) -> None:
         """Remove the inbox name of a claim interrupted between its link and its unlink."""
