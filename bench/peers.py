@@ -12,6 +12,7 @@ import contextlib
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -23,7 +24,7 @@ import yaml
 
 from bench.jobfile import JobSpec
 
-__all__ = ["PEERS", "ROOT", "Peer", "PeerProcess"]
+__all__ = ["MEMORY_DATABASE", "PEERS", "ROOT", "Peer", "PeerProcess", "free_port"]
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -38,6 +39,16 @@ _API_URL = re.compile(r"http://127\.0\.0\.1:\d+/api")
 
 Delivery = Literal["inbox", "stdin"]
 
+MEMORY_DATABASE = "sqlite+aiosqlite:///:memory:"
+"""The embedded server's database before it kept its history (in memory, per start)."""
+
+
+def free_port() -> int:
+    """A free loopback port (the embedded server's, never 4200)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
 
 @dataclass(frozen=True)
 class Peer:
@@ -50,13 +61,15 @@ class Peer:
     uses_prefect: bool
     # Largest number of jobs run per workload; more are scaled from this sample.
     sample: dict[str, int] = field(default_factory=dict)
+    # Extra environment: another database for the embedded server, to compare.
+    env: dict[str, str] = field(default_factory=dict)
 
     def command(self, root: Path, concurrency: int) -> list[str]:
         """The peer's command line, for a run rooted at `root`."""
         py = sys.executable
         inbox, results, done = str(root / "inbox"), str(root / "results"), str(root / "archive")
         config = ["run", "--config", str(root / "config.yaml")]
-        if self.key in ("dropflow", "dropflow-direct"):
+        if self.key.startswith("dropflow"):
             return [py, "-m", "watcher", *config]
         if self.key == "naive":
             return [py, "-m", "bench.naive", inbox, results, done]
@@ -69,6 +82,24 @@ class Peer:
 # Order of the table. The sampled peers come last: they take longest.
 PEERS: tuple[Peer, ...] = (
     Peer("dropflow", "dropflow (embedded, as shipped)", "inbox", "watching ", True),
+    Peer(
+        "dropflow-memory",
+        "dropflow, in-memory SQLite (the old default, no history)",
+        "inbox",
+        "watching ",
+        True,
+        env={"PREFECT_SERVER_DATABASE_CONNECTION_URL": MEMORY_DATABASE},
+    ),
+    Peer(
+        "dropflow-sqlite",
+        "dropflow, SQLite file in data_dir",
+        "inbox",
+        "watching ",
+        True,
+        env={
+            "PREFECT_SERVER_DATABASE_CONNECTION_URL": "sqlite+aiosqlite:///{root}/data/prefect.db"
+        },
+    ),
     Peer("dropflow-direct", "dropflow, `runner: direct`", "inbox", "watching ", False),
     Peer("floor-prefect", "Prefect floor", "stdin", "READY", True),
     Peer("floor-direct", "No-Prefect floor", "stdin", "READY", False),
@@ -102,9 +133,13 @@ class PeerProcess:
                 "archive": "archive",
                 "processing": "processing",
                 "runner": "direct" if self.peer.key == "dropflow-direct" else "prefect",
+                "data_dir": "data",
+                "server_port": free_port(),
+                "ui": False,
             }
             (self.root / "config.yaml").write_text(yaml.safe_dump(config))
         env = {**os.environ, **_BASE_ENV, "PREFECT_HOME": str(self.root / "prefect-home")}
+        env.update({k: v.format(root=self.root) for k, v in self.peer.env.items()})
         env.pop("PREFECT_API_URL", None)  # every peer runs on its embedded default
         log = self.log_path.open("wb")
         self.started = time.monotonic()

@@ -17,9 +17,8 @@ import sys
 import threading
 from pathlib import Path
 
+from bench.floors import embedded_server
 from bench.hotfolder import watch_until_stopped
-from watcher.backend import embedded_environment
-from watcher.embedded import EmbeddedServer
 
 __all__ = ["main"]
 
@@ -27,7 +26,7 @@ __all__ = ["main"]
 def main(argv: list[str]) -> int:
     """Watch INBOX; start `python -m bench.oneshot` for each job file, without waiting."""
     inbox, results, done = argv
-    server = EmbeddedServer({**os.environ, **embedded_environment(os.environ)})
+    server = embedded_server()
     child_env = {**os.environ, "PREFECT_API_URL": server.start()}
     children: list[subprocess.Popen[bytes]] = []
     lock = threading.Lock()

@@ -1,14 +1,11 @@
 """Which Prefect API the service talks to, and the settings of the embedded default.
 
-With no `PREFECT_API_URL`, Prefect starts a temporary ("ephemeral") API server in a
-subprocess. By default that server keeps its database in a SQLite file, where concurrent flow
-runs collide: a deferred write transaction that cannot get the lock makes the server answer
-503 and the client back off 2 s, 4 s, ... (see ../shared/field-notes.md). An in-memory SQLite
-database lives in a single pooled connection, so writes queue instead of colliding.
-
-Measured on 2 cores (prefect 3.9.1), 8 concurrent flows of 1.5 s, warm server:
-SQLite file 4.2 s, in-memory 2.5 s. The price: the embedded server's run history lasts as long
-as the service; point `PREFECT_API_URL` at a `prefect server` to keep it and see the UI.
+With no `PREFECT_API_URL`, dropflow starts Prefect's server itself (`watcher.embedded`),
+on a PostgreSQL cluster in `data_dir` (`watcher.postgres`). On a SQLite file concurrent flow
+runs collide: a deferred write transaction that cannot get the lock makes the server answer 503
+and the client back off 2 s, 4 s, ... (see ../shared/field-notes.md); in memory they queue but
+the history is lost at every restart. The figures behind the choice are in README "Prefect".
+A database URL the user sets (`PREFECT_SERVER_DATABASE_CONNECTION_URL`) is used instead.
 """
 
 from __future__ import annotations
@@ -28,7 +25,6 @@ SERVICE_SETTINGS: Mapping[str, str] = {
 """Prefect settings dropflow uses whichever API it talks to."""
 
 EMBEDDED_SETTINGS: Mapping[str, str] = {
-    "PREFECT_SERVER_DATABASE_CONNECTION_URL": "sqlite+aiosqlite:///:memory:",
     # The embedded server's telemetry needs the internet and its writes contend with ours at
     # start-up ("database is locked").
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
@@ -45,9 +41,7 @@ EMBEDDED_SETTINGS: Mapping[str, str] = {
 }
 """Prefect settings dropflow uses when it runs Prefect's embedded server."""
 
-_SAME_SETTING = {
-    "PREFECT_SERVER_DATABASE_CONNECTION_URL": ("PREFECT_API_DATABASE_CONNECTION_URL",),
-}
+_SAME_SETTING: Mapping[str, tuple[str, ...]] = {}
 
 
 def service_environment(environ: Mapping[str, str]) -> dict[str, str]:

@@ -46,6 +46,13 @@ def _parser() -> argparse.ArgumentParser:
         "relative to the current folder",
     )
     run.add_argument(
+        "--log-format",
+        default="text",
+        choices=["text", "json"],
+        help="`json` writes one JSON object per line (time, level, logger, message), for log "
+        "shippers; Prefect's own console lines too (default: text)",
+    )
+    run.add_argument(
         "--log-level",
         default="INFO",
         choices=["DEBUG", "INFO", "WARNING", "ERROR"],
@@ -54,40 +61,88 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _setup_logging(level: str) -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(
-        logging.Formatter(
-            "%(asctime)s.%(msecs)03d | %(levelname)-7s | %(name)s - %(message)s", "%H:%M:%S"
+def _formatter(log_format: str) -> logging.Formatter:
+    if log_format == "json":
+        from pythonjsonlogger.json import JsonFormatter
+
+        return JsonFormatter(
+            ["levelname", "name", "message"],
+            rename_fields={"levelname": "level", "name": "logger"},
+            timestamp="time",  # ISO 8601, UTC, microseconds
         )
+    return logging.Formatter(
+        "%(asctime)s.%(msecs)03d | %(levelname)-7s | %(name)s - %(message)s", "%H:%M:%S"
     )
+
+
+def _setup_logging(level: str, log_format: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_formatter(log_format))
     logger.handlers[:] = [handler]
     logger.setLevel(level)
     logger.propagate = False
 
 
+def _route_prefect_console(log_format: str) -> None:
+    """Print Prefect's console lines in dropflow's format, without expected-outcome errors.
+
+    Prefect's logging config gives the root logger (and a few of its own) a console handler
+    of its own style; each is replaced by one with dropflow's format and the same level, so
+    `--log-format json` gives JSON only. A job that runs past its timeout is logged by
+    dropflow as one INFO line; the task engine's ERROR and traceback for it are kept off the
+    console (they still reach the API through Prefect's API handler).
+    """
+    from watcher.prefect_internals import TimeoutRecordFilter, configure_prefect_logging
+
+    configure_prefect_logging()
+    for name in (None, "prefect._internal", "uvicorn", "fastapi"):
+        target = logging.getLogger(name)
+        for index, old in enumerate(target.handlers):
+            if type(old) is logging.FileHandler or not isinstance(old, logging.StreamHandler):
+                continue
+            new = logging.StreamHandler(sys.stderr)
+            new.setLevel(old.level)
+            new.setFormatter(_formatter(log_format))
+            new.addFilter(TimeoutRecordFilter())
+            target.handlers[index] = new
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run `dropflow` with `argv` (default: `sys.argv[1:]`); return the exit status."""
     args = _parser().parse_args(argv)
-    _setup_logging(args.log_level)
+    _setup_logging(args.log_level, args.log_format)
     try:
         settings = load_config(args.config)
     except ConfigError as exc:
         print(f"dropflow: bad config: {exc}", file=sys.stderr)
         return EXIT_USAGE
 
+    if settings.runner == "prefect":
+        # Before Prefect is imported (`watcher.runner` imports the flow): it reads its
+        # settings, its logging config among them, from the environment then.
+        os.environ.update(service_environment(os.environ))
+        os.environ.update(embedded_environment(os.environ))
+
     from watcher.runner import DirectRunner, PrefectRunner, Runner, RunnerUnavailable
     from watcher.service import Service
 
     runner: Runner = DirectRunner()
     if settings.runner == "prefect":
-        # Before Prefect is imported: it reads its settings from the environment then.
-        os.environ.update(service_environment(os.environ))
-        os.environ.update(embedded_environment(os.environ))
         from prefect.settings import get_current_settings
 
-        # No API URL in the environment or the Prefect profile: the embedded default.
-        embedded = None if get_current_settings().api.url else dict(os.environ)
+        from watcher.embedded import EmbeddedOptions, EmbeddedServer
+
+        _route_prefect_console(args.log_format)
+        embedded = None
+        if not get_current_settings().api.url:
+            # No API URL in the environment or the Prefect profile: the embedded default.
+            options = EmbeddedOptions(
+                port=settings.server_port,
+                data_dir=settings.data_dir,
+                ui=settings.ui,
+                history_days=settings.history_days,
+            )
+            embedded = EmbeddedServer(options, dict(os.environ))
         runner = PrefectRunner(embedded)
     try:
         return Service(settings, runner).run()

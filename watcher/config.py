@@ -49,6 +49,18 @@ class Settings(BaseModel):
     max_sleep: float = Field(builtin.MAX_SLEEP, ge=0, allow_inf_nan=False)
     max_job_bytes: int = Field(builtin.MAX_JOB_BYTES, ge=64, le=16 * 1024 * 1024)
     runner: Literal["prefect", "direct"] = builtin.RUNNER
+    data_dir: Path = Path(builtin.DATA_DIR)
+    server_port: int = Field(builtin.SERVER_PORT, ge=1, le=65535)
+    ui: bool = builtin.UI
+    # Prefect's retention cannot go below one hour.
+    history_days: float = Field(builtin.HISTORY_DAYS, allow_inf_nan=False)
+
+    @field_validator("history_days")
+    @classmethod
+    def _history_days(cls, value: float) -> float:
+        if value != 0 and value < 1 / 24:
+            raise ValueError("must be 0 (keep for ever) or at least 1/24 (one hour)")
+        return value
 
     @field_validator("patterns", mode="before")
     @classmethod
@@ -62,6 +74,7 @@ class Settings(BaseModel):
             "results": self.results,
             "archive": self.archive,
             "processing": self.processing,
+            "data_dir": self.data_dir,
         }
         seen: dict[Path, str] = {}
         for key, folder in folders.items():
@@ -88,7 +101,7 @@ class Settings(BaseModel):
 
 
 KNOWN_KEYS = tuple(Settings.model_fields) + tuple(JobDefaults.model_fields)
-_PATH_KEYS = ("inbox", "results", "archive", "processing")
+_PATH_KEYS = ("inbox", "results", "archive", "processing", "data_dir")
 
 
 def load_config(path: Path | None) -> Settings:

@@ -20,6 +20,20 @@ PROCESSING = "./processing"
 """Where a job file is moved (claimed) before its flow starts; what is here at start-up
 was in flight when the service stopped and is run again."""
 
+DATA_DIR = "./data"
+"""Where the embedded default keeps its Prefect history (a PostgreSQL cluster, in
+`<data_dir>/postgres`). Unused when `PREFECT_API_URL` points at a server."""
+
+SERVER_PORT = 4200
+"""Loopback port of the embedded Prefect server: its API at `/api`, its UI at `/`."""
+
+UI = True
+"""Serve the Prefect UI from the embedded server."""
+
+HISTORY_DAYS = 30.0
+"""Flow runs that ended longer ago than this are deleted from the embedded server's history
+(Prefect's db_vacuum service, hourly); 0 keeps them for ever."""
+
 MAX_CONCURRENT_JOBS = 8
 """How many jobs run at once."""
 

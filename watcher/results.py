@@ -60,6 +60,7 @@ class Result(_ResultRequired, total=False):
     duration_s: float
     flow_run_id: str
     flow_run_name: str
+    flow_run_url: str
 
 
 def now_iso() -> str:

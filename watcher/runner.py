@@ -9,14 +9,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import inspect
+import contextvars
+import dataclasses
 import logging
-from collections.abc import Mapping
+from collections.abc import Coroutine
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol, TypeVar
 
 from flows.wait import WaitOutcome, draw_sleep, outcome_message
 from watcher.embedded import EmbeddedServer, EmbeddedServerError
+from watcher.prefect_internals import enter_shared_clients, flush_prefect
+
+T = TypeVar("T")
 
 __all__ = [
     "DirectRunner",
@@ -50,6 +54,7 @@ class RunOutcome:
     sleep: float | None = None
     flow_run_id: str | None = None
     flow_run_name: str | None = None
+    flow_run_url: str | None = None
 
 
 class RunnerUnavailable(Exception):
@@ -58,6 +63,14 @@ class RunnerUnavailable(Exception):
 
 class Runner(Protocol):
     """Turns run requests into outcomes."""
+
+    def check(self) -> None:
+        """Fail fast, before the service takes any file, if `start` cannot work.
+
+        Raises:
+            RunnerUnavailable: naming the config key at fault.
+        """
+        ...
 
     async def start(self) -> str:
         """Get ready (connect, warm up); return a one-line description for the log."""
@@ -98,51 +111,54 @@ FLUSH_TIMEOUT = 10.0
 """Seconds the service waits at exit for Prefect to send its last logs and events."""
 
 
-async def _flush_prefect() -> None:
-    from prefect.events.worker import EventsWorker
-    from prefect.logging.handlers import APILogHandler
-
-    await APILogHandler.aflush()
-    drained = EventsWorker.drain_all(timeout=FLUSH_TIMEOUT)
-    if inspect.isawaitable(drained):
-        await drained
-
-
 class PrefectRunner:
     """Runs the wait flow in-process against the configured Prefect API.
 
-    With `embedded_environment`, it first starts an `EmbeddedServer` with that environment and
-    points every flow run of the service at it. `start` must be awaited in the task that goes
-    on to create the job tasks: they inherit the Prefect settings it enters.
+    With an `EmbeddedServer`, `start` first starts it and points every flow run of the service
+    at it. `start` may run in a task of its own (the service watches the inbox meanwhile):
+    `run` executes each flow in a copy of the context `start` set up.
     """
 
-    def __init__(self, embedded_environment: Mapping[str, str] | None = None) -> None:
-        self._embedded_environment = embedded_environment
-        self._server: EmbeddedServer | None = None
+    def __init__(self, embedded: EmbeddedServer | None = None) -> None:
+        self._server = embedded
         self._settings = contextlib.ExitStack()
         self._clients = contextlib.AsyncExitStack()
+        self._context: contextvars.Context | None = None
+        self._ui_url: str | None = None
+
+    def check(self) -> None:
+        if self._server is not None:
+            try:
+                self._server.check()
+            except EmbeddedServerError as exc:
+                raise RunnerUnavailable(str(exc)) from exc
 
     async def start(self) -> str:
+        # Everything `start` enters (settings, clients) lives in a context of its own: `run`
+        # executes each flow in a copy of it, and `close` leaves it there, whichever tasks
+        # call them.
+        self._context = contextvars.copy_context()
+        return await asyncio.create_task(self._start(), context=self._context)
+
+    async def _start(self) -> str:
         from prefect.client.orchestration import get_client
-        from prefect.context import AsyncClientContext, SyncClientContext
-        from prefect.settings import PREFECT_API_URL, temporary_settings
+        from prefect.settings import PREFECT_API_URL, PREFECT_UI_URL, temporary_settings
 
         mode = "server"
-        if self._embedded_environment is not None:
-            self._server = EmbeddedServer(self._embedded_environment)
+        if self._server is not None:
             logger.info("no PREFECT_API_URL: starting Prefect's embedded server")
             try:
                 url = await asyncio.to_thread(self._server.start)
             except EmbeddedServerError as exc:
                 raise RunnerUnavailable(str(exc)) from exc
-            self._settings.enter_context(temporary_settings({PREFECT_API_URL: url}))
-            mode = "embedded server"
-        # One sync and one async client for every flow run (the job tasks inherit these
-        # contexts). Otherwise Prefect builds three clients per run, its own async one and two
-        # sync ones that only look up the default result storage, each with a new SSL context
-        # (~20 ms of CPU on the event loop). bench, 100 runs: client CPU 0.099 -> 0.031 s a run.
-        self._clients.enter_context(SyncClientContext.get_or_create())
-        await self._clients.enter_async_context(AsyncClientContext.get_or_create())
+            # No UI: an empty UI URL, so Prefect prints no "View at" link to nowhere.
+            ui_url = self._server.ui_url or ""
+            self._settings.enter_context(
+                temporary_settings({PREFECT_API_URL: url, PREFECT_UI_URL: ui_url})
+            )
+            mode = "embedded server" + (f", UI at {ui_url}/" if ui_url else ", no UI")
+        self._ui_url = PREFECT_UI_URL.value() or None
+        await enter_shared_clients(self._clients)
         async with get_client() as client:
             url = str(client.api_url)
             if await client.api_healthcheck() is not None:
@@ -151,19 +167,38 @@ class PrefectRunner:
         return f"Prefect API at {url} ({mode})"
 
     async def close(self) -> None:
-        # Send the logs and events still queued while the API is up: Prefect otherwise drains
-        # them at interpreter exit, and waits forever if the embedded server is gone by then.
-        try:
-            await asyncio.wait_for(_flush_prefect(), FLUSH_TIMEOUT)
-        except Exception as exc:
-            logger.warning("could not send the last Prefect logs and events: %r", exc)
-        await self._clients.aclose()
-        self._settings.close()
+        context = self._context
+        if context is not None:
+            # Send the logs and events still queued while the API is up: Prefect otherwise
+            # drains them at interpreter exit, and waits forever if the server is gone by then.
+            try:
+                flushing = self._in_context(flush_prefect(FLUSH_TIMEOUT))
+                await asyncio.wait_for(flushing, FLUSH_TIMEOUT)
+            except Exception as exc:
+                logger.warning("could not send the last Prefect logs and events: %r", exc)
+            await asyncio.create_task(self._clients.aclose(), context=context)
+            context.run(self._settings.close)
         if self._server is not None:
             await asyncio.to_thread(self._server.stop)
             self._server = None
 
+    def _in_context(self, coro: Coroutine[Any, Any, T]) -> asyncio.Task[T]:
+        # A copy per call: each flow run sets its own context variables.
+        assert self._context is not None, "start() first"
+        return asyncio.create_task(coro, context=self._context.copy())
+
+    def flow_run_url(self, flow_run_id: str | None) -> str | None:
+        """The flow run's page in the Prefect UI, if there is a UI."""
+        if not flow_run_id or not self._ui_url:
+            return None
+        return f"{self._ui_url.rstrip('/')}/runs/flow-run/{flow_run_id}"
+
     async def run(self, request: RunRequest) -> RunOutcome:
+        outcome = await self._in_context(self._run(request))
+        url = self.flow_run_url(outcome.flow_run_id)
+        return dataclasses.replace(outcome, flow_run_url=url) if url else outcome
+
+    async def _run(self, request: RunRequest) -> RunOutcome:
         from prefect import tags
 
         from flows.wait import wait
@@ -218,6 +253,9 @@ class DirectRunner:
     For measuring the watcher alone (benchmarks, the burst test), never for production use:
     no flow run is recorded anywhere.
     """
+
+    def check(self) -> None:
+        return None
 
     async def start(self) -> str:
         return "no Prefect (direct runner: jobs are not recorded in Prefect)"

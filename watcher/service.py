@@ -53,6 +53,7 @@ class Service:
         self._signals = 0
         self._forced = False
         self._error: BaseException | None = None
+        self._fatal: Exception | None = None  # the runner could not start
         self._main: asyncio.Task[None] | None = None
         self._job_tasks: set[asyncio.Task[None]] = set()
         self._waiting: set[asyncio.Task[Any] | None] = set()  # claimed, no run slot yet
@@ -108,7 +109,7 @@ class Service:
             for task in self._job_tasks:
                 task.cancel()
             if not self.started.is_set() and self._main is not None:
-                self._main.cancel()  # still starting (the embedded server): give up on it
+                self._main.cancel()  # still starting: give up
 
     def _thread_main(self) -> None:
         try:
@@ -127,6 +128,7 @@ class Service:
         self._stop = asyncio.Event()
         self._queue: asyncio.Queue[Path | Claim] = asyncio.Queue()
         self._slots = asyncio.Semaphore(self.settings.max_concurrent_jobs)
+        self._ready = asyncio.Event()  # the runner has started
         if self._signals:
             self._stop.set()
 
@@ -138,11 +140,15 @@ class Service:
         recovered = self.processing.recover()
         if recovered:
             logger.info("recovering %d job(s) left in %s", len(recovered), s.processing)
+        # What makes the runner's start impossible (a taken port, an unusable data folder)
+        # stops the service now, before it takes any file.
+        self.runner.check()
         try:
-            logger.info("runner: %s", await self.runner.start())
             await self._serve(recovered)
         finally:
             await self.runner.close()
+        if self._fatal is not None:
+            raise self._fatal
         logger.info("stopped")
 
     async def _serve(self, recovered: list[Claim]) -> None:
@@ -164,6 +170,9 @@ class Service:
             s.max_concurrent_jobs,
         )
         self.started.set()
+        # The runner (Prefect's embedded server: seconds) starts meanwhile: files are claimed
+        # and read at once, bad ones get their error result, and good ones wait for it.
+        starter = asyncio.create_task(self._start_runner())
         dispatcher = asyncio.create_task(self._dispatch())
         ticker = asyncio.create_task(self._tick())
         assert self._stop is not None
@@ -172,9 +181,22 @@ class Service:
             logger.info("stopping: no new jobs; %d in progress", len(self._job_tasks))
         finally:
             self.inbox.stop()
+            starter.cancel()
             dispatcher.cancel()
             ticker.cancel()
             await self._drain()
+
+    async def _start_runner(self) -> None:
+        try:
+            description = await self.runner.start()
+        except Exception as exc:
+            logger.error("cannot start the runner: %s", exc)
+            self._fatal = exc
+            assert self._stop is not None
+            self._stop.set()
+            return
+        logger.info("runner: %s", description)
+        self._ready.set()
 
     async def _dispatch(self) -> None:
         # Every file is claimed and read at once; only running its flow waits for a slot, so
@@ -283,6 +305,7 @@ class Service:
         me = asyncio.current_task()
         self._waiting.add(me)
         try:
+            await self._ready.wait()
             await self._slots.acquire()
         finally:
             self._waiting.discard(me)
@@ -348,6 +371,8 @@ class Service:
             result["flow_run_id"] = outcome.flow_run_id
         if outcome.flow_run_name:
             result["flow_run_name"] = outcome.flow_run_name
+        if outcome.flow_run_url:
+            result["flow_run_url"] = outcome.flow_run_url
         return result
 
     async def _complete(self, claim: Claim, result: Result | None) -> None:
