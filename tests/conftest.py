@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from tests.harness import QUIET_PREFECT, PrefectServer, ServiceProcess
+from tests.harness import QUIET_PREFECT, PrefectServer, ServiceProcess, free_port
 
 # Before Prefect is imported anywhere: never touch the user's ~/.prefect or their server.
 _SESSION_HOME = Path(tempfile.mkdtemp(prefix="dropflow-tests-"))
@@ -72,12 +72,21 @@ def service(tmp_path: Path, prefect_server: PrefectServer) -> Iterator[ServiceFa
 
 @pytest.fixture
 def embedded_service(tmp_path: Path) -> Iterator[ServiceFactory]:
-    """Start `dropflow run` with no PREFECT_API_URL: Prefect's embedded server."""
+    """Start `dropflow run` with no PREFECT_API_URL: Prefect's embedded server, on a free port
+    (never 4200), with its history in a `data_dir` of the test's own.
+
+    The data folder is outside pytest's temp folders: run as root, PostgreSQL runs as a user of
+    its own and must traverse the path, and every pytest session makes its
+    `/tmp/pytest-of-<user>` private again (0700) when it starts.
+    """
     started: list[ServiceProcess] = []
+    port = free_port()
+    data_dir = Path(tempfile.mkdtemp(dir=_SESSION_HOME, prefix="data-")) / "data"
 
     def make(
         config: dict[str, Any] | None = None, *, start: bool = True, **kw: Any
     ) -> ServiceProcess:
+        config = {"server_port": port, "data_dir": str(data_dir), **(config or {})}
         proc = ServiceProcess(
             tmp_path, config, api_url=None, prefect_home=tmp_path / "prefect-home", **kw
         )

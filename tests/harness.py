@@ -134,8 +134,10 @@ class ServiceProcess:
         api_url: str | None,
         prefect_home: Path,
         extra_env: Mapping[str, str] | None = None,
+        args: tuple[str, ...] = (),
     ) -> None:
         self.root = root
+        self.args = args
         self.config = {"settle_seconds": 0.5, **(config or {})}
         self.api_url = api_url
         self.prefect_home = prefect_home
@@ -160,7 +162,7 @@ class ServiceProcess:
         else:
             env.pop("PREFECT_API_URL", None)
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "watcher", "run", "--config", str(config_path)],
+            [sys.executable, "-m", "watcher", "run", "--config", str(config_path), *self.args],
             cwd=self.root,
             env=env,
             stdout=subprocess.PIPE,

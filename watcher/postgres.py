@@ -26,15 +26,9 @@ logger = logging.getLogger(__name__)
 PGDATA = "postgres"
 """The cluster's folder inside `data_dir`."""
 
-SERVER_SETTINGS = (
-    # A service's history is worth less than its throughput: a commit returns before its WAL
-    # reaches the disk (it is written within 3 x wal_writer_delay, 0.6 s). A crash of the whole
-    # machine can lose the last fraction of a second of flow-run states; the database stays
-    # consistent, and kill -9 of dropflow or PostgreSQL loses nothing already committed.
-    # Measured in bench/RESULTS-startup.md.
-    "synchronous_commit=off",
-)
-"""PostgreSQL settings applied to the cluster (postgresql.auto.conf, `ALTER SYSTEM`)."""
+# PostgreSQL's own durability settings are kept (synchronous_commit=on): with
+# synchronous_commit=off, a kill -9 of PostgreSQL lost the flow run committed just before it
+# (tests/test_embedded.py caught it), and the history must survive kill -9.
 
 
 class PostgresError(Exception):
@@ -90,18 +84,7 @@ def start_cluster(data_dir: Path) -> str:
         log = pgdata / "log"
         tail = log.read_text(errors="replace")[-2000:] if log.exists() else ""
         raise PostgresError(f"PostgreSQL in {pgdata} did not start: {exc}\n{tail}") from exc
-    _configure(server)
     return database_url(server.get_uri())
-
-
-def _configure(server: object) -> None:
-    auto_conf = Path(str(server.pgdata)) / "postgresql.auto.conf"  # type: ignore[attr-defined]
-    current = auto_conf.read_text() if auto_conf.exists() else ""
-    missing = [setting for setting in SERVER_SETTINGS if setting.split("=")[0] not in current]
-    if not missing:
-        return
-    statements = "".join(f"ALTER SYSTEM SET {s.replace('=', ' = ')};\n" for s in missing)
-    server.psql(statements + "SELECT pg_reload_conf();\n")  # type: ignore[attr-defined]
 
 
 def database_url(uri: str) -> str:
