@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import time
+import urllib.request
 from datetime import datetime
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import ServiceFactory
-from tests.harness import ServiceProcess, wait_until
+from tests.harness import PrefectServer, ServiceProcess, wait_until
 
 
 def _interval(result: dict[str, object]) -> tuple[datetime, datetime]:
@@ -206,3 +208,38 @@ def test_embedded_default_runs_jobs_concurrently(embedded_service: ServiceFactor
     # All eight ran at the same time: the last start came before the first finish.
     assert max(s for s, _ in intervals) < min(f for _, f in intervals)
     assert svc.stop(signal.SIGTERM) == 0
+
+
+def test_json_logs_and_a_canceled_job_is_one_info_line(
+    service: ServiceFactory, prefect_server: PrefectServer
+) -> None:
+    svc = service(args=("--log-format", "json"))
+    svc.drop("fine.yaml", "timeout: 5\nsleep: 0\n")
+    svc.drop("late.yaml", "timeout: 0.5\nsleep: 5\n")
+    assert svc.wait_result("fine.yaml")["status"] == "completed"
+    late = svc.wait_result("late.yaml")
+    assert late["status"] == "canceled"
+    assert svc.stop() == 0
+
+    lines = [json.loads(line) for line in svc.log().splitlines()]
+    assert all({"time", "level", "logger", "message"} <= set(line) for line in lines)
+    about_late = [line for line in lines if "late" in line["message"]]
+    assert [line["level"] for line in about_late] == ["INFO", "INFO"]  # started, finished
+    assert about_late[-1]["message"].startswith("job finished: late.yaml canceled")
+    assert [line for line in lines if line["level"] not in ("INFO", "DEBUG")] == []
+    assert "Traceback" not in svc.log()
+
+    # Prefect's own run logs, the timeout among them, still reach the API.
+    query = json.dumps({"logs": {"flow_run_id": {"any_": [late["flow_run_id"]]}}}).encode()
+    request = urllib.request.Request(
+        f"{prefect_server.url}/logs/filter",
+        data=query,
+        headers={"Content-Type": "application/json"},
+    )
+
+    def timeout_logged() -> bool:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            logs = json.loads(response.read())
+        return any("exceeded timeout" in entry["message"] for entry in logs)
+
+    wait_until(timeout_logged, 30, interval=0.2)

@@ -90,3 +90,33 @@ def test_settings_are_frozen(tmp_path: Path) -> None:
     settings = load_config(_write(tmp_path, ""))
     with pytest.raises(ValueError, match="frozen"):
         settings.max_concurrent_jobs = 3  # type: ignore[misc]
+
+
+def test_the_embedded_server_keys(tmp_path: Path) -> None:
+    settings = load_config(_write(tmp_path, ""))
+    assert settings.data_dir == tmp_path / "data"
+    assert settings.server_port == defaults.SERVER_PORT == 4200
+    assert settings.ui is True
+    assert settings.history_days == defaults.HISTORY_DAYS == 30
+    settings = load_config(
+        _write(tmp_path, "data_dir: ../history\nserver_port: 4321\nui: false\nhistory_days: 0\n")
+    )
+    assert settings.data_dir == tmp_path / ".." / "history"
+    assert (settings.server_port, settings.ui, settings.history_days) == (4321, False, 0)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("server_port: 70000\n", "server_port: Input should be less than or equal to 65535"),
+        ("server_port: web\n", "server_port: Input should be a valid integer"),
+        ("history_days: 0.01\n", "history_days: Value error, must be 0 (keep for ever) or at"),
+        ("data_dir: inbox\n", "data_dir: must differ from inbox"),
+        ("data_dir: ''\n", "data_dir: must be a folder path"),
+        ("ui: maybe\n", "ui: Input should be a valid boolean"),
+    ],
+)
+def test_bad_embedded_server_keys_are_named(tmp_path: Path, text: str, expected: str) -> None:
+    with pytest.raises(ConfigError) as raised:
+        load_config(_write(tmp_path, text))
+    assert expected in str(raised.value)
