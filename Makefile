@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 CONFIG ?= config.yaml
 PYTEST_ARGS ?=
 
-.PHONY: install run lint test bench fuzz chaos clean
+.PHONY: install run lint test bench bench-startup fuzz chaos clean
 
 # Reinstalls when the dependencies or their pins change.
 $(VENV)/.installed: pyproject.toml constraints.txt
@@ -28,6 +28,10 @@ test: lint
 
 bench: install
 	$(BIN)/python -m bench
+
+# Start-up figures and the database comparison (bench/RESULTS-startup.md), about 4 minutes.
+bench-startup: install
+	$(BIN)/python -m bench.startup
 
 fuzz: install
 	$(BIN)/python -m tests.fuzz

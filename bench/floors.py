@@ -24,18 +24,22 @@ from bench.jobfile import JobSpec, RunClock, write_result
 from watcher.backend import embedded_environment, service_environment
 from watcher.embedded import EmbeddedOptions, EmbeddedServer
 
-__all__ = ["embedded_server", "main"]
+__all__ = ["embedded_options", "embedded_server", "main"]
 
 
-def embedded_server() -> EmbeddedServer:
-    """The embedded server as `dropflow run` builds it, on a free port, with its history in
-    `$PREFECT_HOME/../data` (the peer's own folder) and no UI."""
+def embedded_options() -> EmbeddedOptions:
+    """The embedded server as `dropflow run` configures it, on a free port, with its history
+    in `$PREFECT_HOME/../data` (the peer's own folder) and no UI."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = int(sock.getsockname()[1])
     data_dir = Path(os.environ["PREFECT_HOME"]).parent / "data"
-    options = EmbeddedOptions(port=port, data_dir=data_dir, ui=False, history_days=0)
-    return EmbeddedServer(options, {**os.environ, **embedded_environment(os.environ)})
+    return EmbeddedOptions(port=port, data_dir=data_dir, ui=False, history_days=0)
+
+
+def embedded_server() -> EmbeddedServer:
+    """The embedded server of `embedded_options`, with the embedded settings."""
+    return EmbeddedServer(embedded_options(), {**os.environ, **embedded_environment(os.environ)})
 
 
 async def _serve(mode: str, results: Path, concurrency: int) -> None:
@@ -44,7 +48,7 @@ async def _serve(mode: str, results: Path, concurrency: int) -> None:
     # As `dropflow run` builds it: the embedded server gets the environment with the settings.
     runner: Runner = DirectRunner()
     if mode == "prefect":
-        runner = PrefectRunner(embedded_server())
+        runner = PrefectRunner(embedded_options(), dict(os.environ))
     loop = asyncio.get_running_loop()
     queue: asyncio.Queue[JobSpec | None] = asyncio.Queue()
 

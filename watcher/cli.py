@@ -128,22 +128,17 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     runner: Runner = DirectRunner()
     if settings.runner == "prefect":
-        from prefect.settings import get_current_settings
+        from watcher.embedded import EmbeddedOptions
 
-        from watcher.embedded import EmbeddedOptions, EmbeddedServer
-
-        _route_prefect_console(args.log_format)
-        embedded = None
-        if not get_current_settings().api.url:
-            # No API URL in the environment or the Prefect profile: the embedded default.
-            options = EmbeddedOptions(
-                port=settings.server_port,
-                data_dir=settings.data_dir,
-                ui=settings.ui,
-                history_days=settings.history_days,
-            )
-            embedded = EmbeddedServer(options, dict(os.environ))
-        runner = PrefectRunner(embedded)
+        options = EmbeddedOptions(
+            port=settings.server_port,
+            data_dir=settings.data_dir,
+            ui=settings.ui,
+            history_days=settings.history_days,
+        )
+        runner = PrefectRunner(
+            options, os.environ, on_import=lambda: _route_prefect_console(args.log_format)
+        )
     try:
         return Service(settings, runner).run()
     except RunnerUnavailable as exc:

@@ -122,13 +122,13 @@ class EmbeddedServer:
         self._environment = dict(environment)
         self._proc: subprocess.Popen[bytes] | None = None
 
-    def check(self) -> None:
-        """Fail now, naming the key, if the data folder or the port is unusable."""
-        check_data_dir(self.options.data_dir)
-        check_port(self.options.port)
-
     def start(self, timeout: float = START_TIMEOUT) -> str:
-        """Start the server and wait until it answers; return its API URL."""
+        """Start the server and wait until it answers; return its API URL.
+
+        Raises:
+            EmbeddedServerError: naming `data_dir` or `server_port` when one is unusable.
+        """
+        check_data_dir(self.options.data_dir)
         check_port(self.options.port)
         kwargs: dict[str, object] = {}
         if os.name == "nt":

@@ -12,13 +12,15 @@ import contextlib
 import contextvars
 import dataclasses
 import logging
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar
 
-from flows.wait import WaitOutcome, draw_sleep, outcome_message
-from watcher.embedded import EmbeddedServer, EmbeddedServerError
+from watcher.embedded import EmbeddedOptions, EmbeddedServer, EmbeddedServerError
 from watcher.prefect_internals import enter_shared_clients, flush_prefect
+
+if TYPE_CHECKING:
+    from flows.wait import WaitOutcome
 
 T = TypeVar("T")
 
@@ -63,14 +65,6 @@ class RunnerUnavailable(Exception):
 
 class Runner(Protocol):
     """Turns run requests into outcomes."""
-
-    def check(self) -> None:
-        """Fail fast, before the service takes any file, if `start` cannot work.
-
-        Raises:
-            RunnerUnavailable: naming the config key at fault.
-        """
-        ...
 
     async def start(self) -> str:
         """Get ready (connect, warm up); return a one-line description for the log."""
@@ -119,19 +113,23 @@ class PrefectRunner:
     `run` executes each flow in a copy of the context `start` set up.
     """
 
-    def __init__(self, embedded: EmbeddedServer | None = None) -> None:
-        self._server = embedded
+    def __init__(
+        self,
+        embedded: EmbeddedOptions | None = None,
+        environ: Mapping[str, str] | None = None,
+        on_import: Callable[[], None] | None = None,
+    ) -> None:
+        """`embedded`: the embedded server to start when Prefect's settings give no API URL.
+        `environ`: its environment. `on_import`: called once Prefect is imported (in a worker
+        thread, before any flow runs), for the CLI to set up Prefect's logging."""
+        self._embedded = embedded
+        self._environ = dict(environ or {})
+        self._on_import = on_import
+        self._server: EmbeddedServer | None = None
         self._settings = contextlib.ExitStack()
         self._clients = contextlib.AsyncExitStack()
         self._context: contextvars.Context | None = None
         self._ui_url: str | None = None
-
-    def check(self) -> None:
-        if self._server is not None:
-            try:
-                self._server.check()
-            except EmbeddedServerError as exc:
-                raise RunnerUnavailable(str(exc)) from exc
 
     async def start(self) -> str:
         # Everything `start` enters (settings, clients) lives in a context of its own: `run`
@@ -144,8 +142,16 @@ class PrefectRunner:
         from prefect.client.orchestration import get_client
         from prefect.settings import PREFECT_API_URL, PREFECT_UI_URL, temporary_settings
 
+        # Prefect takes more than a second to import here: it is imported now, in a thread,
+        # while the service already watches the inbox.
+        await asyncio.to_thread(self._import_prefect)
+        from prefect.settings import get_current_settings
+
         mode = "server"
-        if self._server is not None:
+        if self._embedded is not None and not get_current_settings().api.url:
+            # No API URL in the environment, a .env or prefect.toml file, or the Prefect
+            # profile: the embedded default.
+            self._server = EmbeddedServer(self._embedded, self._environ)
             logger.info("no PREFECT_API_URL: starting Prefect's embedded server")
             try:
                 url = await asyncio.to_thread(self._server.start)
@@ -181,6 +187,12 @@ class PrefectRunner:
         if self._server is not None:
             await asyncio.to_thread(self._server.stop)
             self._server = None
+
+    def _import_prefect(self) -> None:
+        import flows.wait  # noqa: F401  (Prefect itself, the flow, the engine)
+
+        if self._on_import is not None:
+            self._on_import()
 
     def _in_context(self, coro: Coroutine[Any, Any, T]) -> asyncio.Task[T]:
         # A copy per call: each flow run sets its own context variables.
@@ -254,9 +266,6 @@ class DirectRunner:
     no flow run is recorded anywhere.
     """
 
-    def check(self) -> None:
-        return None
-
     async def start(self) -> str:
         return "no Prefect (direct runner: jobs are not recorded in Prefect)"
 
@@ -264,6 +273,8 @@ class DirectRunner:
         return None
 
     async def run(self, request: RunRequest) -> RunOutcome:
+        from flows.wait import draw_sleep, outcome_message
+
         seconds = draw_sleep(request.sleep)
         try:
             await asyncio.wait_for(asyncio.sleep(seconds), request.timeout)

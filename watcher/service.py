@@ -140,9 +140,6 @@ class Service:
         recovered = self.processing.recover()
         if recovered:
             logger.info("recovering %d job(s) left in %s", len(recovered), s.processing)
-        # What makes the runner's start impossible (a taken port, an unusable data folder)
-        # stops the service now, before it takes any file.
-        self.runner.check()
         try:
             await self._serve(recovered)
         finally:
