@@ -139,13 +139,16 @@ class PrefectRunner:
         return await asyncio.create_task(self._start(), context=self._context)
 
     async def _start(self) -> str:
-        from prefect.client.orchestration import get_client
-        from prefect.settings import PREFECT_API_URL, PREFECT_UI_URL, temporary_settings
-
         # Prefect takes more than a second to import here: it is imported now, in a thread,
-        # while the service already watches the inbox.
+        # while the service already watches the inbox and reads job files.
         await asyncio.to_thread(self._import_prefect)
-        from prefect.settings import get_current_settings
+        from prefect.client.orchestration import get_client
+        from prefect.settings import (
+            PREFECT_API_URL,
+            PREFECT_UI_URL,
+            get_current_settings,
+            temporary_settings,
+        )
 
         mode = "server"
         if self._embedded is not None and not get_current_settings().api.url:
