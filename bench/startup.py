@@ -197,32 +197,67 @@ def run_backend(name: str, env: dict[str, str], work: Path, history: int) -> Bac
                 svc, "history-", history, "timeout: 30\nsleep: 0\n"
             )
             svc.stop()
-            run.starts[f"warm, {history + 110} runs in history"] = _timed_start(svc, "big")
-            svc.wait_log("runner: ")
-            count = svc.api("/flow_runs/count", {})
-            run.notes.append(f"flow runs in the history after the restart: {count}")
-            _sql(root, "UPDATE flow_run SET end_time = now() - interval '40 days'")
-            svc.stop()
-            svc.start({"history_days": 30})
+            big = f"warm, {history + 110} runs in history"
+            run.starts[big] = _timed_start(svc, "big")
             svc.wait_log("runner: ")
             assert svc.proc is not None
-            tree = ProcessTree(svc.proc.pid)
-            cpu0 = sum(tree.cpu_seconds())
-            t0 = time.monotonic()
-            while svc.api("/flow_runs/count", {}) != 0:
-                time.sleep(0.1)
-            wall = time.monotonic() - t0
-            cpu = sum(tree.cpu_seconds()) - cpu0
+            cpu_big = sum(ProcessTree(svc.proc.pid).cpu_seconds())
+            count = svc.api("/flow_runs/count", {})
+            run.notes.append(f"flow runs in the history after the restart: {count}")
+            # Every run ended 40 days ago, as far as the database knows; then history_days: 30.
+            _sql(root, "UPDATE flow_run SET end_time = now() - interval '40 days'")
+            svc.stop()
+            expired = f"warm, {count} runs expired, history_days: 30"
+            run.starts[expired] = _timed_start(svc, "expired", {"history_days": 30})
+            svc.wait_log("runner: ")
+            assert svc.proc is not None
+            # The backlog job's run is new: it stays.
+            while svc.api("/flow_runs/count", {}) != 1:
+                time.sleep(0.05)
+            gone = time.monotonic() - svc.started
+            cpu = sum(ProcessTree(svc.proc.pid).cpu_seconds())
             run.notes.append(
-                f"history_days: all {count} runs 40 days old: deleted by db_vacuum "
-                f"{wall:.1f} s after the server answered, {cpu:.1f} s CPU (service + server; "
-                "PostgreSQL's own processes not counted)"
+                f"history_days: {count} expired runs deleted by db_vacuum {gone:.1f} s after "
+                f"the start; CPU of service + server from the start until then {cpu:.1f} s, "
+                f"against {cpu_big:.1f} s for the start with nothing to delete (to its first "
+                "result; PostgreSQL's own processes are not counted in either)"
             )
         print(f"   {run.starts} {run.walls} {run.notes}", flush=True)
     finally:
         if svc.proc is not None and svc.proc.poll() is None:
             svc.stop()
     return run
+
+
+def alternate_w1(work: Path, rounds: int) -> list[str]:
+    """W1 on the shipped database and on in-memory SQLite, alternating, `rounds` times each:
+    the machine's load then weighs on both alike."""
+    names = ["postgres (shipped)", "in-memory SQLite (old default)"]
+    services = {
+        name: Service(work / f"alt-{i}", BACKENDS[name], {"ui": False})
+        for i, name in enumerate(names)
+    }
+    walls: dict[str, list[float]] = {name: [] for name in names}
+    for svc in services.values():  # first starts and a warm-up job, not measured
+        _timed_start(svc, "first")
+        svc.stop()
+    for r in range(rounds):
+        for name in names if r % 2 == 0 else reversed(names):
+            svc = services[name]
+            _timed_start(svc, f"round{r}")
+            walls[name].append(_batch(svc, f"alt{r}-", 100, "timeout: 30\nsleep: 0\n"))
+            svc.stop()
+            print(f"   round {r} {name}: {walls[name][-1]:.2f}s", flush=True)
+    lines = [
+        f"- W1 (100 `sleep: 0` jobs), alternating, {rounds} rounds each, warm servers: "
+        + "; ".join(f"{n}: " + ", ".join(f"{w:.2f}" for w in walls[n]) + " s" for n in names)
+    ]
+    shipped, memory = (sum(walls[n]) / len(walls[n]) for n in names)
+    lines.append(
+        f"- W1 throughput, shipped / in-memory, mean of the alternating rounds: "
+        f"{memory / shipped:.2f}x"
+    )
+    return lines
 
 
 def render(runs: list[BackendRun], info: dict[str, str], command: str) -> str:
@@ -272,18 +307,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--backends", default=",".join(BACKENDS), help="comma-separated: " + ", ".join(BACKENDS)
     )
     parser.add_argument("--output", type=Path, default=ROOT / "bench" / "RESULTS-startup.md")
+    parser.add_argument(
+        "--w1-rounds", type=int, default=3, help="alternating W1 rounds per database (0: none)"
+    )
     args = parser.parse_args(argv)
     info = machine()
     work = Path(tempfile.mkdtemp(prefix="dropflow-startup-"))
     os.chmod(work, 0o755)  # PostgreSQL runs as a user of its own when we are root
     runs = []
+    alternating: list[str] = []
     try:
-        for index, name in enumerate(args.backends.split(",")):
+        for index, name in enumerate(filter(None, args.backends.split(","))):
             runs.append(run_backend(name, BACKENDS[name], work, args.history if index == 0 else 0))
+        if args.w1_rounds:
+            print("== W1, alternating", flush=True)
+            alternating = alternate_w1(work, args.w1_rounds)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     command = "python -m bench.startup " + " ".join(argv if argv is not None else sys.argv[1:])
-    text = render(runs, info, command.strip())
+    text = render(runs, info, command.strip()) + "\n".join(alternating) + "\n"
+    text += f"\nLoad average at the end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}.\n"
     args.output.write_text(text)
     print(text)
     return 0
