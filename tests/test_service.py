@@ -243,3 +243,14 @@ def test_json_logs_and_a_canceled_job_is_one_info_line(
         return any("exceeded timeout" in entry["message"] for entry in logs)
 
     wait_until(timeout_logged, 30, interval=0.2)
+
+
+def test_json_logs_even_for_a_bad_config(service: ServiceFactory) -> None:
+    svc = service({"max_concurrent_jobs": "many"}, start=False, args=("--log-format", "json"))
+    svc.start(wait=False)
+    assert svc.proc is not None
+    assert svc.proc.wait(timeout=30) == 2
+    svc.output.join()
+    lines = [json.loads(line) for line in svc.log().splitlines()]
+    assert lines and lines[-1]["level"] == "CRITICAL"
+    assert "bad config" in lines[-1]["message"] and "max_concurrent_jobs" in lines[-1]["message"]

@@ -107,6 +107,14 @@ def _route_prefect_console(log_format: str) -> None:
             target.handlers[index] = new
 
 
+def _fatal(message: str, log_format: str) -> None:
+    # With --log-format json every line is JSON, the last words included.
+    if log_format == "json":
+        logger.critical(message)
+    else:
+        print(message, file=sys.stderr)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run `dropflow` with `argv` (default: `sys.argv[1:]`); return the exit status."""
     args = _parser().parse_args(argv)
@@ -114,7 +122,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = load_config(args.config)
     except ConfigError as exc:
-        print(f"dropflow: bad config: {exc}", file=sys.stderr)
+        _fatal(f"dropflow: bad config: {exc}", args.log_format)
         return EXIT_USAGE
 
     if settings.runner == "prefect":
@@ -142,8 +150,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return Service(settings, runner).run()
     except RunnerUnavailable as exc:
-        print(f"dropflow: cannot start: {exc}", file=sys.stderr)
+        _fatal(f"dropflow: cannot start: {exc}", args.log_format)
         return EXIT_FATAL
     except OSError as exc:
-        print(f"dropflow: cannot start: {exc}", file=sys.stderr)
+        _fatal(f"dropflow: cannot start: {exc}", args.log_format)
         return EXIT_FATAL
