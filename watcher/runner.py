@@ -101,6 +101,8 @@ def _overloaded(exc: Exception) -> bool:
     )
 
 
+_START_RETRY_FIRST, _START_RETRY_MAX = 0.5, 8.0  # seconds, while the API does not answer
+
 FLUSH_TIMEOUT = 10.0
 """Seconds the service waits at exit for Prefect to send its last logs and events."""
 
@@ -167,12 +169,30 @@ class PrefectRunner:
             )
             mode = "embedded server" + (f", UI at {ui_url}/" if ui_url else ", no UI")
         self._ui_url = PREFECT_UI_URL.value() or None
-        await enter_shared_clients(self._clients)
         async with get_client() as client:
             url = str(client.api_url)
-            if await client.api_healthcheck() is not None:
-                # A server that is down at boot may come back: jobs wait for it.
-                logger.warning("Prefect API at %s is not answering yet; jobs will wait", url)
+        # A server that is down at boot may come back: jobs wait for it (entering the shared
+        # clients asks the API for its version).
+        delay = _START_RETRY_FIRST
+        while True:
+            attempt = contextlib.AsyncExitStack()
+            try:
+                await enter_shared_clients(attempt)
+                break
+            except Exception as exc:
+                # Prefect reports an unreachable API in several shapes (a RuntimeError "Failed
+                # to reach API", httpx errors, a version check on a half-started server): all
+                # mean "not now", as for a job's run.
+                await attempt.aclose()
+                logger.warning(
+                    "Prefect API at %s is not answering (%s); jobs wait, retrying in %gs",
+                    url,
+                    exc,
+                    delay,
+                )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, _START_RETRY_MAX)
+        self._clients = attempt
         return f"Prefect API at {url} ({mode})"
 
     async def close(self) -> None:
