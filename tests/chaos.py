@@ -18,7 +18,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from tests.harness import PrefectServer, ServiceProcess, audit, wait_until
+from tests.harness import PrefectServer, ServiceProcess, audit, claim_folders, wait_until
 
 
 async def _flow_runs_per_job(url: str) -> Counter[str]:
@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
                 svc.drop(name, "{}\n")
             dropped = min(dropped + per_cycle, len(names))
             time.sleep(rng.uniform(0.0, 2.5))
-            in_flight_at_kills += len(os.listdir(svc.processing))
+            in_flight_at_kills += len(claim_folders(svc.processing))
             svc.kill()
             print(
                 f"kill {kill + 1}/{args.kills}: {len(os.listdir(svc.results))} results so far",
@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
         for name in names[dropped:]:
             svc.drop(name, "{}\n")
         wait_until(lambda: len(os.listdir(svc.archive)) >= len(names), 600, 0.5)
-        wait_until(lambda: not os.listdir(svc.processing), 60, 0.2)
+        wait_until(lambda: not claim_folders(svc.processing), 60, 0.2)
         svc.stop()
         found = audit(root, names)
         runs = asyncio.run(_flow_runs_per_job(server.url))

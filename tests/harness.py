@@ -30,6 +30,11 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def claim_folders(processing: Path) -> list[Path]:
+    """The claims in a processing folder (without the service's lock and owner record)."""
+    return sorted(p for p in processing.iterdir() if not p.name.startswith("."))
+
+
 def wait_until(check: Callable[[], Any], timeout: float, interval: float = 0.05) -> Any:
     """Poll `check` until it returns something truthy; fail after `timeout` seconds."""
     deadline = time.monotonic() + timeout
@@ -264,8 +269,8 @@ def audit(root: Path, names: list[str]) -> dict[str, Any]:
     leftovers = [
         str(p)
         for folder in ("inbox", "processing")
-        for p in (root / folder).iterdir()
         if (root / folder).exists()
+        for p in claim_folders(root / folder)
     ]
     archived = sorted(p.name for p in (root / "archive").iterdir())
     return {

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import ServiceFactory
-from tests.harness import PrefectServer, ServiceProcess, audit, wait_until
+from tests.harness import PrefectServer, ServiceProcess, audit, claim_folders, wait_until
 from watcher.config import load_config
 from watcher.runner import DirectRunner
 from watcher.service import Service
@@ -77,11 +77,11 @@ def test_a_second_signal_stops_at_once_and_the_jobs_run_next_time(
     assert svc.stop(signal.SIGINT, timeout=20) == 130
     assert time.monotonic() - t0 < 10
     assert not svc.result_path("long.yaml").exists()
-    (claim,) = svc.processing.iterdir()
+    (claim,) = claim_folders(svc.processing)
     assert (claim / "long.yaml").exists()
 
     again = service({"shutdown_grace": 30})
-    (claim,) = again.processing.iterdir()
+    (claim,) = claim_folders(again.processing)
     assert claim.name.endswith(".2")  # the forced stop counted as a start
     assert again.stop(signal.SIGTERM) == 0
 
@@ -121,11 +121,11 @@ def test_an_unwritable_results_folder_keeps_the_job_claimed_and_retries(
     svc.results.write_text("not a folder")
     svc.drop("blocked.yaml", "timeout: 5\nsleep: 0\n")
     svc.wait_for_log("cannot write its result")
-    assert len(list(svc.processing.iterdir())) == 1
+    assert len(list(claim_folders(svc.processing))) == 1
     svc.results.unlink()
     svc.results.mkdir()
     assert svc.wait_result("blocked.yaml", timeout=60)["status"] == "completed"
-    wait_until(lambda: list(svc.processing.iterdir()) == [], 10)
+    wait_until(lambda: list(claim_folders(svc.processing)) == [], 10)
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import ServiceFactory
-from tests.harness import ServiceProcess, wait_until
+from tests.harness import ServiceProcess, claim_folders, wait_until
 
 
 def _interval(result: dict[str, object]) -> tuple[datetime, datetime]:
@@ -41,7 +41,7 @@ def test_backlog_is_processed_at_start(service: ServiceFactory, tmp_path: Path) 
         assert svc.wait_result(f"old{i}.yaml")["status"] == "completed"
     assert sorted(p.name for p in svc.archive.iterdir()) == ["old0.yaml", "old1.yaml", "old2.yaml"]
     assert list(svc.inbox.iterdir()) == []
-    assert list(svc.processing.iterdir()) == []
+    assert list(claim_folders(svc.processing)) == []
 
 
 def test_completed_and_canceled_as_in_the_seed(service: ServiceFactory) -> None:
@@ -170,7 +170,7 @@ def test_a_stop_starts_no_queued_job(service: ServiceFactory) -> None:
     assert svc.stop(signal.SIGTERM) == 0
     assert svc.log().count("job started:") == 1
     assert len(list(svc.results.iterdir())) == 1  # the running job finished in the grace
-    claims = sorted(p.name.rsplit(".", 1)[1] for p in svc.processing.iterdir())
+    claims = sorted(p.name.rsplit(".", 1)[1] for p in claim_folders(svc.processing))
     assert claims == ["0", "0"]  # the two queued jobs wait for the next start, uncounted
 
 
@@ -180,7 +180,7 @@ def test_jobs_past_the_grace_go_back_for_the_next_start(service: ServiceFactory)
     svc.wait_for_log("job started: long.yaml")
     assert svc.stop(signal.SIGTERM) == 0
     assert not svc.result_path("long.yaml").exists()
-    claims = list(svc.processing.iterdir())
+    claims = list(claim_folders(svc.processing))
     assert len(claims) == 1 and claims[0].name.endswith(".0")
     assert (claims[0] / "long.yaml").exists()
 

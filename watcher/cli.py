@@ -46,6 +46,12 @@ def _parser() -> argparse.ArgumentParser:
         "relative to the current folder",
     )
     run.add_argument(
+        "--no-standby",
+        action="store_true",
+        help="if another dropflow already serves these folders, exit 2 at once instead of "
+        "waiting to take over when it stops",
+    )
+    run.add_argument(
         "--log-level",
         default="INFO",
         choices=["DEBUG", "INFO", "WARNING", "ERROR"],
@@ -76,8 +82,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"dropflow: bad config: {exc}", file=sys.stderr)
         return EXIT_USAGE
 
+    from watcher import portable
+    from watcher.lock import LockError
     from watcher.runner import DirectRunner, PrefectRunner, Runner, RunnerUnavailable
-    from watcher.service import Service
+    from watcher.service import FolderError, ServedElsewhere, Service
+
+    if os.environ.get(portable.ENVIRONMENT_VARIABLE, "") not in ("", "0"):
+        portable.use(portable.Platform.portable())
 
     runner: Runner = DirectRunner()
     if settings.runner == "prefect":
@@ -90,8 +101,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         embedded = None if get_current_settings().api.url else dict(os.environ)
         runner = PrefectRunner(embedded)
     try:
-        return Service(settings, runner).run()
-    except RunnerUnavailable as exc:
+        return Service(settings, runner, standby=not args.no_standby).run()
+    except (ServedElsewhere, FolderError) as exc:
+        print(f"dropflow: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except (RunnerUnavailable, LockError) as exc:
         print(f"dropflow: cannot start: {exc}", file=sys.stderr)
         return EXIT_FATAL
     except OSError as exc:

@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.harness import PrefectServer, ServiceProcess, wait_until
+from tests.harness import PrefectServer, ServiceProcess, claim_folders, wait_until
 
 # -- the service under test: small caps, so the config keys are what is checked ------------
 
@@ -763,7 +763,7 @@ def test_result_files_are_plain_0644_files_and_planted_links_untouched(scene: Sc
 
 
 def test_nothing_is_left_stuck(scene: Scene) -> None:
-    assert list(scene.svc.processing.iterdir()) == []
+    assert list(claim_folders(scene.svc.processing)) == []
     assert list(scene.svc.inbox.iterdir()) == []
     assert scene.svc.proc is not None and scene.svc.proc.poll() is None
     # Every entry went to the archive, and the planted link there was left alone.
