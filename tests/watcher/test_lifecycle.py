@@ -204,9 +204,9 @@ def test_a_crash_at_any_step_of_a_cross_device_archive_leaves_one_copy(
         with pytest.raises(Crash):
             other_fs.finish(claim)
     restarted = Processing(folders / "processing", other_fs.archive_dir, folders / "inbox")
-    (again,) = restarted.recover()
-    assert again.id == claim.id
-    restarted.finish(again)
+    for again in restarted.recover():
+        assert again.id == claim.id and again.attempt == 2  # not staged: run again
+        restarted.finish(again)
     assert sorted(p.name for p in other_fs.archive_dir.iterdir()) == ["job.yaml"]
     assert (other_fs.archive_dir / "job.yaml").read_text() == "timeout: 1\n"
     assert [p for p in (folders / "processing").iterdir()] == []
@@ -304,3 +304,25 @@ def test_a_file_open_by_its_writer_cannot_be_claimed_as_on_windows(
         assert source.exists() and [p for p in processing.root.iterdir()] == []
     claim = _claimed(processing, source)
     assert claim.path.read_text() == "timeout: 1\n"
+
+
+def _remove_the_staged_result_only(folder: Path, ignore_errors: bool = False) -> None:
+    for name in (claims.STAGED_RESULT, claims.PUBLISHED):
+        (folder / name).unlink(missing_ok=True)
+    raise Crash("rmtree")
+
+
+def test_a_crash_while_removing_a_finished_claim_never_runs_it_again(
+    folders: Path, processing: Processing, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    claim = _claimed(processing, _drop(folders))
+    processing.stage(claim, b"status: completed\n")
+    processing.mark_published(claim, folders / "results" / "job.result.yaml")
+    with monkeypatch.context() as patch:
+        patch.setattr(claims.shutil, "rmtree", _remove_the_staged_result_only)
+        with pytest.raises(Crash):
+            processing.finish(claim)
+    restarted = Processing(folders / "processing", folders / "archive", folders / "inbox")
+    assert restarted.recover() == []
+    assert [p.name for p in (folders / "archive").iterdir()] == ["job.yaml"]
+    assert list((folders / "processing").iterdir()) == []
