@@ -17,10 +17,12 @@ import signal
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from watcher import portable
 from watcher.claims import Claim, Processing
 from watcher.config import Settings
 from watcher.durable import TEMP_PREFIX
@@ -161,7 +163,10 @@ class Service:
             if recovered:
                 logger.info("recovering %d job(s) left in %s", len(recovered), s.processing)
             try:
-                logger.info("runner: %s", await self.runner.start())
+                described = await self.runner.start()
+                logger.info("runner: %s", described)
+                owner = replace(self._owner, api=described)
+                await asyncio.to_thread(self.lock.record, owner)
                 await self._serve(recovered)
             finally:
                 await self.runner.close()
@@ -196,7 +201,8 @@ class Service:
             if not await asyncio.to_thread(self.lock.wait, self._stopping):
                 return False
             logger.info("taking over %s", self.settings.inbox)
-        await asyncio.to_thread(self.lock.record, Owner.me(now_iso(), type(self.runner).__name__))
+        self._owner = Owner.me(now_iso(), self.settings.runner)
+        await asyncio.to_thread(self.lock.record, self._owner)
         return True
 
     async def _serve(self, recovered: list[Claim]) -> None:
@@ -206,6 +212,7 @@ class Service:
             s.patterns,
             settle_seconds=s.settle_seconds,
             polling=s.polling,
+            close_events=None if portable.current().close_events else False,
             on_ready=self._queue.put_nowait,
         )
         for claim in recovered:
