@@ -14,7 +14,8 @@ from typing import Any
 
 import yaml
 
-from watcher.results import Result, dump, now_iso, write_atomic
+from watcher.durable import write_atomic
+from watcher.results import Result, dump, now_iso
 
 __all__ = ["JobSpec", "RunClock", "archive", "read_spec", "result_name", "write_result"]
 

@@ -30,6 +30,11 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def claim_folders(processing: Path) -> list[Path]:
+    """The claims in a processing folder (without the service's lock and owner record)."""
+    return sorted(p for p in processing.iterdir() if not p.name.startswith("."))
+
+
 def wait_until(check: Callable[[], Any], timeout: float, interval: float = 0.05) -> Any:
     """Poll `check` until it returns something truthy; fail after `timeout` seconds."""
     deadline = time.monotonic() + timeout
@@ -148,7 +153,9 @@ class ServiceProcess:
         self.archive = root / str(self.config.get("archive", "archive"))
         self.processing = root / str(self.config.get("processing", "processing"))
 
-    def start(self, timeout: float = 90, wait: bool = True) -> ServiceProcess:
+    def start(
+        self, timeout: float = 90, wait: bool = True, args: tuple[str, ...] = ()
+    ) -> ServiceProcess:
         config_path = self.root / "config.yaml"
         config_path.write_text(yaml.safe_dump(self.config))
         env = {
@@ -162,7 +169,16 @@ class ServiceProcess:
         else:
             env.pop("PREFECT_API_URL", None)
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "watcher", "run", "--config", str(config_path), *self.args],
+            [
+                sys.executable,
+                "-m",
+                "watcher",
+                "run",
+                "--config",
+                str(config_path),
+                *self.args,
+                *args,
+            ],
             cwd=self.root,
             env=env,
             stdout=subprocess.PIPE,
@@ -266,8 +282,8 @@ def audit(root: Path, names: list[str]) -> dict[str, Any]:
     leftovers = [
         str(p)
         for folder in ("inbox", "processing")
-        for p in (root / folder).iterdir()
         if (root / folder).exists()
+        for p in claim_folders(root / folder)
     ]
     archived = sorted(p.name for p in (root / "archive").iterdir())
     return {

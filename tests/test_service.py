@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import ServiceFactory
-from tests.harness import PrefectServer, ServiceProcess, wait_until
+from tests.harness import PrefectServer, ServiceProcess, claim_folders, wait_until
 
 
 def _interval(result: dict[str, object]) -> tuple[datetime, datetime]:
@@ -21,6 +21,22 @@ def _interval(result: dict[str, object]) -> tuple[datetime, datetime]:
         datetime.fromisoformat(str(result["started_at"])),
         datetime.fromisoformat(str(result["finished_at"])),
     )
+
+
+def _archived(svc: ServiceProcess, names: set[str]) -> None:
+    """Wait until exactly `names` are archived and no claim is left: a job's result is
+    published before its file is archived and its claim removed."""
+
+    def done() -> bool:
+        archived = {p.name for p in svc.archive.iterdir()}
+        return archived == names and not claim_folders(svc.processing)
+
+    try:
+        wait_until(done, 10)
+    except TimeoutError:
+        archived = sorted(p.name for p in svc.archive.iterdir())
+        claims = claim_folders(svc.processing)
+        raise AssertionError(f"archived {archived}, claims {claims}, expected {names}") from None
 
 
 def _run_together(svc: ServiceProcess, count: int) -> list[tuple[datetime, datetime]]:
@@ -41,9 +57,8 @@ def test_backlog_is_processed_at_start(service: ServiceFactory, tmp_path: Path) 
     svc = service()
     for i in range(3):
         assert svc.wait_result(f"old{i}.yaml")["status"] == "completed"
-    assert sorted(p.name for p in svc.archive.iterdir()) == ["old0.yaml", "old1.yaml", "old2.yaml"]
+    _archived(svc, {"old0.yaml", "old1.yaml", "old2.yaml"})
     assert list(svc.inbox.iterdir()) == []
-    assert list(svc.processing.iterdir()) == []
 
 
 def test_completed_and_canceled_as_in_the_seed(service: ServiceFactory) -> None:
@@ -79,13 +94,22 @@ def test_random_sleep_from_the_config_defaults(service: ServiceFactory) -> None:
     assert 0.1 <= result["sleep"] <= 0.3
 
 
+def _fence(svc: ServiceProcess, name: str) -> None:
+    """Drop a job by rename and wait for its result. Events arrive in order, so the service
+    has handled every event of what was done before it."""
+    svc.drop(name, "timeout: 5\nsleep: 0\n")
+    assert svc.wait_result(name)["status"] == "completed"
+
+
 def test_a_half_written_file_waits_for_its_writer(service: ServiceFactory) -> None:
     svc = service({"settle_seconds": 0.5})
     path = svc.inbox / "half.yaml"
     with open(path, "w") as handle:
         handle.write("timeout: 5\n")
         handle.flush()
-        time.sleep(3)  # the writer pauses far longer than settle_seconds
+        _fence(svc, "fence.yaml")  # the service has seen the open and the write
+        time.sleep(2)  # the scenario: the writer pauses far longer than settle_seconds
+        assert path.exists(), "taken while open for writing"
         assert not svc.result_path("half.yaml").exists()
         handle.write("sleep: 0.1\nname: written in two goes\n")
     result = svc.wait_result("half.yaml")
@@ -104,8 +128,11 @@ def test_one_file_with_many_events_gives_one_run(service: ServiceFactory) -> Non
     os.utime(svc.inbox, None)
     result = svc.wait_result("chatty.yaml")
     assert result["status"] == "completed"
-    time.sleep(1.5)
-    assert sorted(p.name for p in svc.results.iterdir()) == ["chatty.result.yaml"]
+    _fence(svc, "fence.yaml")  # every event of the 200 writes has been handled
+    assert sorted(p.name for p in svc.results.iterdir()) == [
+        "chatty.result.yaml",
+        "fence.result.yaml",
+    ]
     assert svc.log().count("job started: chatty.yaml") == 1
 
 
@@ -128,7 +155,7 @@ def test_invalid_job_gets_an_error_result_and_the_service_goes_on(service: Servi
     words = svc.wait_result("words.yaml")
     assert words["message"] == "words.yaml: timeout: must be a number of seconds > 0, got 'ten'"
     assert svc.wait_result("fine.yaml")["status"] == "completed"
-    assert {p.name for p in svc.archive.iterdir()} == {"typo.yaml", "words.yaml", "fine.yaml"}
+    _archived(svc, {"typo.yaml", "words.yaml", "fine.yaml"})
 
 
 def test_a_reused_name_is_a_new_job_with_its_own_result(service: ServiceFactory) -> None:
@@ -139,18 +166,23 @@ def test_a_reused_name_is_a_new_job_with_its_own_result(service: ServiceFactory)
     second = svc.wait_result("again.yaml", n=2)
     assert (first["name"], second["name"]) == ("first", "second")
     assert first["claim_id"] != second["claim_id"]
-    assert len(list(svc.archive.iterdir())) == 2
+    # Both files archived, under two names (results come before the archive step).
+    wait_until(
+        lambda: len(list(svc.archive.iterdir())) == 2 and not claim_folders(svc.processing), 10
+    )
 
 
 def test_other_files_are_ignored(service: ServiceFactory) -> None:
     svc = service()
-    for name in (".hidden.yaml", "notes.txt", "job.yaml~", "#job.yaml#", "job.yaml.swp"):
-        (svc.inbox / name).write_text("timeout: 1\n")
+    ignored = (".hidden.yaml", "notes.txt", "job.yaml~", "#job.yaml#", "job.yaml.swp")
+    for name in ignored:
+        # Renamed in, as a job would be: were one taken, it would be taken at once, and
+        # claimed (moved out of the inbox) before real.YAML, dropped after it, ran its flow.
+        svc.drop(name, "timeout: 1\n")
     svc.drop("real.YAML", "timeout: 5\nsleep: 0\n")
     svc.wait_result("real.YAML")
-    time.sleep(1)
-    assert len(list(svc.results.iterdir())) == 1
-    assert len(list(svc.inbox.iterdir())) == 5
+    assert sorted(p.name for p in svc.inbox.iterdir()) == sorted(ignored)
+    assert [p.name for p in svc.results.iterdir()] == ["real.result.yaml"]
 
 
 def test_sigterm_stops_gracefully_with_exit_0(service: ServiceFactory) -> None:
@@ -172,7 +204,7 @@ def test_a_stop_starts_no_queued_job(service: ServiceFactory) -> None:
     assert svc.stop(signal.SIGTERM) == 0
     assert svc.log().count("job started:") == 1
     assert len(list(svc.results.iterdir())) == 1  # the running job finished in the grace
-    claims = sorted(p.name.rsplit(".", 1)[1] for p in svc.processing.iterdir())
+    claims = sorted(p.name.rsplit(".", 1)[1] for p in claim_folders(svc.processing))
     assert claims == ["0", "0"]  # the two queued jobs wait for the next start, uncounted
 
 
@@ -182,7 +214,7 @@ def test_jobs_past_the_grace_go_back_for_the_next_start(service: ServiceFactory)
     svc.wait_for_log("job started: long.yaml")
     assert svc.stop(signal.SIGTERM) == 0
     assert not svc.result_path("long.yaml").exists()
-    claims = list(svc.processing.iterdir())
+    claims = list(claim_folders(svc.processing))
     assert len(claims) == 1 and claims[0].name.endswith(".0")
     assert (claims[0] / "long.yaml").exists()
 

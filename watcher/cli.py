@@ -46,6 +46,12 @@ def _parser() -> argparse.ArgumentParser:
         "relative to the current folder",
     )
     run.add_argument(
+        "--no-standby",
+        action="store_true",
+        help="if another dropflow already serves these folders, exit 2 at once instead of "
+        "waiting to take over when it stops",
+    )
+    run.add_argument(
         "--log-format",
         default="text",
         choices=["text", "json"],
@@ -131,8 +137,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.environ.update(service_environment(os.environ))
         os.environ.update(embedded_environment(os.environ))
 
+    from watcher import portable
+    from watcher.lock import LockError
     from watcher.runner import DirectRunner, PrefectRunner, Runner, RunnerUnavailable
-    from watcher.service import Service
+    from watcher.service import FolderError, ServedElsewhere, Service
+
+    if os.environ.get(portable.ENVIRONMENT_VARIABLE, "") not in ("", "0"):
+        portable.use(portable.Platform.portable())
 
     runner: Runner = DirectRunner()
     if settings.runner == "prefect":
@@ -148,8 +159,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             options, os.environ, on_import=lambda: _route_prefect_console(args.log_format)
         )
     try:
-        return Service(settings, runner).run()
-    except RunnerUnavailable as exc:
+        return Service(settings, runner, standby=not args.no_standby).run()
+    except (ServedElsewhere, FolderError) as exc:
+        _fatal(f"dropflow: {exc}", args.log_format)
+        return EXIT_USAGE
+    except (RunnerUnavailable, LockError) as exc:
         _fatal(f"dropflow: cannot start: {exc}", args.log_format)
         return EXIT_FATAL
     except OSError as exc:

@@ -23,7 +23,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError, ValidationInfo, field_validator
 from pydantic_core import PydanticCustomError
 
-from watcher import defaults
+from watcher import defaults, portable
 from watcher.validation import humanize, show
 
 __all__ = ["Job", "JobError", "JobLimits", "load_job", "parse_job", "read_job_bytes"]
@@ -333,12 +333,14 @@ def read_job_bytes(path: Path, max_bytes: int) -> bytes:
         OSError: an unexpected I/O error (a disk error, too many open files): the file
             itself may be fine.
     """
-    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
+    nofollow = getattr(os, "O_NOFOLLOW", 0) if portable.current().nofollow else 0
+    flags = os.O_RDONLY | nofollow | getattr(os, "O_NONBLOCK", 0)
     flags |= getattr(os, "O_BINARY", 0) | getattr(os, "O_NOCTTY", 0)
     try:
-        mode = os.lstat(path).st_mode
+        before = os.lstat(path)
     except FileNotFoundError:
         raise JobError("the file vanished before it could be read") from None
+    mode = before.st_mode
     if stat.S_ISLNK(mode):
         raise JobError(_SYMLINK)
     if not stat.S_ISREG(mode):
@@ -358,6 +360,9 @@ def read_job_bytes(path: Path, max_bytes: int) -> bytes:
         raise
     try:
         info = os.fstat(fd)
+        if not nofollow and (info.st_dev, info.st_ino) != (before.st_dev, before.st_ino):
+            # Swapped since the check: without O_NOFOLLOW the open may have followed a link.
+            raise JobError(_SYMLINK)
         if not stat.S_ISREG(info.st_mode):
             raise JobError(f"a {_kind(info.st_mode)}, not a job file")
         if info.st_nlink > 1:

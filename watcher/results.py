@@ -9,7 +9,6 @@ job it belongs to, which is how a restarted service knows a result was already p
 from __future__ import annotations
 
 import contextlib
-import errno
 import logging
 import os
 import secrets
@@ -20,16 +19,15 @@ from typing import Any, Literal, TypedDict
 
 import yaml
 
-from watcher import defaults
+from watcher import portable
+from watcher.durable import NO_LINK, copy_into, fsync_dir, place
 
 __all__ = [
     "Result",
     "Status",
-    "fsync_dir",
     "publish",
     "read_result",
     "result_names",
-    "write_atomic",
 ]
 
 logger = logging.getLogger(__name__)
@@ -38,7 +36,6 @@ Status = Literal["completed", "canceled", "error"]
 
 # Leaves room below the usual 255-byte file-name limit for `.result.NNNN.yaml` and temp names.
 _MAX_STEM_BYTES = 200
-TEMP_PREFIX = ".dropflow-tmp-"
 
 
 class _ResultRequired(TypedDict):
@@ -68,52 +65,11 @@ def now_iso() -> str:
     return datetime.now().astimezone().isoformat(timespec="milliseconds")
 
 
-def fsync_dir(folder: Path) -> None:
-    """Make a folder's entries (a rename, a new file) durable. A no-op where unsupported."""
-    try:
-        fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    except OSError:
-        return  # Windows cannot open a directory; NTFS journals renames itself.
-    try:
-        os.fsync(fd)
-    except OSError as exc:
-        if exc.errno not in (errno.EINVAL, errno.EBADF):
-            raise
-    finally:
-        os.close(fd)
-
-
 def dump(result: Result) -> bytes:
     """The YAML text of a result, keys in a fixed, readable order."""
     return yaml.safe_dump(
         dict(result), sort_keys=False, allow_unicode=True, default_flow_style=False, width=1000
     ).encode("utf-8")
-
-
-def write_atomic(folder: Path, data: bytes) -> Path:
-    """Write `data` to a new hidden temp file in `folder`, fsync it, and return its path.
-
-    The file is created exclusively with `defaults.RESULT_FILE_MODE`, so nothing planted at
-    its (random) name is ever followed or overwritten.
-    """
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
-    flags |= getattr(os, "O_BINARY", 0)
-    tmp = folder / f"{TEMP_PREFIX}{secrets.token_hex(8)}"
-    fd = os.open(tmp, flags, defaults.RESULT_FILE_MODE)
-    try:
-        if hasattr(os, "fchmod"):
-            os.fchmod(fd, defaults.RESULT_FILE_MODE)  # the umask may have narrowed it
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
-        os.fsync(fd)
-    except BaseException:
-        os.close(fd)
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    os.close(fd)
-    return tmp
 
 
 def _safe_stem(job_name: str) -> str:
@@ -145,54 +101,51 @@ def read_result(path: Path) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
-_NO_LINK = (errno.EXDEV, errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK)
-
-
 def publish(
     results: Path, source: Path, job_name: str, claim_id: str, *, recovering: bool = False
 ) -> Path:
     """Give the complete, fsynced result file `source` the first free result name.
 
     The name is taken with a hard link, which never replaces an existing file (nor follows a
-    symlink planted there); where links are impossible (another filesystem, FAT), a copy is
-    made in `results` and renamed after an existence check. With `recovering` (a restart after
-    a crash between publishing and archiving), a result of the same claim already there is
-    returned and nothing new is written.
+    symlink planted there); where links are impossible (`results` on another file system,
+    FAT), `source` is copied into `results` first and the copy placed without replacing (see
+    `durable.place`). With `recovering` (a retry, or a restart after a crash between
+    publishing and recording it), a result of the same claim already there is returned and
+    nothing new is written.
     """
     copy: Path | None = None
     try:
         for name in result_names(job_name):
             target = results / name
             if os.path.lexists(target):
-                if recovering and not target.is_symlink():
-                    existing = read_result(target) or {}
-                    if existing.get("claim_id") == claim_id:
-                        return target
+                if recovering and _belongs_to(target, claim_id):
+                    return target
                 continue
             try:
+                if copy is None and portable.current().hard_links:
+                    try:
+                        os.link(source, target, follow_symlinks=False)
+                    except FileExistsError:
+                        raise
+                    except OSError as exc:
+                        if exc.errno not in NO_LINK:
+                            raise
+                    else:
+                        fsync_dir(results)
+                        return target
                 if copy is None:
-                    os.link(source, target, follow_symlinks=False)
-                elif os.path.lexists(target):
-                    continue
-                else:
-                    # The service is the only writer of result names: no race with itself.
-                    os.rename(copy, target)
-                    copy = None
+                    copy = copy_into(results, source, secrets.token_hex(8))
+                place(copy, target)
+                copy = None
+                return target
             except FileExistsError:
                 continue
-            except OSError as exc:
-                if copy is not None or exc.errno not in _NO_LINK:
-                    raise
-                with open(source, "rb") as handle:
-                    copy = write_atomic(results, handle.read())
-                if os.path.lexists(target):
-                    continue
-                os.rename(copy, target)
-                copy = None
-            fsync_dir(results)
-            return target
         raise AssertionError("unreachable: result_names is endless")
     finally:
         if copy is not None:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(copy)
+
+
+def _belongs_to(path: Path, claim_id: str) -> bool:
+    return not path.is_symlink() and (read_result(path) or {}).get("claim_id") == claim_id

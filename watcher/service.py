@@ -17,18 +17,22 @@ import signal
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from watcher import portable
 from watcher.claims import Claim, Processing
 from watcher.config import Settings
+from watcher.durable import TEMP_PREFIX
 from watcher.inbox import Inbox
 from watcher.jobs import Job, JobError, load_job
-from watcher.results import TEMP_PREFIX, Result, dump, now_iso, publish, read_result
+from watcher.lock import FolderLock, Owner, read_owner
+from watcher.results import Result, dump, now_iso, publish, read_result
 from watcher.runner import Runner, RunnerUnavailable, RunOutcome, RunRequest
 
-__all__ = ["EXIT_FORCED", "Service"]
+__all__ = ["EXIT_FORCED", "FolderError", "ServedElsewhere", "Service"]
 
 logger = logging.getLogger(__name__)
 
@@ -40,12 +44,28 @@ _TICK = 0.1  # seconds between settle checks while files wait to be complete
 _RETRY_FIRST, _RETRY_MAX = 1.0, 30.0  # backoff when Prefect or the disk fails us
 
 
-class Service:
-    """Runs jobs dropped in the inbox until asked to stop."""
+class FolderError(Exception):
+    """The folders cannot serve: the message names the config keys involved."""
 
-    def __init__(self, settings: Settings, runner: Runner) -> None:
+
+class ServedElsewhere(Exception):
+    """Another service holds the folders, and this one may not wait as a standby."""
+
+
+class Service:
+    """Runs jobs dropped in the inbox until asked to stop.
+
+    Only one service serves a set of folders (see `watcher.lock`). With `standby`, a service
+    that finds them held waits, and takes over when the owner dies or stops; without it,
+    `serve` raises `ServedElsewhere`.
+    """
+
+    def __init__(self, settings: Settings, runner: Runner, *, standby: bool = True) -> None:
         self.settings = settings
         self.runner = runner
+        self.standby = standby
+        self.lock = FolderLock(settings.inbox, settings.processing)
+        self._stopping = threading.Event()  # for the standby's wait, which runs in a thread
         self.processing = Processing(settings.processing, settings.archive, settings.inbox)
         self.started = threading.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -95,6 +115,7 @@ class Service:
     def request_stop(self) -> None:
         """Stop gracefully; a second call stops at once. Safe from any thread."""
         self._signals += 1
+        self._stopping.set()
         if self._signals > 1:
             self._forced = True
         loop = self._loop
@@ -133,20 +154,58 @@ class Service:
             self._stop.set()
 
         s = self.settings
-        for folder in (s.inbox, s.results, s.archive, s.processing):
-            folder.mkdir(parents=True, exist_ok=True)
-        for stray in s.results.glob(f"{TEMP_PREFIX}*"):
-            stray.unlink(missing_ok=True)
-        recovered = self.processing.recover()
-        if recovered:
-            logger.info("recovering %d job(s) left in %s", len(recovered), s.processing)
+        await asyncio.to_thread(self._prepare_folders)
+        if not await self._own_folders():
+            logger.info("stopped before taking over")
+            return
         try:
-            await self._serve(recovered)
+            for stray in s.results.glob(f"{TEMP_PREFIX}*"):
+                stray.unlink(missing_ok=True)
+            recovered = await asyncio.to_thread(self.processing.recover)
+            if recovered:
+                logger.info("recovering %d job(s) left in %s", len(recovered), s.processing)
+            # The runner starts in the background, from `_serve`: only the owner of the
+            # folders starts it (a standby never takes the embedded server's port).
+            try:
+                await self._serve(recovered)
+            finally:
+                await self.runner.close()
         finally:
-            await self.runner.close()
+            self.lock.release()
         if self._fatal is not None:
             raise self._fatal
         logger.info("stopped")
+
+    def _prepare_folders(self) -> None:
+        s = self.settings
+        for folder in (s.inbox, s.results, s.archive, s.processing):
+            folder.mkdir(parents=True, exist_ok=True)
+        # A claim is a link (or a rename) from the inbox into processing: atomic only within
+        # one file system. Results and the archive may be anywhere.
+        if os.stat(s.inbox).st_dev != os.stat(s.processing).st_dev:
+            raise FolderError(
+                f"inbox ({s.inbox}) and processing ({s.processing}) are on different file "
+                "systems; a job is claimed by moving it from one to the other, which is atomic "
+                "only within one file system: put processing beside the inbox"
+            )
+
+    async def _own_folders(self) -> bool:
+        """Take the folders' lock, waiting as a standby while another service holds it."""
+        if not await asyncio.to_thread(self.lock.try_acquire):
+            owner = read_owner(self.settings.processing)
+            held = (
+                f"{self.settings.inbox} is served by another dropflow "
+                f"({owner.describe() if owner else 'owner unknown'})"
+            )
+            if not self.standby:
+                raise ServedElsewhere(held)
+            logger.info("standby: %s; taking over when it stops", held)
+            if not await asyncio.to_thread(self.lock.wait, self._stopping):
+                return False
+            logger.info("taking over %s", self.settings.inbox)
+        self._owner = Owner.me(now_iso(), self.settings.runner)
+        await asyncio.to_thread(self.lock.record, self._owner)
+        return True
 
     async def _serve(self, recovered: list[Claim]) -> None:
         s = self.settings
@@ -155,6 +214,7 @@ class Service:
             s.patterns,
             settle_seconds=s.settle_seconds,
             polling=s.polling,
+            close_events=None if portable.current().close_events else False,
             on_ready=self._queue.put_nowait,
         )
         for claim in recovered:
@@ -193,6 +253,10 @@ class Service:
             self._stop.set()
             return
         logger.info("runner: %s", description)
+        try:
+            await asyncio.to_thread(self.lock.record, replace(self._owner, api=description))
+        except OSError as exc:  # only the owner's description: no reason to stop serving
+            logger.warning("cannot record the runner in the folders' lock: %s", exc)
         self._ready.set()
 
     async def _dispatch(self) -> None:
@@ -249,8 +313,14 @@ class Service:
         if isinstance(item, Path):
             try:
                 claim = await asyncio.to_thread(self.processing.claim, item)
+            except PermissionError as exc:
+                # Windows: the writer still has it open. It stays in the inbox; look again soon.
+                logger.info("%s: not taken yet (%s); retrying", item.name, exc.strerror or exc)
+                self._retry_inbox()
+                return
             except OSError as exc:
-                logger.error("cannot claim %s: %s; will retry on the next scan", item.name, exc)
+                logger.error("cannot claim %s: %s; retrying", item.name, exc)
+                self._retry_inbox()
                 return
             finally:
                 self.inbox.done(item)
@@ -270,6 +340,10 @@ class Service:
             raise
         # From here on the outcome is known: finish even if a stop is requested meanwhile.
         await asyncio.shield(self._complete(claim, outcome))
+
+    def _retry_inbox(self) -> None:
+        loop = asyncio.get_running_loop()
+        loop.call_later(_RETRY_FIRST, self.inbox.rescan_needed.set)
 
     async def _run(self, claim: Claim) -> Result:
         started_at, t0 = now_iso(), time.monotonic()
@@ -400,19 +474,25 @@ class Service:
         )
 
     def _complete_sync(self, claim: Claim, result: Result | None) -> tuple[Path, str]:
-        recovering = result is None
-        if result is None:
-            staged = read_result(claim.staged_result) or {}
-        else:
-            staged = dict(result)
-            if not claim.staged_result.exists():
-                self.processing.stage(claim, dump(result))
-        path = publish(
-            self.settings.results,
-            claim.staged_result,
-            claim.name or str(staged.get("job", "job")),
-            claim.id,
-            recovering=recovering,
-        )
+        """Stage, publish, archive: each step done once, each safe to repeat after a failure.
+
+        Publishing is recorded in the claim (`Processing.mark_published`), so a failure while
+        archiving (a full or missing archive disk) is retried without publishing again.
+        """
+        fresh = result is not None and not claim.staged_result.exists()
+        if fresh:
+            assert result is not None
+            self.processing.stage(claim, dump(result))
+        staged = read_result(claim.staged_result) or {}
+        path = self.processing.published_as(claim, self.settings.results)
+        if path is None:
+            path = publish(
+                self.settings.results,
+                claim.staged_result,
+                claim.name or str(staged.get("job", "job")),
+                claim.id,
+                recovering=not fresh,
+            )
+            self.processing.mark_published(claim, path)
         self.processing.finish(claim)
         return path, str(staged.get("status", "?"))

@@ -7,15 +7,8 @@ from pathlib import Path
 
 import yaml
 
-from watcher.results import (
-    TEMP_PREFIX,
-    Result,
-    dump,
-    publish,
-    read_result,
-    result_names,
-    write_atomic,
-)
+from watcher.durable import TEMP_PREFIX, write_atomic
+from watcher.results import Result, dump, publish, read_result, result_names
 
 
 def _result(job: str = "job.yaml", claim_id: str = "c1") -> Result:
