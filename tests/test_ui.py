@@ -49,11 +49,15 @@ def test_the_flow_run_page_shows_the_run(embedded_service: ServiceFactory, tmp_p
     chromium = _browser_or_skip()
     from playwright.sync_api import expect, sync_playwright
 
-    svc = embedded_service()
+    # Prefect's INFO console lines on, to see its "View at" link.
+    svc = embedded_service(extra_env={"PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL": "INFO"})
     svc.drop("browsed.yaml", "timeout: 5\nsleep: 0.2\nname: seen in the UI\n")
     result = svc.wait_result("browsed.yaml", timeout=60)
     assert result["status"] == "completed"
     url = str(result["flow_run_url"])
+    port = svc.config["server_port"]
+    assert url == f"http://127.0.0.1:{port}/runs/flow-run/{result['flow_run_id']}"
+    assert f"View at {url}" in svc.log()
 
     screenshot = tmp_path / "flow-run.png"
     with sync_playwright() as driver:
