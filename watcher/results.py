@@ -57,6 +57,7 @@ class Result(_ResultRequired, total=False):
     duration_s: float
     flow_run_id: str
     flow_run_name: str
+    submission: str
 
 
 def now_iso() -> str:
