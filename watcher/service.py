@@ -17,6 +17,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -162,7 +163,10 @@ class Service:
             if recovered:
                 logger.info("recovering %d job(s) left in %s", len(recovered), s.processing)
             try:
-                logger.info("runner: %s", await self.runner.start())
+                runner = await self.runner.start()
+                logger.info("runner: %s", runner)
+                # For `dropflow status`: the owner record names the Prefect API once it is known.
+                await asyncio.to_thread(self.lock.record, replace(self._owner, api=runner))
                 await self._serve(recovered)
             finally:
                 await self.runner.close()
@@ -197,7 +201,8 @@ class Service:
             if not await asyncio.to_thread(self.lock.wait, self._stopping):
                 return False
             logger.info("taking over %s", self.settings.inbox)
-        await asyncio.to_thread(self.lock.record, Owner.me(now_iso(), type(self.runner).__name__))
+        self._owner = Owner.me(now_iso(), type(self.runner).__name__)
+        await asyncio.to_thread(self.lock.record, self._owner)
         return True
 
     async def _serve(self, recovered: list[Claim]) -> None:
