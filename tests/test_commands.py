@@ -269,7 +269,7 @@ def test_progress_on_a_terminal_is_one_live_line(svc: ServiceProcess) -> None:
     live = text.split("\r\n")[1]  # after the "submitted as" line: the redrawn line
     frames = live.split("\r\x1b[K")
     assert frames[0] == ""
-    assert frames[1] == "1 job(s): waiting for the service"
+    assert frames[1] == "jobs/tty.yaml: waiting for the service (0.0 s)"
     running = [f for f in frames if f.startswith("jobs/tty.yaml: running ")]
     assert len(running) >= 3, frames
     assert all(f.endswith(" / 5 s timeout") for f in running)

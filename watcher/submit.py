@@ -260,7 +260,7 @@ def submit(
     # Shown before the first look: a service may claim a file within milliseconds.
     for sub in pending:
         screen.phase(sub.id, f"{sub.label}: waiting for the service")
-    screen.status(f"{len(pending)} job(s): waiting for the service")
+    screen.status(_live_line([f"{sub.label}: waiting for the service (0.0 s)" for sub in pending]))
     while pending:
         now = time.monotonic()
         for sub in list(pending):
@@ -285,9 +285,13 @@ def submit(
         lines = [_progress(sub, now, started, timeout) for sub in pending]
         for sub in pending:
             screen.phase(sub.id, _phase(sub))
-        screen.status(lines[0] if len(lines) == 1 else f"{len(lines)} jobs: " + "; ".join(lines))
+        screen.status(_live_line(lines))
         time.sleep(POLL_SECONDS)
     return _finish(subs, codes, as_json, out)
+
+
+def _live_line(lines: list[str]) -> str:
+    return lines[0] if len(lines) == 1 else f"{len(lines)} jobs: " + "; ".join(lines)
 
 
 def _phase(sub: Submission) -> str:
