@@ -323,7 +323,7 @@ def test_status_before_during_and_after_a_batch(svc: ServiceProcess) -> None:
 
     during = wait_until(in_flight, 20)
     claims = [c for c in during["in_flight"] if c["job"] in batch]
-    assert all(c["attempt"] == 1 and c["state"] == "running" for c in claims), claims
+    assert all(c["attempt"] == 1 and c["state"] == "claimed" for c in claims), claims
     assert all(0 <= c["age_s"] < 20 for c in claims)
     text = dropflow("status", "-c", "config.yaml", cwd=svc.root).stdout
     assert f"serving, pid {svc.proc.pid} on " in text

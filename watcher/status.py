@@ -7,7 +7,8 @@ It works whether or not a service runs, and changes nothing (the only lock it to
   since when, runner, Prefect API);
 - `inbox`: the job files waiting there;
 - `in_flight`: the claims in `processing` (`<claim id>.<attempt>/`): the job, its attempt, its
-  age since it was first claimed, and its flow run once its result is staged (the service
+  age since it was first claimed, its state (`claimed`: running, or waiting for a run slot;
+  `finishing`: its result is staged), and its flow run once its result is staged (the service
   records no flow run id before that);
 - `results`: results published (by file time) in the last hour and the last day, by status,
   and the newest ten.
@@ -90,7 +91,7 @@ def _in_flight(settings: Settings, now: datetime) -> list[dict[str, Any]]:
                 "claim_id": match["id"],
                 "attempt": int(match["attempt"]),
                 "age_s": round((now - claimed).total_seconds(), 1),
-                "state": "finishing" if staged else "running",
+                "state": "finishing" if staged else "claimed",
                 "flow_run_id": staged.get("flow_run_id"),
                 "flow_run_name": staged.get("flow_run_name"),
             }
@@ -170,7 +171,7 @@ def render(status: dict[str, Any], out: TextIO) -> None:
             f"service:    serving, pid {service['pid']} on {service['host']}, since "
             f"{service['since']}"
         )
-        lines.append(f"            runner {service['runner'] or '?'}, API {service['api'] or '?'}")
+        lines.append(f"            runner {service['runner'] or '?'}: {service['api'] or '?'}")
     oldest = f", oldest {inbox['oldest_age_s']:g} s" if inbox["backlog"] else ""
     lines.append(f"inbox:      {inbox['backlog']} waiting in {inbox['folder']}{oldest}")
     lines.extend(f"              {name}" for name in inbox["files"])
