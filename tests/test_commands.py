@@ -121,6 +121,9 @@ def test_without_a_service_a_submission_waits_in_the_inbox_and_says_so(idle: Pat
     waiting = sorted(p.name for p in (idle / "inbox").iterdir())
     assert len(waiting) == 2 and "same.yaml" in waiting, waiting
     assert "(the name was taken)" in second.stdout
+    again = dropflow("submit", "-c", "config.yaml", "inbox/same.yaml", cwd=idle)
+    assert again.returncode == 2
+    assert again.stdout.startswith("inbox/same.yaml: already in the inbox: the service takes it")
     assert (idle / "inbox" / "same.yaml").read_text().startswith("timeout: 1\n")
 
     status = dropflow("status", "-c", "config.yaml", "--json", cwd=idle)

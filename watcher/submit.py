@@ -190,6 +190,14 @@ class _Screen:
             self._line = False
 
 
+def _check(path: Path, settings: Settings) -> Checked:
+    checked = check_file(path, settings)
+    if checked.ok and path.resolve().parent == settings.inbox.resolve():
+        # Dropping a copy would run the job twice: the file itself is already a job.
+        return Checked(path, None, "already in the inbox: the service takes it as it is")
+    return checked
+
+
 def _done_line(sub: Submission) -> str:
     result = sub.result or {}
     took = result.get("duration_s")
@@ -224,7 +232,7 @@ def submit(
     live: bool,
 ) -> int:
     """Run `dropflow submit` (see the module's docstring); return the exit status."""
-    subs = [Submission(given, check_file(Path(given), settings)) for given in files]
+    subs = [Submission(given, _check(Path(given), settings)) for given in files]
     screen = _Screen(out, live=live and not as_json, quiet=as_json)
     if not all(sub.checked.ok for sub in subs):
         for sub in subs:
