@@ -33,7 +33,7 @@ fuzz: install
 	$(BIN)/python -m tests.fuzz
 
 chaos: install
-	$(BIN)/python -m tests.chaos
+	$(BIN)/python -m tests.chaos $(ARGS)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis

@@ -24,11 +24,15 @@ _WORKLOAD_TIMEOUT = 240.0
 
 NOTES = (
     "Peers run one after another on the same machine, in one run; each gets a fresh folder and "
-    "a fresh PREFECT_HOME, starts, serves W1, W2 and W3 in that order, and stops.",
+    "a fresh PREFECT_HOME, starts, serves W1, W2, W3r and W3i in that order, and stops.",
     "Jobs are dropped the careful writer's way: a hidden temp file in the inbox, renamed to "
-    "`<name>.yaml`. The floors have no inbox: the bench writes the same job to their stdin.",
-    "wall: first drop to last result. jobs/s: jobs run / wall. drop->result: the rename (or "
-    "stdin line) to the result file's first sighting (polled every 10 ms). W3's wall leaves "
+    "`<name>.yaml`; except in W3i, where each job file is written in the inbox itself (one "
+    "open, write, close), which dropflow takes after the close and its quiet period "
+    "(`QUIET_SECONDS`). The floors have no inbox: the bench writes the same job to their "
+    "stdin, so their W3r and W3i are the same thing measured twice.",
+    "wall: first drop to last result. jobs/s: jobs run / wall. drop->result: the rename, the "
+    "close of a file written in place (or the stdin line) to the result file's first sighting "
+    "(polled every 10 ms). W3r's and W3i's walls leave "
     "out the bench's 0.6 s pauses between jobs.",
     "CPU s/job: CPU seconds of the peer's whole process tree during the workload (the service "
     "or script, Prefect's embedded server, any children), divided by jobs run; in brackets the "
@@ -62,7 +66,9 @@ def _parser() -> argparse.ArgumentParser:
         "--scale", type=float, default=None, help="run this fraction of each workload"
     )
     parser.add_argument(
-        "--workloads", default="W1,W2,W3", help="comma-separated workloads (default: all)"
+        "--workloads",
+        default="W1,W2,W3r,W3i",
+        help="comma-separated workloads (default: all)",
     )
     parser.add_argument(
         "--peers",
@@ -92,7 +98,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     peers = [peer for peer in PEERS if peer.key in wanted]
     scale = args.scale if args.scale is not None else 0.1 if args.quick else 1.0
     workloads = [w for w in make_workloads(scale) if w.key in args.workloads.split(",")]
-    partial = scale != 1.0 or len(workloads) < 3 or len(peers) < len(PEERS)
+    partial = scale != 1.0 or len(workloads) < len(make_workloads()) or len(peers) < len(PEERS)
     output = args.output or (
         ROOT / "bench" / "out" / "RESULTS-partial.md" if partial else ROOT / "bench" / "RESULTS.md"
     )

@@ -66,14 +66,16 @@ class Peer:
         return [py, "-m", "bench.floors", mode, results, str(concurrency)]
 
 
+_SLOW = {"W1": 20, "W2": 10, "W3r": 10, "W3i": 10}
+
 # Order of the table. The sampled peers come last: they take longest.
 PEERS: tuple[Peer, ...] = (
     Peer("dropflow", "dropflow (embedded, as shipped)", "inbox", "watching ", True),
     Peer("dropflow-direct", "dropflow, `runner: direct`", "inbox", "watching ", False),
     Peer("floor-prefect", "Prefect floor", "stdin", "READY", True),
     Peer("floor-direct", "No-Prefect floor", "stdin", "READY", False),
-    Peer("naive", "naive handler (seed)", "inbox", "READY", True, {"W1": 20, "W2": 10, "W3": 10}),
-    Peer("per-file", "process per file", "inbox", "READY", True, {"W1": 20, "W2": 10, "W3": 10}),
+    Peer("naive", "naive handler (seed)", "inbox", "READY", True, _SLOW),
+    Peer("per-file", "process per file", "inbox", "READY", True, _SLOW),
 )
 
 
@@ -140,12 +142,19 @@ class PeerProcess:
                 raise TimeoutError(f"{self.peer.key} not ready after {timeout:g}s")
             time.sleep(0.05)
 
-    def submit(self, spec: JobSpec) -> float:
-        """Hand over one job; return the monotonic time it counts as dropped."""
+    def submit(self, spec: JobSpec, in_place: bool = False) -> float:
+        """Hand over one job; return the monotonic time it counts as dropped.
+
+        `in_place` writes the job file in the inbox itself (one open, write, close) instead of
+        renaming it in; the floors, which read stdin, get the same line either way.
+        """
         if self._stdin is not None:
             self._stdin.write(spec.line().encode())
             self._stdin.flush()
             return time.monotonic()
+        if in_place:
+            (self.inbox / spec.name).write_text(spec.yaml())
+            return time.monotonic()  # from the close: before it, no watcher may take the file
         # A hidden temp file in the inbox, then a rename: the careful writer's drop, which the
         # service takes at once (no settle wait) and the others see as a move.
         temp = self.inbox / f".{spec.name}.part"

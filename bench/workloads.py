@@ -3,11 +3,14 @@
 - W1: a burst of 200 `sleep: 0` jobs (throughput, per-run overhead).
 - W2: the seed's experiment, 100 jobs of sleep U[0, 3] with `timeout: 2`. The sleeps are drawn
   once here (fixed seed), so every peer does exactly the same work and walls compare.
-- W3: 20 single `sleep: 0` jobs one after another, each dropped when the previous result is
-  in (latency on a warm service).
+- W3r and W3i: 20 single `sleep: 0` jobs one after another, each dropped when the previous
+  result is in (latency on a warm service). W3r renames each job file in (the recommended way,
+  complete on arrival); W3i writes it in place, in one open/write/close, which dropflow takes
+  only after the close and its quiet period (`QUIET_SECONDS`).
 
-drop->result runs from the rename into the inbox (or the line written to a floor's stdin) to
-the moment the result file is first seen; the results folder is polled every 10 ms.
+drop->result runs from the rename into the inbox, or the close of the file written in place (or
+the line written to a floor's stdin), to the moment the result file is first seen; the results
+folder is polled every 10 ms.
 """
 
 from __future__ import annotations
@@ -31,11 +34,11 @@ from bench.peers import PeerProcess
 __all__ = ["WORKLOADS", "ResultWatch", "Workload", "WorkloadRun", "run_workload", "warm_up"]
 
 _POLL = 0.01  # seconds between looks at the results folder
-# Seconds between a W3 result and the next drop. More than watchdog's 0.5 s move-pairing delay:
+# Seconds between a W3r/W3i result and the next drop. More than watchdog's 0.5 s move-pairing delay:
 # the service's claim renames the job out of the inbox, an IN_MOVED_FROM that watchdog holds
 # 0.5 s at the head of its event queue, so a file dropped sooner waits behind it (measured with
 # the direct runner: 0.20 s from drop to result 0.3 s after the previous job, 0.006 s after
-# 1 s). W3 measures a warm, idle service; that stall is reported apart.
+# 1 s). W3r/W3i measure a warm, idle service; that stall is reported apart.
 _SERIAL_GAP = 0.6
 
 
@@ -47,6 +50,7 @@ class Workload:
     title: str
     jobs: tuple[JobSpec, ...]
     mode: Literal["burst", "serial"]
+    in_place: bool = False  # write each job file in the inbox itself, not rename it in
 
     def sample(self, n: int | None) -> tuple[JobSpec, ...]:
         """At most `n` jobs, spread evenly over the list (so W2's sleeps keep their mix)."""
@@ -57,7 +61,7 @@ class Workload:
 
 
 def make_workloads(scale: float = 1.0) -> tuple[Workload, ...]:
-    """W1, W2 and W3; `scale` < 1 shrinks them for a quick try."""
+    """W1, W2, W3r and W3i; `scale` < 1 shrinks them for a quick try."""
 
     def count(n: int) -> int:
         return max(2, round(n * scale))
@@ -75,10 +79,17 @@ def make_workloads(scale: float = 1.0) -> tuple[Workload, ...]:
         ),
         Workload("W2", "100 jobs, sleep U[0,3], timeout 2", w2, "burst"),
         Workload(
-            "W3",
-            "20 single `sleep: 0` jobs in a row",
-            tuple(JobSpec(f"w3-{i:04d}.yaml", 2.0, 0.0) for i in range(count(20))),
+            "W3r",
+            "20 single `sleep: 0` jobs in a row, renamed in",
+            tuple(JobSpec(f"w3r-{i:04d}.yaml", 2.0, 0.0) for i in range(count(20))),
             "serial",
+        ),
+        Workload(
+            "W3i",
+            "20 single `sleep: 0` jobs in a row, written in place",
+            tuple(JobSpec(f"w3i-{i:04d}.yaml", 2.0, 0.0) for i in range(count(20))),
+            "serial",
+            in_place=True,
         ),
     )
 
@@ -222,12 +233,12 @@ def run_workload(
         t0 = time.monotonic()
         if workload.mode == "burst":
             for spec, name in zip(jobs, names, strict=True):
-                dropped[name] = peer.submit(spec)
+                dropped[name] = peer.submit(spec, in_place=workload.in_place)
             complete = watch.wait(names, deadline)
         else:
             complete = True
             for spec, name in zip(jobs, names, strict=True):
-                dropped[name] = peer.submit(spec)
+                dropped[name] = peer.submit(spec, in_place=workload.in_place)
                 if not watch.wait([name], deadline):
                     complete = False
                     break
@@ -249,6 +260,6 @@ def run_workload(
         ids = [str(r["flow_run_id"]) for r in run.results if r.get("status") == "canceled"]
         run.flow_starts = _flow_starts(api, [i for i in ids if i != "None"])
     if workload.mode == "serial":
-        # The gaps between W3's jobs are the bench's, not the peer's.
+        # The gaps between W3r's and W3i's jobs are the bench's, not the peer's.
         run.wall -= _SERIAL_GAP * (len(jobs) - 1)
     return run

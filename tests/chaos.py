@@ -4,6 +4,10 @@ Runs `dropflow run` against its own `prefect server`, drops jobs while killing a
 the service, then lets a last start finish everything and audits: lost jobs, partial results,
 duplicate results, and duplicate flow runs (from the Prefect API), against the number of jobs
 that were in flight at the kills (the most a kill can legitimately make run again).
+
+`--standby` runs two services on the same folders and kills whichever holds them, measuring
+how long the standby takes to serve (kill to its "watching" line). `--archive-elsewhere`
+mounts a tmpfs (root only) for the archive, so every archive move crosses file systems.
 """
 
 from __future__ import annotations
@@ -12,10 +16,13 @@ import argparse
 import asyncio
 import os
 import random
+import statistics
+import subprocess
 import sys
 import tempfile
 import time
 from collections import Counter
+from datetime import datetime
 from pathlib import Path
 
 from tests.harness import PrefectServer, ServiceProcess, audit, claim_folders, wait_until
@@ -45,17 +52,31 @@ async def _flow_runs_per_job(url: str) -> Counter[str]:
     return counts
 
 
+def _logged_at(log: str, text: str) -> float:
+    """The wall-clock time of the first log line with `text` (lines start HH:MM:SS.mmm)."""
+    line = next(x for x in log.splitlines() if text in x)
+    clock = datetime.strptime(line[:12], "%H:%M:%S.%f").time()
+    return datetime.combine(datetime.now().date(), clock).timestamp()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--kills", type=int, default=50)
     parser.add_argument("--jobs", type=int, default=200)
     parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument("--standby", action="store_true", help="two services, kill the owner")
+    parser.add_argument(
+        "--archive-elsewhere", action="store_true", help="the archive on a tmpfs (needs root)"
+    )
     args = parser.parse_args(argv)
     seed = args.seed if args.seed is not None else random.randrange(1 << 30)
     rng = random.Random(seed)
     root = Path(tempfile.mkdtemp(prefix="dropflow-chaos-"))
     os.environ["PREFECT_HOME"] = str(root / "prefect-home")
     os.environ.pop("PREFECT_API_URL", None)
+    if args.archive_elsewhere:
+        (root / "archive").mkdir()
+        subprocess.run(["mount", "-t", "tmpfs", "tmpfs", str(root / "archive")], check=True)
     server = PrefectServer(root / "server-home").start()
     names = [f"chaos{i:04d}.yaml" for i in range(args.jobs)]
     per_cycle = -(-args.jobs // args.kills)
@@ -67,22 +88,42 @@ def main(argv: list[str] | None = None) -> int:
     in_flight_at_kills = 0
     dropped = 0
     t0 = time.monotonic()
+    takeovers: list[float] = []
+
+    def start(wait: bool = True) -> ServiceProcess:
+        svc = ServiceProcess(root, config, api_url=server.url, prefect_home=root / "svc-home")
+        return svc.start(wait=wait)
+
     try:
+        standby = None
+        if args.standby:
+            svc = start()
+            standby = start(wait=False)
+            standby.wait_for_log("standby:")
         for kill in range(args.kills):
-            svc = ServiceProcess(root, config, api_url=server.url, prefect_home=root / "svc-home")
-            svc.start()
+            if not args.standby:
+                svc = start()
             for name in names[dropped : dropped + per_cycle]:
                 svc.drop(name, "{}\n")
             dropped = min(dropped + per_cycle, len(names))
             time.sleep(rng.uniform(0.0, 2.5))
             in_flight_at_kills += len(claim_folders(svc.processing))
+            killed_at = time.time()
             svc.kill()
+            if standby is not None:
+                standby.wait_for_log("watching ", 60)
+                takeovers.append(_logged_at(standby.log(), "watching ") - killed_at)
+                svc, standby = standby, start(wait=False)
+                standby.wait_for_log("standby:")
             print(
-                f"kill {kill + 1}/{args.kills}: {len(os.listdir(svc.results))} results so far",
+                f"kill {kill + 1}/{args.kills}: {len(os.listdir(svc.results))} results so far"
+                + (f", takeover {takeovers[-1]:.2f}s" if takeovers else ""),
                 flush=True,
             )
-        svc = ServiceProcess(root, config, api_url=server.url, prefect_home=root / "svc-home")
-        svc.start()
+        if standby is not None:
+            standby.kill()
+        else:
+            svc = start()
         for name in names[dropped:]:
             svc.drop(name, "{}\n")
         wait_until(lambda: len(os.listdir(svc.archive)) >= len(names), 600, 0.5)
@@ -92,6 +133,8 @@ def main(argv: list[str] | None = None) -> int:
         runs = asyncio.run(_flow_runs_per_job(server.url))
     finally:
         server.stop()
+        if args.archive_elsewhere:
+            subprocess.run(["umount", "-l", str(root / "archive")], check=False)
     without_run = sum(1 for name in names if name.removesuffix(".yaml") not in runs)
     # Every run beyond one per job; a run killed before Prefect renamed it after its job keeps
     # a generated name, so count by total, not by name.
@@ -110,6 +153,11 @@ def main(argv: list[str] | None = None) -> int:
         f"duplicate runs:         {duplicate_runs} (jobs in flight at the kills: "
         f"{in_flight_at_kills})"
     )
+    if takeovers:
+        print(
+            f"takeover (kill to watching): p50 {statistics.median(takeovers):.2f}s, "
+            f"max {max(takeovers):.2f}s over {len(takeovers)}"
+        )
     ok = (
         not found["lost"]
         and not found["partial"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -87,3 +88,30 @@ def embedded_service(tmp_path: Path) -> Iterator[ServiceFactory]:
     yield make
     for proc in started:
         proc.kill()
+
+
+@pytest.fixture
+def tmpfs() -> Iterator[Callable[[Path], Path]]:
+    """Mount a fresh tmpfs (another file system) at a folder; unmounted at the end.
+
+    Needs root (CI runs as root, where this never skips)."""
+    mounted: list[Path] = []
+
+    def mount(folder: Path, size: str = "64m") -> Path:
+        folder.mkdir(parents=True, exist_ok=True)
+        done = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)],
+            capture_output=True,
+            text=True,
+        )
+        if done.returncode != 0:
+            reason = f"cannot mount a tmpfs here: {done.stderr.strip()}"
+            if os.environ.get("CI"):
+                pytest.fail(reason)
+            pytest.skip(reason)
+        mounted.append(folder)
+        return folder
+
+    yield mount
+    for folder in reversed(mounted):
+        subprocess.run(["umount", "-l", str(folder)], check=False)

@@ -151,7 +151,9 @@ class ServiceProcess:
         self.archive = root / str(self.config.get("archive", "archive"))
         self.processing = root / str(self.config.get("processing", "processing"))
 
-    def start(self, timeout: float = 90, wait: bool = True) -> ServiceProcess:
+    def start(
+        self, timeout: float = 90, wait: bool = True, args: tuple[str, ...] = ()
+    ) -> ServiceProcess:
         config_path = self.root / "config.yaml"
         config_path.write_text(yaml.safe_dump(self.config))
         env = {
@@ -165,7 +167,7 @@ class ServiceProcess:
         else:
             env.pop("PREFECT_API_URL", None)
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "watcher", "run", "--config", str(config_path)],
+            [sys.executable, "-m", "watcher", "run", "--config", str(config_path), *args],
             cwd=self.root,
             env=env,
             stdout=subprocess.PIPE,

@@ -309,7 +309,7 @@ def test_status_before_during_and_after_a_batch(svc: ServiceProcess) -> None:
     assert svc.proc is not None
     before = _status(svc)
     service = before["service"]
-    assert service["pid"] == svc.proc.pid and service["runner"] == "PrefectRunner"
+    assert service["pid"] == svc.proc.pid and service["runner"] == "prefect"
     assert service["api"] == f"Prefect API at {svc.api_url}/ (server)"
     assert service["since"] and service["host"]
 

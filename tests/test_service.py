@@ -77,13 +77,22 @@ def test_random_sleep_from_the_config_defaults(service: ServiceFactory) -> None:
     assert 0.1 <= result["sleep"] <= 0.3
 
 
+def _fence(svc: ServiceProcess, name: str) -> None:
+    """Drop a job by rename and wait for its result. Events arrive in order, so the service
+    has handled every event of what was done before it."""
+    svc.drop(name, "timeout: 5\nsleep: 0\n")
+    assert svc.wait_result(name)["status"] == "completed"
+
+
 def test_a_half_written_file_waits_for_its_writer(service: ServiceFactory) -> None:
     svc = service({"settle_seconds": 0.5})
     path = svc.inbox / "half.yaml"
     with open(path, "w") as handle:
         handle.write("timeout: 5\n")
         handle.flush()
-        time.sleep(3)  # the writer pauses far longer than settle_seconds
+        _fence(svc, "fence.yaml")  # the service has seen the open and the write
+        time.sleep(2)  # the scenario: the writer pauses far longer than settle_seconds
+        assert path.exists(), "taken while open for writing"
         assert not svc.result_path("half.yaml").exists()
         handle.write("sleep: 0.1\nname: written in two goes\n")
     result = svc.wait_result("half.yaml")
@@ -102,8 +111,11 @@ def test_one_file_with_many_events_gives_one_run(service: ServiceFactory) -> Non
     os.utime(svc.inbox, None)
     result = svc.wait_result("chatty.yaml")
     assert result["status"] == "completed"
-    time.sleep(1.5)
-    assert sorted(p.name for p in svc.results.iterdir()) == ["chatty.result.yaml"]
+    _fence(svc, "fence.yaml")  # every event of the 200 writes has been handled
+    assert sorted(p.name for p in svc.results.iterdir()) == [
+        "chatty.result.yaml",
+        "fence.result.yaml",
+    ]
     assert svc.log().count("job started: chatty.yaml") == 1
 
 
@@ -142,13 +154,15 @@ def test_a_reused_name_is_a_new_job_with_its_own_result(service: ServiceFactory)
 
 def test_other_files_are_ignored(service: ServiceFactory) -> None:
     svc = service()
-    for name in (".hidden.yaml", "notes.txt", "job.yaml~", "#job.yaml#", "job.yaml.swp"):
-        (svc.inbox / name).write_text("timeout: 1\n")
+    ignored = (".hidden.yaml", "notes.txt", "job.yaml~", "#job.yaml#", "job.yaml.swp")
+    for name in ignored:
+        # Renamed in, as a job would be: were one taken, it would be taken at once, and
+        # claimed (moved out of the inbox) before real.YAML, dropped after it, ran its flow.
+        svc.drop(name, "timeout: 1\n")
     svc.drop("real.YAML", "timeout: 5\nsleep: 0\n")
     svc.wait_result("real.YAML")
-    time.sleep(1)
-    assert len(list(svc.results.iterdir())) == 1
-    assert len(list(svc.inbox.iterdir())) == 5
+    assert sorted(p.name for p in svc.inbox.iterdir()) == sorted(ignored)
+    assert [p.name for p in svc.results.iterdir()] == ["real.result.yaml"]
 
 
 def test_sigterm_stops_gracefully_with_exit_0(service: ServiceFactory) -> None:

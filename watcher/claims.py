@@ -50,6 +50,8 @@ PUBLISHED = ".published"
 ARCHIVE_JOURNAL = ".archive"
 """The archive name chosen for the job file, written before it is moved there: a move cut by
 a crash is finished under the same name, never copied twice."""
+RETIRED_PREFIX = ".dropflow-done-"
+"""A finished claim folder is renamed to this before it is removed."""
 ASIDE_PREFIX = ".dropflow-claimed-"
 """The inbox name a claimed file is renamed to before it is removed from the inbox."""
 _FOLDER = re.compile(r"^(?P<id>\d{8}T\d{6}\.\d{6}-[0-9a-f]{6})\.(?P<attempt>\d+)$")
@@ -215,6 +217,8 @@ class Processing:
         """
         self._recover_asides()
         found: list[Claim] = []
+        for retired in self.root.glob(f"{RETIRED_PREFIX}*"):
+            shutil.rmtree(retired, ignore_errors=True)
         for entry in sorted(os.scandir(self.root), key=lambda e: e.name):
             match = _FOLDER.match(entry.name)
             if not match or not entry.is_dir(follow_symlinks=False):
@@ -284,8 +288,13 @@ class Processing:
         archived = None
         if claim.name and os.path.lexists(claim.path):
             archived = self._archive(claim)
-        shutil.rmtree(claim.folder, ignore_errors=True)
+        # One rename retires the claim: removing its files one by one could let a crash leave
+        # a job file (linked into the archive) without its staged result, to be run again.
+        retired = self.root / f"{RETIRED_PREFIX}{claim.folder.name}"
+        with contextlib.suppress(FileNotFoundError):
+            os.rename(claim.folder, retired)
         fsync_dir(self.root)
+        shutil.rmtree(retired, ignore_errors=True)
         if archived is not None:
             with self._archive_lock:
                 self._reserved.discard(archived.name)

@@ -66,21 +66,17 @@ def _create_flags() -> int:
     return flags
 
 
-def write_atomic(folder: Path, data: bytes, name: str | None = None) -> Path:
-    """Write `data` to a new hidden temp file in `folder`, fsync it, and return its path.
+def _write_new(tmp: Path, fill: Callable[[int], None]) -> Path:
+    """Create `tmp` exclusively, let `fill` write it through its descriptor, fsync it.
 
-    The file is created exclusively (O_EXCL: nothing planted at the name is ever followed or
-    overwritten) with `defaults.RESULT_FILE_MODE`. `name` fixes the temp name's suffix
-    (a random one otherwise).
+    The file gets `defaults.RESULT_FILE_MODE` whatever the umask; on any failure it is
+    removed again.
     """
-    tmp = folder / f"{TEMP_PREFIX}{name or secrets.token_hex(8)}"
     fd = os.open(tmp, _create_flags(), defaults.RESULT_FILE_MODE)
     try:
         if hasattr(os, "fchmod"):
             os.fchmod(fd, defaults.RESULT_FILE_MODE)  # the umask may have narrowed it
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
+        fill(fd)
         os.fsync(fd)
     except BaseException:
         os.close(fd)
@@ -89,6 +85,21 @@ def write_atomic(folder: Path, data: bytes, name: str | None = None) -> Path:
         raise
     os.close(fd)
     return tmp
+
+
+def write_atomic(folder: Path, data: bytes, name: str | None = None) -> Path:
+    """Write `data` to a new hidden temp file in `folder`, fsync it, and return its path.
+
+    The file is created exclusively (O_EXCL: nothing planted at the name is ever followed or
+    overwritten). `name` fixes the temp name's suffix (a random one otherwise).
+    """
+
+    def fill(fd: int) -> None:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+
+    return _write_new(folder / f"{TEMP_PREFIX}{name or secrets.token_hex(8)}", fill)
 
 
 def copy_into(folder: Path, source: Path, name: str) -> Path:
@@ -99,19 +110,12 @@ def copy_into(folder: Path, source: Path, name: str) -> Path:
     tmp = folder / f"{TEMP_PREFIX}{name}"
     with contextlib.suppress(FileNotFoundError):
         os.unlink(tmp)
-    fd = os.open(tmp, _create_flags(), defaults.RESULT_FILE_MODE)
-    try:
+
+    def fill(fd: int) -> None:
         with open(source, "rb") as src, os.fdopen(os.dup(fd), "wb") as dst:
             shutil.copyfileobj(src, dst, 1024 * 1024)
-            dst.flush()
-        os.fsync(fd)
-    except BaseException:
-        os.close(fd)
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    os.close(fd)
-    return tmp
+
+    return _write_new(tmp, fill)
 
 
 def place(tmp: Path, target: Path) -> None:

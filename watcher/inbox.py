@@ -3,14 +3,16 @@
 The watchdog handler only posts events to the service's event loop. `Inbox` decides when a
 file is complete:
 
-- where the platform reports close-after-write (Linux inotify), a file is complete as soon as
-  the last writer closes it, and never while it is open for writing, however long the writer
-  pauses;
 - a file renamed into the inbox (from inside it or from another folder) is complete when it
   arrives; with inotify, a file created without being opened (a move from another folder, a
   hard link) is such an arrival: a writer's open(O_CREAT) reports its open at once;
-- otherwise (other platforms, polling, the backlog at start-up) it is complete once its size
-  and mtime have not changed for `settle_seconds`.
+- where the platform reports close-after-write (Linux inotify), a file written in place is
+  complete after its last writer closes it and `quiet_seconds` (`QUIET_SECONDS`) pass with no
+  new open or write: a writer that appends in several open/close cycles (`echo a > f; echo b
+  >> f`) is not cut at its first close. It is never taken while open for writing, however
+  long the writer pauses;
+- otherwise (other platforms, polling, `close_events=False`, the backlog at start-up) it is
+  complete once its size, mtime, ctime and inode have not changed for `settle_seconds`.
 
 Each path is handed out once; the service claims it (moves it away) right after.
 """
@@ -45,6 +47,8 @@ from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver
 from watchdog.observers.polling import PollingObserver
 
+from watcher.defaults import QUIET_SECONDS
+
 __all__ = ["Inbox", "is_job_name"]
 
 logger = logging.getLogger(__name__)
@@ -68,11 +72,11 @@ The kernel queues a writer's IN_CREATE and IN_OPEN in the same system call."""
 
 @dataclass
 class _Candidate:
-    writing: bool = False
-    closed: bool = False
-    arrived: float | None = None
-    signature: tuple[int, int] | None = None
-    changed_at: float = field(default_factory=time.monotonic)
+    writing: bool = False  # opened or written, no close since
+    closed: bool = False  # a writer closed it: complete after the quiet period
+    arrived: float | None = None  # renamed or moved in: complete from this (monotonic) time on
+    signature: tuple[int, int, int, int] | None = None
+    changed_at: float = field(default_factory=time.monotonic)  # the last event or stat change
 
 
 class _Handler(FileSystemEventHandler):
@@ -108,12 +112,31 @@ class Inbox:
         settle_seconds: float,
         polling: bool,
         on_ready: Callable[[Path], None],
+        close_events: bool | None = None,
+        quiet_seconds: float = QUIET_SECONDS,
     ) -> None:
+        """Watch `folder` for files matching `patterns`; `on_ready` gets each complete one.
+
+        Args:
+            folder: The inbox; created if missing.
+            patterns: Job file name patterns (`is_job_name`).
+            settle_seconds: Where close events are not used, how long a file's size, mtime,
+                ctime and inode must stay the same for it to count as complete.
+            polling: Use watchdog's `PollingObserver` instead of the native one.
+            on_ready: Called on the event loop with each complete file, once.
+            close_events: `False` ignores close-after-write events even where the observer
+                reports them (the settle time decides, as on macOS, Windows or polling);
+                `None` or `True` use them where the observer has them (Linux inotify).
+            quiet_seconds: With close events, how long a closed file must see no new open or
+                write before it counts as complete.
+        """
         self.folder = folder
         self.patterns = tuple(patterns)
         self.settle_seconds = settle_seconds
+        self.quiet_seconds = quiet_seconds
         self.polling = polling
         self.on_ready = on_ready
+        self._use_close_events = close_events is not False
         self._candidates: dict[Path, _Candidate] = {}
         self._handed_out: set[Path] = set()
         self._observer: BaseObserver | None = None
@@ -129,14 +152,20 @@ class Inbox:
         self._loop = asyncio.get_running_loop()
         self.folder.mkdir(parents=True, exist_ok=True)
         observer: BaseObserver = PollingObserver(timeout=0.5) if self.polling else Observer()
+        name = type(observer).__name__
         # Only inotify reports close-after-write; elsewhere the settle time decides.
-        self._close_events = type(observer).__name__ == "InotifyObserver"
+        self._close_events = self._use_close_events and name == "InotifyObserver"
         observer.schedule(_Handler(self._post), str(self.folder), recursive=False)
         observer.daemon = True
         observer.start()
         self._observer = observer
         logging.getLogger("watchdog").addHandler(self._alarm)
-        logger.debug("watching %s with %s", self.folder, type(observer).__name__)
+        if self._close_events:
+            rule = f"after their last close and {self.quiet_seconds:g}s with no open or write"
+        else:
+            rule = f"once unchanged for {self.settle_seconds:g}s"
+        # Which rule is in force matters to whoever drops files in place: say it once.
+        logger.info("inbox observer: %s; files written in place are taken %s", name, rule)
         self.scan()
 
     def stop(self) -> None:
@@ -178,13 +207,14 @@ class Inbox:
     def _on_event(self, event: FileSystemEvent) -> None:
         if isinstance(event, FileMovedEvent | DirMovedEvent):
             self._candidates.pop(Path(os.fsdecode(event.src_path)), None)
-            self._track(Path(os.fsdecode(event.dest_path)), closed=True)
+            self._track(Path(os.fsdecode(event.dest_path)), moved=True)
             return
         path = Path(os.fsdecode(event.src_path))
         if isinstance(event, FileDeletedEvent):
             self._candidates.pop(path, None)
         elif isinstance(event, FileClosedEvent):
-            self._track(path, closed=True)
+            # Without close events in use, a close is only one more sign of activity.
+            self._track(path, closed=self._close_events, writing=False)
         elif isinstance(event, FileOpenedEvent | FileModifiedEvent):
             self._track(path, writing=self._close_events)
         elif isinstance(event, FileClosedNoWriteEvent):
@@ -196,6 +226,7 @@ class Inbox:
         self,
         path: Path,
         *,
+        moved: bool = False,
         closed: bool = False,
         writing: bool | None = None,
         created: bool = False,
@@ -204,20 +235,28 @@ class Inbox:
             return
         if not is_job_name(path.name, self.patterns):
             return
+        now = time.monotonic()
         candidate = self._candidates.setdefault(path, _Candidate())
-        if closed:
-            candidate.closed, candidate.writing = True, False
+        candidate.changed_at = now
+        if moved:
+            candidate.writing, candidate.arrived = False, now
+        elif closed:
+            candidate.writing, candidate.closed = False, True
         elif writing is not None:
             candidate.writing = writing
-            if writing:
-                candidate.closed = False
-                candidate.arrived = None
-        candidate.changed_at = time.monotonic()
+        if writing:
+            # Written in place after all (reopened, or created by an open): its next close
+            # starts the quiet period again.
+            candidate.arrived, candidate.closed = None, False
         if created and self._close_events and not candidate.writing:
-            candidate.arrived = candidate.changed_at
-            if self._loop is not None:
+            candidate.arrived = now + _ARRIVAL_GRACE
+        if self._loop is not None:
+            # Look again when the file may have become complete, rather than at the next tick.
+            if created and candidate.arrived is not None:
                 self._loop.call_later(_ARRIVAL_GRACE * 1.5, self._recheck, path)
-        if candidate.closed:
+            elif closed:
+                self._loop.call_later(self.quiet_seconds + 0.01, self._recheck, path)
+        if moved:
             self._check(path, candidate)
 
     def _recheck(self, path: Path) -> None:
@@ -263,7 +302,9 @@ class Inbox:
             logger.warning("cannot stat %s: %s", path, exc)
             return
         now = time.monotonic()
-        signature = (info.st_size, info.st_mtime_ns)
+        # The inode and ctime too: a rewrite of the same size within one mtime tick, or a file
+        # replaced by another with the same size and mtime (`mv`, `cp -p`), is a change.
+        signature = (info.st_size, info.st_mtime_ns, info.st_ctime_ns, info.st_ino)
         if signature != candidate.signature:
             if candidate.signature is None:
                 # First look: a file untouched for a while (the backlog) need not wait again.
@@ -277,8 +318,13 @@ class Inbox:
         regular = stat.S_ISREG(info.st_mode)
         if candidate.writing and regular:
             return
-        arrived = candidate.arrived is not None and now - candidate.arrived >= _ARRIVAL_GRACE
-        complete = candidate.closed or arrived or now - candidate.changed_at >= self.settle_seconds
+        quiet_for = now - candidate.changed_at
+        if candidate.arrived is not None and now >= candidate.arrived:
+            complete = True
+        elif candidate.closed:
+            complete = quiet_for >= self.quiet_seconds
+        else:
+            complete = quiet_for >= self.settle_seconds
         if regular and not complete:
             return
         del self._candidates[path]

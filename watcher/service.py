@@ -22,6 +22,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from watcher import portable
 from watcher.claims import Claim, Processing
 from watcher.config import Settings
 from watcher.durable import TEMP_PREFIX
@@ -163,10 +164,10 @@ class Service:
             if recovered:
                 logger.info("recovering %d job(s) left in %s", len(recovered), s.processing)
             try:
-                runner = await self.runner.start()
-                logger.info("runner: %s", runner)
-                # For `dropflow status`: the owner record names the Prefect API once it is known.
-                await asyncio.to_thread(self.lock.record, replace(self._owner, api=runner))
+                described = await self.runner.start()
+                logger.info("runner: %s", described)
+                owner = replace(self._owner, api=described)
+                await asyncio.to_thread(self.lock.record, owner)
                 await self._serve(recovered)
             finally:
                 await self.runner.close()
@@ -201,7 +202,7 @@ class Service:
             if not await asyncio.to_thread(self.lock.wait, self._stopping):
                 return False
             logger.info("taking over %s", self.settings.inbox)
-        self._owner = Owner.me(now_iso(), type(self.runner).__name__)
+        self._owner = Owner.me(now_iso(), self.settings.runner)
         await asyncio.to_thread(self.lock.record, self._owner)
         return True
 
@@ -212,6 +213,7 @@ class Service:
             s.patterns,
             settle_seconds=s.settle_seconds,
             polling=s.polling,
+            close_events=None if portable.current().close_events else False,
             on_ready=self._queue.put_nowait,
         )
         for claim in recovered:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
-import stat
 import threading
 import time
 from collections.abc import Iterator
@@ -592,7 +591,13 @@ def test_a_real_race_never_returns_what_a_link_points_at(inbox: Path, secret: Pa
 
 
 def test_a_regular_file_is_read_whole(inbox: Path) -> None:
+    """A file longer than one read (64 KiB) but within the cap comes back whole: the keys
+    after the first read's end are there, not cut off or reported missing."""
     path = inbox / "ok.yaml"
-    path.write_text("timeout: 5\nsleep: [0, 1]\nname: fine\n")
-    assert stat.S_ISREG(path.lstat().st_mode)
-    assert load_job(path) == Job(timeout=5, sleep=(0, 1), name="fine")
+    padding = b"#" * 100 + b"\n"
+    body = b"timeout: 5\n" + padding * 900 + b"sleep: [0, 1]\n" + padding * 500 + b"name: fine\n"
+    assert 2 * 65536 < len(body) < 3 * 65536
+    path.write_bytes(body)
+    assert read_capped(path, len(body)) == body
+    limits = JobLimits(max_bytes=len(body))
+    assert load_job(path, limits) == Job(timeout=5, sleep=(0, 1), name="fine")
