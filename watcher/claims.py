@@ -348,6 +348,20 @@ class Processing:
     @staticmethod
     def _move_file(source: Path, target: Path, tmp: Path) -> None:
         """Link (same file system) or copy to `tmp` then place (another one); never replaces."""
+        if source.is_dir() and not source.is_symlink():
+            # A folder dropped as a job (its result is an error): it has no hard link and is
+            # no file to copy, so it is renamed, or copied whole to another file system.
+            if os.path.lexists(target):
+                raise FileExistsError(target)
+            try:
+                os.rename(source, target)
+            except OSError as exc:
+                if exc.errno != errno.EXDEV:
+                    raise
+                shutil.copytree(source, target, symlinks=True)
+                shutil.rmtree(source)
+            fsync_dir(target.parent)
+            return
         if portable.current().hard_links:
             try:
                 os.link(source, target, follow_symlinks=False)
