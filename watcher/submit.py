@@ -268,7 +268,10 @@ def submit(
     # Shown before the first look: a service may claim a file within milliseconds.
     for sub in pending:
         screen.phase(sub.id, f"{sub.label}: waiting for the service")
-    screen.status(_live_line([f"{sub.label}: waiting for the service (0.0 s)" for sub in pending]))
+    giving_up = f", giving up in {timeout:.0f} s" if timeout is not None else ""
+    screen.status(
+        _live_line([f"{s.label}: waiting for the service (0.0 s){giving_up}" for s in pending])
+    )
     while pending:
         now = time.monotonic()
         for sub in list(pending):
