@@ -59,10 +59,12 @@ class Submission:
 
     @property
     def label(self) -> str:
+        """The file as given on the command line, safe to print on one line."""
         return one_line(self.given)
 
     @property
     def status(self) -> str:
+        """`invalid`, `not submitted`, `submitted`, or the result's status."""
         if not self.checked.ok:
             return "invalid"
         if self.result is not None:
@@ -98,6 +100,7 @@ class Submission:
         return False
 
     def as_json(self, code: int | None) -> dict[str, Any]:
+        """The object `submit --json` prints for this file."""
         return {
             "file": self.given,
             "submission": self.id if self.dropped else None,
