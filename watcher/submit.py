@@ -40,6 +40,8 @@ EXIT_CODES = {"completed": 0, "canceled": 1, "error": 2, "invalid": 2, "timeout"
 EXIT_NO_SERVICE = 4
 POLL_SECONDS = 0.1
 """How often a waiting `submit` looks at the inbox and the results folder."""
+SWEEP_SECONDS = 2.0
+"""How often a waiting `submit` looks through every new result, not only its file name's."""
 _MAX_STEM_BYTES = 200
 
 
@@ -53,6 +55,7 @@ class Submission:
     dropped: Path | None = None
     inode: tuple[int, int] | None = None
     claimed_at: float | None = None
+    since: float = field(default_factory=lambda: time.time() - 1)
     result: dict[str, Any] | None = None
     result_path: Path | None = None
     _not_mine: dict[str, tuple[int, int]] = field(default_factory=dict)
@@ -80,23 +83,44 @@ class Submission:
             return False
         return (info.st_dev, info.st_ino) == self.inode
 
-    def find_result(self, results: Path) -> bool:
-        """Look for this submission's result among the results of its file name."""
+    def find_result(self, results: Path, everywhere: bool = False) -> bool:
+        """Look for this submission's result among the results of its file name, or with
+        `everywhere` among every result file newer than the submission.
+
+        The result of a file is named after it; the wider look is for a job the service had
+        to rename (a file put in its place by another writer while it was being claimed is
+        given back to the inbox under a new name).
+        """
         assert self.dropped is not None
-        for name in result_names(self.dropped.name):
-            path = results / name
+        if everywhere:
             try:
-                info = os.lstat(path)
+                entries = list(os.scandir(results))
+            except FileNotFoundError:
+                return False
+            for entry in entries:
+                with contextlib.suppress(OSError):
+                    newer = entry.stat(follow_symlinks=False).st_mtime >= self.since
+                    if newer and not entry.name.startswith(".") and self._check(entry.path):
+                        return True
+            return False
+        for name in result_names(self.dropped.name):
+            try:
+                if self._check(str(results / name)):
+                    return True
             except FileNotFoundError:
                 return False  # results take the first free name: none further on yet
-            signature = (info.st_ino, info.st_mtime_ns)
-            if self._not_mine.get(name) == signature:
-                continue
-            data = read_result(path)
-            if data is not None and data.get("submission") == self.id:
-                self.result, self.result_path = data, path
-                return True
-            self._not_mine[name] = signature
+        return False
+
+    def _check(self, path: str) -> bool:
+        info = os.lstat(path)
+        signature = (info.st_ino, info.st_mtime_ns)
+        if self._not_mine.get(path) == signature:
+            return False
+        data = read_result(Path(path))
+        if data is not None and data.get("submission") == self.id:
+            self.result, self.result_path = data, Path(path)
+            return True
+        self._not_mine[path] = signature
         return False
 
     def as_json(self, code: int | None) -> dict[str, Any]:
@@ -267,6 +291,7 @@ def submit(
 
     codes: dict[int, int] = {}
     started = time.monotonic()
+    next_sweep = started + SWEEP_SECONDS
     pending = list(subs)
     # Shown before the first look: a service may claim a file within milliseconds.
     for sub in pending:
@@ -277,8 +302,13 @@ def submit(
     )
     while pending:
         now = time.monotonic()
+        sweep = now >= next_sweep
+        if sweep:
+            next_sweep = now + SWEEP_SECONDS
         for sub in list(pending):
-            if sub.find_result(settings.results):
+            if sub.find_result(settings.results) or (
+                sweep and sub.find_result(settings.results, True)
+            ):
                 pending.remove(sub)
                 codes[id(sub)] = EXIT_CODES.get(sub.status, EXIT_CODES["error"])
                 screen.say(_done_line(sub))

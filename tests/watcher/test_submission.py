@@ -6,12 +6,14 @@ import os
 from pathlib import Path
 
 import pytest
+import yaml
 
 from tests.watcher.test_hostile import VALID_CASES
 from watcher.durable import rename_exclusive
 from watcher.jobs import JobLimits, parse_job
 from watcher.submission import new_id, read_submission, submission_of, tagged
-from watcher.submit import drop, unique_name
+from watcher.submit import Submission, drop, unique_name
+from watcher.validate import Checked
 
 LIMITS = JobLimits(max_timeout=60, max_sleep=30, max_bytes=32768 + 100)
 
@@ -98,3 +100,36 @@ def test_unique_names_fit_a_file_system() -> None:
     assert unique_name("noext", "t") == "noext.t"
     long = unique_name("é" * 125 + ".yaml", "0123456789ab")
     assert len(long.encode()) <= 255
+
+
+def _submission(tmp_path: Path, name: str) -> Submission:
+    job = tmp_path / name
+    job.write_bytes(b"timeout: 1\n")
+    sub = Submission(name, Checked(job, parse_job(b"timeout: 1\n")))
+    sub.dropped = tmp_path / "inbox" / name
+    return sub
+
+
+def _result_file(folder: Path, name: str, submission: str) -> None:
+    folder.mkdir(exist_ok=True)
+    data = {"job": name, "status": "completed", "message": "ok", "submission": submission}
+    (folder / name).write_text(yaml.safe_dump(data))
+
+
+def test_waiting_finds_its_own_result_among_those_of_its_name(tmp_path: Path) -> None:
+    results = tmp_path / "results"
+    sub = _submission(tmp_path, "x.yaml")
+    _result_file(results, "x.result.yaml", "someone-else")
+    assert not sub.find_result(results)
+    _result_file(results, "x.result.2.yaml", sub.id)
+    assert sub.find_result(results)
+    assert sub.result_path == results / "x.result.2.yaml"
+
+
+def test_the_sweep_finds_a_result_the_service_had_to_name_otherwise(tmp_path: Path) -> None:
+    results = tmp_path / "results"
+    sub = _submission(tmp_path, "x.yaml")
+    _result_file(results, "x.0123abcd.result.yaml", sub.id)  # the job was renamed
+    assert not sub.find_result(results)
+    assert sub.find_result(results, everywhere=True)
+    assert sub.result_path == results / "x.0123abcd.result.yaml"
