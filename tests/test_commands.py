@@ -328,10 +328,13 @@ def test_status_before_during_and_after_a_batch(svc: ServiceProcess) -> None:
     claims = [c for c in during["in_flight"] if c["job"] in batch]
     assert all(c["attempt"] == 1 and c["state"] == "claimed" for c in claims), claims
     assert all(0 <= c["age_s"] < 20 for c in claims)
+    assert sorted(c["flow_run_name"] for c in claims) == [Path(n).stem for n in batch]
+    assert all(c["flow_run_id"] is None for c in claims)
     text = dropflow("status", "-c", "config.yaml", cwd=svc.root).stdout
     assert f"serving, pid {svc.proc.pid} on " in text
     for name in batch:
         assert f"  {name}  attempt 1  age " in text
+        assert f"  claimed  flow run {Path(name).stem} (id not known yet)" in text
 
     for name in batch:
         assert svc.wait_result(name, timeout=30)["status"] == "completed"

@@ -8,8 +8,8 @@ It works whether or not a service runs, and changes nothing (the only lock it to
 - `inbox`: the job files waiting there;
 - `in_flight`: the claims in `processing` (`<claim id>.<attempt>/`): the job, its attempt, its
   age since it was first claimed, its state (`claimed`: running, or waiting for a run slot;
-  `finishing`: its result is staged), and its flow run once its result is staged (the service
-  records no flow run id before that);
+  `finishing`: its result is staged), and its flow run: the name it gets (from the job file),
+  and its id once its result is staged (the service records no flow run id before that);
 - `results`: results published (by file time) in the last hour and the last day, by status,
   and the newest ten.
 """
@@ -26,6 +26,7 @@ from typing import Any, TextIO
 from watcher.claims import STAGED_RESULT
 from watcher.config import Settings
 from watcher.inbox import is_job_name
+from watcher.jobs import JobError, parse_job, read_job_bytes
 from watcher.lock import is_held, read_owner
 from watcher.results import read_result
 from watcher.validate import one_line
@@ -93,10 +94,25 @@ def _in_flight(settings: Settings, now: datetime) -> list[dict[str, Any]]:
                 "age_s": round((now - claimed).total_seconds(), 1),
                 "state": "finishing" if staged else "claimed",
                 "flow_run_id": staged.get("flow_run_id"),
-                "flow_run_name": staged.get("flow_run_name"),
+                "flow_run_name": staged.get("flow_run_name")
+                or _run_name(Path(entry.path), names, settings),
             }
         )
     return claims
+
+
+def _run_name(folder: Path, names: list[str], settings: Settings) -> str | None:
+    """The name the job's flow run gets (its `name`, or the file's stem), read from the claimed
+    job file: what to look for in the Prefect UI while its id is not recorded yet."""
+    if not names:
+        return None
+    try:
+        job = parse_job(
+            read_job_bytes(folder / names[0], settings.max_job_bytes), settings.job_limits
+        )
+    except (JobError, OSError):
+        return None
+    return job.name or os.fsencode(Path(names[0]).stem).decode("utf-8", "replace")
 
 
 def _results(settings: Settings, now: float) -> dict[str, Any]:
@@ -177,7 +193,7 @@ def render(status: dict[str, Any], out: TextIO) -> None:
     lines.extend(f"              {name}" for name in inbox["files"])
     lines.append(f"in flight:  {len(status['in_flight'])}")
     for claim in status["in_flight"]:
-        run = claim["flow_run_name"] or "-"
+        run = f"{claim['flow_run_name'] or '-'} ({claim['flow_run_id'] or 'id not known yet'})"
         lines.append(
             f"              {claim['job']}  attempt {claim['attempt']}  age {claim['age_s']:g} s"
             f"  {claim['state']}  flow run {run}  (claim {claim['claim_id']})"
