@@ -39,6 +39,10 @@ def test_backlog_is_processed_at_start(service: ServiceFactory, tmp_path: Path) 
     svc = service()
     for i in range(3):
         assert svc.wait_result(f"old{i}.yaml")["status"] == "completed"
+    # A result is published before its job file is archived and its claim removed: wait for
+    # the last step (the "job finished" log line), not for the result file alone.
+    for i in range(3):
+        svc.wait_for_log(f"job finished: old{i}.yaml completed", 10)
     assert sorted(p.name for p in svc.archive.iterdir()) == ["old0.yaml", "old1.yaml", "old2.yaml"]
     assert list(svc.inbox.iterdir()) == []
     assert list(claim_folders(svc.processing)) == []
@@ -66,7 +70,8 @@ def test_completed_and_canceled_as_in_the_seed(service: ServiceFactory) -> None:
         started, finished = _interval(result)
         assert started.tzinfo is not None and finished >= started
     assert "job started: slow.yaml" in svc.log()
-    assert "job finished: slow.yaml canceled" in svc.log()
+    # Logged once the job file is archived, just after its result is published.
+    svc.wait_for_log("job finished: slow.yaml canceled", 10)
 
 
 def test_random_sleep_from_the_config_defaults(service: ServiceFactory) -> None:
