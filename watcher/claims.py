@@ -23,6 +23,7 @@ import os
 import re
 import secrets
 import shutil
+import stat
 import threading
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
@@ -347,22 +348,13 @@ class Processing:
 
     @staticmethod
     def _move_file(source: Path, target: Path, tmp: Path) -> None:
-        """Link (same file system) or copy to `tmp` then place (another one); never replaces."""
-        if source.is_dir() and not source.is_symlink():
-            # A folder dropped as a job (its result is an error): it has no hard link and is
-            # no file to copy, so it is renamed, or copied whole to another file system.
-            if os.path.lexists(target):
-                raise FileExistsError(target)
-            try:
-                os.rename(source, target)
-            except OSError as exc:
-                if exc.errno != errno.EXDEV:
-                    raise
-                shutil.copytree(source, target, symlinks=True)
-                shutil.rmtree(source)
-            fsync_dir(target.parent)
-            return
-        if portable.current().hard_links:
+        """Link or rename (same file system), or copy to `tmp` and place (another one).
+
+        Never replaces a file at `target`. The claim keeps its own name for the file until the
+        claim is retired, so a cut move is resumed, not lost.
+        """
+        regular = stat.S_ISREG(os.lstat(source).st_mode)
+        if regular and portable.current().hard_links:
             try:
                 os.link(source, target, follow_symlinks=False)
             except OSError as exc:
@@ -371,19 +363,42 @@ class Processing:
             else:
                 fsync_dir(target.parent)
                 return
+        try:
+            if os.path.lexists(target):
+                raise FileExistsError(errno.EEXIST, "file exists", str(target))
+            os.rename(source, target)
+        except OSError as exc:
+            if exc.errno != errno.EXDEV:
+                raise
         else:
-            try:
-                if os.path.lexists(target):
-                    raise FileExistsError(target)
-                os.rename(source, target)
-            except OSError as exc:
-                if exc.errno != errno.EXDEV:
-                    raise
-            else:
-                fsync_dir(target.parent)
-                return
+            fsync_dir(target.parent)
+            return
         # Another file system: copy to a temp name there, fsync, then give it its name.
-        place(copy_into(target.parent, source, tmp.name[len(TEMP_PREFIX) :]), target)
+        if regular:
+            place(copy_into(target.parent, source, tmp.name[len(TEMP_PREFIX) :]), target)
+        else:
+            _copy_special(source, target, tmp)
+
+
+def _copy_special(source: Path, target: Path, tmp: Path) -> None:
+    """Archive what is not a regular file (a hostile job: a link, a folder) on another file
+    system: a symlink is made again, a folder copied without following links; a FIFO, socket
+    or device holds nothing to keep and is only dropped (with the error result it got)."""
+    mode = os.lstat(source).st_mode
+    shutil.rmtree(tmp, ignore_errors=True)
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(tmp)
+    if stat.S_ISLNK(mode):
+        os.symlink(os.readlink(source), tmp)
+    elif stat.S_ISDIR(mode):
+        shutil.copytree(source, tmp, symlinks=True)
+    else:
+        logger.warning("%s: a special file, not archived on another file system", source.name)
+        return
+    if os.path.lexists(target):
+        raise FileExistsError(errno.EEXIST, "file exists", str(target))
+    os.rename(tmp, target)
+    fsync_dir(target.parent)
 
 
 _BOOKKEEPING = frozenset({STAGED_RESULT, PUBLISHED, ARCHIVE_JOURNAL})

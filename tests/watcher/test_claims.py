@@ -110,8 +110,15 @@ def test_recovery_finishes_a_claim_cut_between_link_and_unlink(
 def test_recovery_leaves_a_new_file_of_the_same_name_alone(
     tmp_path: Path, processing: Processing
 ) -> None:
-    claim = processing.claim(_drop(tmp_path))
-    assert claim is not None
-    newer = _drop(tmp_path)  # a new job with the same name, a different file
-    processing.recover()
-    assert newer.exists()
+    source = _drop(tmp_path)
+    folder = processing.root / "20260101T000000.000000-abcdef.1"
+    folder.mkdir()
+    os.link(source, folder / source.name)  # claimed, the crash came before the unlink
+    os.link(source, tmp_path / "elsewhere")  # so the claimed file keeps more than one link
+    newer = tmp_path / "newer.yaml"
+    newer.write_text("timeout: 2\n")
+    os.replace(newer, source)  # then a new job took the name
+    assert (folder / source.name).stat().st_nlink == 2
+    (recovered,) = processing.recover()
+    assert source.read_text() == "timeout: 2\n"
+    assert recovered.path.read_text() == "timeout: 1\n"

@@ -247,10 +247,13 @@ async def test_a_created_file_that_is_opened_waits_for_its_close(tmp_path: Path)
             os.write(fd, b"timeout: 1\n")
         finally:
             os.close(fd)
+        closed = time.monotonic()
         await _until(ready, 2)
         assert _jobs(ready) == [tmp_path / "empty.yaml"]
+        # Written in place after all: its close starts the quiet period; it did not arrive.
+        assert ready[-1][0] - closed >= inbox.quiet_seconds
 
-    await _with_inbox(tmp_path, 60.0, False, body, quiet_seconds=0.2)
+    await _with_inbox(tmp_path, 60.0, False, body, quiet_seconds=0.5)
 
 
 async def test_polling_waits_for_the_settle_time(tmp_path: Path) -> None:

@@ -326,3 +326,28 @@ def test_a_crash_while_removing_a_finished_claim_never_runs_it_again(
     assert restarted.recover() == []
     assert [p.name for p in (folders / "archive").iterdir()] == ["job.yaml"]
     assert list((folders / "processing").iterdir()) == []
+
+
+def _claim_entry(folders: Path, processing: Processing, kind: str) -> Claim:
+    entry = folders / "inbox" / f"{kind}.yaml"
+    if kind == "dir":
+        entry.mkdir()
+        (entry / "inside.txt").write_text("x")
+    else:
+        os.symlink(folders / "elsewhere.txt", entry)
+    return _claimed(processing, entry)
+
+
+@pytest.mark.parametrize("kind", ["dir", "symlink"])
+def test_an_entry_that_is_no_regular_file_is_archived(
+    kind: str, folders: Path, processing: Processing, other_fs: Processing
+) -> None:
+    for p in (processing, other_fs):
+        claim = _claim_entry(folders, p, kind)
+        archived = p.finish(claim)
+        assert archived is not None and archived.name == f"{kind}.yaml"
+        if kind == "dir":
+            assert (archived / "inside.txt").read_text() == "x"
+        else:
+            assert os.readlink(archived) == str(folders / "elsewhere.txt")
+        assert not claim.folder.exists()
