@@ -77,6 +77,8 @@ COMMANDS = ("run", "submit", "validate", "status", "schema")
 def test_help_lists_every_command_and_each_command_gives_an_example(idle: Path) -> None:
     top = dropflow("--help", cwd=idle)
     assert top.returncode == 0
+    listing = top.stdout.split("COMMAND\n", 1)[1].split("\n\n", 1)[0].splitlines()
+    assert [line.split()[0] for line in listing] == list(COMMANDS), listing  # one line each
     for command in COMMANDS:
         assert f"\n    {command} " in top.stdout, top.stdout
         own = dropflow(command, "--help", cwd=idle)

@@ -115,7 +115,7 @@ def _parser() -> argparse.ArgumentParser:
     submit = _command(
         commands,
         "submit",
-        "check job files and drop them into the inbox; with --wait, wait for their results",
+        "check job files, drop them in the inbox; --wait for the results",
         "Check each file with the service's rules, then write it into the inbox atomically (a "
         "temp name, then a rename that never replaces a waiting job). If any file is invalid, "
         "its message is printed and nothing is submitted. With --wait, wait for the result of "
@@ -142,7 +142,7 @@ def _parser() -> argparse.ArgumentParser:
     status = _command(
         commands,
         "status",
-        "show the service, the inbox backlog, the jobs in flight and recent results",
+        "show the service, inbox backlog, jobs in flight, recent results",
         "Show whether a service serves this config (pid, host, since when, runner, Prefect "
         "API), the job files waiting in the inbox, the jobs in flight, and the results of the "
         "last hour and day with the newest ten. Works with or without a running service.",
