@@ -122,7 +122,10 @@ class Processing:
             shutil.rmtree(claim.folder, ignore_errors=True)
             return None
         except BaseException:
-            shutil.rmtree(claim.folder, ignore_errors=True)
+            # Undo only while the inbox still has the file: a claim that holds the only name
+            # of its job (a rename went through) stays, for the next start to recover.
+            if not os.path.lexists(claim.path) or same_file(source, claim.path):
+                shutil.rmtree(claim.folder, ignore_errors=True)
             raise
         return claim
 

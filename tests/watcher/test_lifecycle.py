@@ -351,3 +351,21 @@ def test_an_entry_that_is_no_regular_file_is_archived(
         else:
             assert os.readlink(archived) == str(folders / "elsewhere.txt")
         assert not claim.folder.exists()
+
+
+@pytest.mark.usefixtures("portable_mode")
+def test_a_failure_after_a_rename_claim_keeps_the_only_copy(
+    folders: Path, processing: Processing, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    source = _drop(folders)
+
+    def failing_fsync(folder: Path) -> None:
+        raise OSError(5, "Input/output error")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(claims, "fsync_dir", failing_fsync)
+        with pytest.raises(OSError):
+            processing.claim(source)
+    assert not source.exists()  # renamed: the claim holds the only name
+    (recovered,) = processing.recover()
+    assert recovered.path.read_text() == "timeout: 1\n"
