@@ -83,7 +83,8 @@ def test_completed_and_canceled_as_in_the_seed(service: ServiceFactory) -> None:
         started, finished = _interval(result)
         assert started.tzinfo is not None and finished >= started
     assert "job started: slow.yaml" in svc.log()
-    svc.wait_for_log("job finished: slow.yaml canceled")  # logged just after the result
+    # Logged once the job file is archived, just after its result is published.
+    svc.wait_for_log("job finished: slow.yaml canceled", 10)
 
 
 def test_random_sleep_from_the_config_defaults(service: ServiceFactory) -> None:

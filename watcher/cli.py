@@ -1,8 +1,11 @@
-"""`dropflow`: the command line. Parses arguments, sets up logging and Prefect, runs the service."""
+"""`dropflow`: the command line. Parses arguments, sets up logging and Prefect, and runs the
+service (`run`) or one of the operator's commands (`submit`, `validate`, `status`, `schema`),
+each of which lives in its own module."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import sys
@@ -11,7 +14,7 @@ from pathlib import Path
 
 from watcher import __version__
 from watcher.backend import embedded_environment, service_environment
-from watcher.config import ConfigError, load_config
+from watcher.config import ConfigError, Settings, load_config
 
 __all__ = ["main"]
 
@@ -19,24 +22,46 @@ logger = logging.getLogger("watcher")
 
 EXIT_USAGE = 2
 EXIT_FATAL = 1
+EXIT_INTERRUPTED = 130
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="dropflow",
-        description="A hot-folder runner for Prefect: each job file dropped in the inbox "
-        "becomes a Prefect flow run and a result file.",
+_EXAMPLES = {
+    "run": "example:\n  dropflow run --config config.yaml",
+    "submit": (
+        "examples:\n"
+        "  dropflow submit --wait hello.yaml        # wait for its result; exit 0 if completed\n"
+        "  dropflow submit --wait --timeout 60 --json a.yaml b.yaml\n"
+        "  dropflow submit nightly.yaml             # drop it and return\n\n"
+        "exit status: 0 completed (or submitted, without --wait), 1 canceled, 2 error or an\n"
+        "invalid file (nothing is then submitted), 3 --timeout ran out (the job goes on),\n"
+        "4 --wait with no service serving this config (nothing is submitted)"
+    ),
+    "validate": (
+        "example:\n  dropflow validate --config config.yaml jobs/*.yaml\n\n"
+        "exit status: 0 if every file is valid, 2 otherwise"
+    ),
+    "status": "examples:\n  dropflow status --config config.yaml\n  dropflow status --json",
+    "schema": (
+        "example:\n  dropflow schema --config config.yaml > job.schema.json\n"
+        "then start job files with:  # yaml-language-server: $schema=job.schema.json"
+    ),
+}
+
+
+def _command(
+    commands: argparse._SubParsersAction[argparse.ArgumentParser],
+    name: str,
+    summary: str,
+    text: str,
+) -> argparse.ArgumentParser:
+    command = commands.add_parser(
+        name,
+        help=summary,
+        description=text,
+        epilog=_EXAMPLES[name],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--version", action="version", version=f"dropflow {__version__}")
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    run = commands.add_parser(
-        "run",
-        help="run the service in the foreground until SIGTERM or SIGINT",
-        description="Run the service in the foreground. SIGTERM or SIGINT stops it gracefully "
-        "(running jobs get `shutdown_grace` seconds); a second one stops it at once. Without "
-        "PREFECT_API_URL, Prefect's embedded server is started; with it, runs go to that server.",
-    )
-    run.add_argument(
+    command.add_argument(
         "--config",
         "-c",
         type=Path,
@@ -44,6 +69,36 @@ def _parser() -> argparse.ArgumentParser:
         metavar="PATH",
         help="the config file (YAML); without it every key takes its default, "
         "relative to the current folder",
+    )
+    return command
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number of seconds, got {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a number of seconds > 0, got {text!r}")
+    return value
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="dropflow",
+        description="A hot-folder runner for Prefect: each job file dropped in the inbox "
+        "becomes a Prefect flow run and a result file.",
+        epilog="`dropflow COMMAND --help` shows a command's options and an example.",
+    )
+    parser.add_argument("--version", action="version", version=f"dropflow {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    run = _command(
+        commands,
+        "run",
+        "run the service in the foreground until SIGTERM or SIGINT",
+        "Run the service in the foreground. SIGTERM or SIGINT stops it gracefully "
+        "(running jobs get `shutdown_grace` seconds); a second one stops it at once. Without "
+        "PREFECT_API_URL, Prefect's embedded server is started; with it, runs go to that server.",
     )
     run.add_argument(
         "--no-standby",
@@ -63,6 +118,53 @@ def _parser() -> argparse.ArgumentParser:
         default="INFO",
         choices=["DEBUG", "INFO", "WARNING", "ERROR"],
         help="how much dropflow logs (default: INFO)",
+    )
+    submit = _command(
+        commands,
+        "submit",
+        "check job files, drop them in the inbox; --wait for the results",
+        "Check each file with the service's rules, then write it into the inbox atomically (a "
+        "temp name, then a rename that never replaces a waiting job). If any file is invalid, "
+        "its message is printed and nothing is submitted. With --wait, wait for the result of "
+        "this very submission and print it.",
+    )
+    submit.add_argument("files", nargs="+", metavar="FILE", help="job files to submit")
+    submit.add_argument("--wait", action="store_true", help="wait for the results")
+    submit.add_argument(
+        "--timeout",
+        type=_seconds,
+        default=None,
+        metavar="SECONDS",
+        help="with --wait: stop waiting after this long, exit 3 (the job goes on)",
+    )
+    submit.add_argument("--json", action="store_true", help="print JSON, no progress")
+    validate = _command(
+        commands,
+        "validate",
+        "check job files with the service's rules, one line per file",
+        "Check job files exactly as the service would, with the messages their result files "
+        "would carry. Changes nothing.",
+    )
+    validate.add_argument("files", nargs="+", metavar="FILE", help="job files to check")
+    status = _command(
+        commands,
+        "status",
+        "show the service, inbox backlog, jobs in flight, recent results",
+        "Show whether a service serves this config (pid, host, since when, runner, Prefect "
+        "API), the job files waiting in the inbox, the jobs in flight, and the results of the "
+        "last hour and day with the newest ten. Works with or without a running service.",
+    )
+    status.add_argument(
+        "--json",
+        action="store_true",
+        help="print JSON with the keys service, inbox, in_flight, results",
+    )
+    _command(
+        commands,
+        "schema",
+        "print the JSON Schema of a job file, for editors",
+        "Print the JSON Schema (draft 2020-12) of a job file, made from the model that "
+        "validates job files, with this config's caps and defaults.",
     )
     return parser
 
@@ -124,12 +226,15 @@ def _fatal(message: str, log_format: str) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run `dropflow` with `argv` (default: `sys.argv[1:]`); return the exit status."""
     args = _parser().parse_args(argv)
-    _setup_logging(args.log_level, args.log_format)
+    log_format = getattr(args, "log_format", "text")
+    _setup_logging(getattr(args, "log_level", "WARNING"), log_format)
     try:
         settings = load_config(args.config)
     except ConfigError as exc:
-        _fatal(f"dropflow: bad config: {exc}", args.log_format)
+        _fatal(f"dropflow: bad config: {exc}", log_format)
         return EXIT_USAGE
+    if args.command != "run":
+        return _operator_command(args, settings)
 
     if settings.runner == "prefect":
         # Before Prefect is imported (`watcher.runner` imports the flow): it reads its
@@ -168,4 +273,48 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_FATAL
     except OSError as exc:
         _fatal(f"dropflow: cannot start: {exc}", args.log_format)
+        return EXIT_FATAL
+
+
+def _operator_command(args: argparse.Namespace, settings: Settings) -> int:
+    """The commands beside `run`: they read and write the folders, never Prefect."""
+    out = sys.stdout
+    if args.command == "validate":
+        from watcher.validate import validate
+
+        return validate(args.files, settings, out)
+    if args.command == "schema":
+        from watcher.schema import job_schema
+
+        print(json.dumps(job_schema(settings.job_limits), indent=2), file=out)
+        return 0
+    if args.command == "status":
+        from watcher.status import gather, render
+
+        status = gather(settings)
+        if args.json:
+            print(json.dumps(status, indent=2), file=out)
+        else:
+            render(status, out)
+        return 0
+    from watcher.submit import submit
+
+    if args.timeout is not None and not args.wait:
+        print("dropflow: submit: --timeout needs --wait", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        return submit(
+            args.files,
+            settings,
+            wait=args.wait,
+            timeout=args.timeout,
+            as_json=args.json,
+            out=out,
+            live=out.isatty(),
+        )
+    except KeyboardInterrupt:
+        print("\ndropflow: stopped waiting; the submitted jobs go on", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except OSError as exc:
+        print(f"dropflow: cannot submit: {exc}", file=sys.stderr)
         return EXIT_FATAL

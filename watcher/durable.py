@@ -9,10 +9,14 @@ platform lacks a feature (see `watcher.portable`).
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
 import errno
+import functools
 import os
 import secrets
 import shutil
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -25,6 +29,7 @@ __all__ = [
     "fsync_dir",
     "link_or_rename",
     "place",
+    "rename_exclusive",
     "same_file",
     "write_atomic",
 ]
@@ -161,6 +166,54 @@ def link_or_rename(source: Path, target: Path) -> bool:
                 raise
     os.rename(source, target)
     return False
+
+
+_RENAME_NOREPLACE = 1  # Linux <linux/fs.h>
+_RENAME_EXCL = 4  # macOS <stdio.h>, for renamex_np
+_AT_FDCWD = -100
+
+
+@functools.cache
+def _rename_noreplace_call() -> Callable[[bytes, bytes], int] | None:
+    """The C call that renames without replacing, where the C library has one."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+    except OSError:
+        return None
+    if sys.platform.startswith("linux") and hasattr(libc, "renameat2"):
+        call = libc.renameat2
+        return lambda a, b: int(call(_AT_FDCWD, a, _AT_FDCWD, b, _RENAME_NOREPLACE))
+    if sys.platform == "darwin" and hasattr(libc, "renamex_np"):
+        call = libc.renamex_np
+        return lambda a, b: int(call(a, b, _RENAME_EXCL))
+    return None
+
+
+def rename_exclusive(source: Path, target: Path) -> None:
+    """Rename `source` to `target` in one atomic step that never replaces a file there.
+
+    For writers that share a folder with other writers (`dropflow submit`): `os.rename`
+    replaces silently, and a check before it races with the other writer. Written by hand
+    because Python has no no-replace rename: Linux's `renameat2(RENAME_NOREPLACE)` and macOS's
+    `renamex_np(RENAME_EXCL)` through ctypes; Windows' `os.rename` never replaces.
+
+    Raises:
+        FileExistsError: `target` exists.
+        NotImplementedError: the platform or the file system cannot rename without
+            replacing; the caller picks a name nobody else can be using.
+    """
+    if os.name == "nt":
+        os.rename(source, target)
+        return
+    call = _rename_noreplace_call()
+    if call is None:
+        raise NotImplementedError("no rename without replace here")
+    if call(os.fsencode(source), os.fsencode(target)) == 0:
+        return
+    code = ctypes.get_errno()
+    if code in (errno.EINVAL, errno.ENOSYS, errno.ENOTSUP, errno.EOPNOTSUPP):
+        raise NotImplementedError(f"{target.parent}: no rename without replace here")
+    raise OSError(code, os.strerror(code), str(target))
 
 
 def same_file(a: Path, b: Path) -> bool:

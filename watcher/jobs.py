@@ -20,13 +20,22 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError, ValidationInfo, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 from pydantic_core import PydanticCustomError
 
 from watcher import defaults, portable
 from watcher.validation import humanize, show
 
-__all__ = ["Job", "JobError", "JobLimits", "load_job", "parse_job", "read_job_bytes"]
+__all__ = [
+    "Job",
+    "JobError",
+    "JobLimits",
+    "load_job",
+    "parse_job",
+    "read_document",
+    "read_job_bytes",
+    "validate_document",
+]
 
 MAX_DEPTH = 16
 """How deeply a job file's YAML may nest; a job needs 2 levels."""
@@ -84,9 +93,18 @@ class Job(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    timeout: float = defaults.JOB_TIMEOUT
-    sleep: float | tuple[float, float] = defaults.JOB_SLEEP
-    name: str | None = None
+    timeout: float = Field(
+        defaults.JOB_TIMEOUT,
+        description="Seconds the flow waits for the work before it cancels the job.",
+    )
+    sleep: float | tuple[float, float] = Field(
+        defaults.JOB_SLEEP,
+        description="Seconds of work: a number, or [min, max] to draw one at random.",
+    )
+    name: str | None = Field(
+        None,
+        description="A label for the flow run (default: the file name without its extension).",
+    )
 
     @field_validator("timeout", mode="before")
     @classmethod
@@ -264,6 +282,19 @@ def parse_job(data: bytes, limits: JobLimits | None = None) -> Job:
         JobError: the bytes are not a valid job; the message says why.
     """
     limits = limits or JobLimits()
+    return validate_document(read_document(data, limits), limits)
+
+
+def read_document(data: bytes, limits: JobLimits | None = None) -> dict[str, Any]:
+    """The first half of `parse_job`: a job file's bytes to its mapping, not yet validated.
+
+    What the JSON Schema of a job (`watcher.schema`) describes is this mapping; every
+    rejection here is about the file's bytes and syntax, which a schema cannot see.
+
+    Raises:
+        JobError: the bytes are not a YAML mapping with text keys; the message says why.
+    """
+    limits = limits or JobLimits()
     if len(data) > limits.max_bytes:
         raise JobError(f"larger than the {limits.max_bytes}-byte limit for job files")
     try:
@@ -298,6 +329,16 @@ def parse_job(data: bytes, limits: JobLimits | None = None) -> Job:
     for key in document:
         if not isinstance(key, str):
             raise JobError(f"a key that is not text: {show(key)}")
+    return document
+
+
+def validate_document(document: dict[str, Any], limits: JobLimits | None = None) -> Job:
+    """The second half of `parse_job`: a job file's mapping to a `Job`, with the defaults.
+
+    Raises:
+        JobError: the mapping is not a valid job; the message says why.
+    """
+    limits = limits or JobLimits()
     merged = {"timeout": limits.default_timeout, "sleep": _as_yaml(limits.default_sleep)}
     merged.update(document)
     try:

@@ -58,6 +58,7 @@ class Result(_ResultRequired, total=False):
     flow_run_id: str
     flow_run_name: str
     flow_run_url: str
+    submission: str
 
 
 def now_iso() -> str:

@@ -31,6 +31,7 @@ from watcher.jobs import Job, JobError, load_job
 from watcher.lock import FolderLock, Owner, read_owner
 from watcher.results import Result, dump, now_iso, publish, read_result
 from watcher.runner import Runner, RunnerUnavailable, RunOutcome, RunRequest
+from watcher.submission import read_submission
 
 __all__ = ["EXIT_FORCED", "FolderError", "ServedElsewhere", "Service"]
 
@@ -354,6 +355,12 @@ class Service:
             "claim_id": claim.id,
             "attempt": claim.attempt,
         }
+        # `dropflow submit --wait` finds its own result by this id (see watcher.submission).
+        submission = await asyncio.to_thread(
+            read_submission, claim.path, self.settings.max_job_bytes
+        )
+        if submission:
+            base["submission"] = submission
         if claim.attempt > self.settings.max_attempts:
             outcome = RunOutcome(
                 "error",

@@ -14,6 +14,8 @@ import secrets
 import socket
 import stat
 import statistics
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -809,3 +811,52 @@ def test_errors_arrive_promptly(scene: Scene) -> None:
         f"{len(late)} error results took over {PROMPT_SECONDS}s (jobs holding all "
         f"{len(BLOCKERS)} run slots sleep {BLOCKER_SLEEP}s): {late[:5]} ..."
     )
+
+
+# -- `dropflow validate` on the same entries: the result files' messages -------------------
+
+
+def test_validate_prints_the_messages_of_the_result_files(scene: Scene, tmp_path: Path) -> None:
+    """Every catalog entry, made again in a folder no service watches, is checked by one
+    `dropflow validate` run with the scene's config: each line is the message the entry's
+    result file carries (its control characters escaped, so that a file name holding a
+    newline is still one line), or says the file is valid where its job completed."""
+    from watcher.validate import one_line
+
+    folder = tmp_path / "check"
+    folder.mkdir()
+    names: list[str] = []
+    for case in CATALOG:
+        if case.expect == "none" or case.file not in scene.arrivals:
+            continue
+        path = folder / case.file
+        try:
+            if case.make is not None:
+                case.make(scene.world, path)
+            else:
+                content = case.content(scene.world) if callable(case.content) else case.content
+                path.write_bytes(content or b"")
+        except pytest.skip.Exception:
+            continue
+        names.append(case.file)
+    (folder / os.fsdecode(BAD_NAME)).write_bytes(VALID)
+    names.append(os.fsdecode(BAD_NAME))
+    config = str(scene.svc.root / "config.yaml")
+    done = subprocess.run(
+        [sys.executable, "-m", "watcher", "validate", "-c", config, "--", *names],
+        cwd=folder,
+        capture_output=True,
+        text=True,
+        errors="surrogateescape",
+        timeout=60,
+    )
+    assert done.stderr == ""
+    lines = done.stdout.split("\n")
+    assert lines[-1] == "" and len(lines) == len(names) + 1, done.stdout[-2000:]
+    for name, line in zip(names, lines, strict=False):
+        result = scene.arrivals[name].result
+        if result["status"] == "error":
+            assert line == one_line(result["message"]), name
+        else:
+            assert line.startswith(one_line(name) + ": valid (timeout "), (name, line)
+    assert done.returncode == 2
