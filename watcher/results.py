@@ -57,6 +57,8 @@ class Result(_ResultRequired, total=False):
     duration_s: float
     flow_run_id: str
     flow_run_name: str
+    work_pool: str
+    worker: str
 
 
 def now_iso() -> str:

@@ -50,6 +50,8 @@ class RunOutcome:
     sleep: float | None = None
     flow_run_id: str | None = None
     flow_run_name: str | None = None
+    work_pool: str | None = None
+    worker: str | None = None
 
 
 class RunnerUnavailable(Exception):
