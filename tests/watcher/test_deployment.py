@@ -9,7 +9,8 @@ import logging
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -160,3 +161,49 @@ async def test_a_missing_deployment_stops_the_start_with_a_hint(
             await runner.start()
     finally:
         await runner.close()
+
+
+@pytest.mark.cluster
+@pytest.mark.anyio
+async def test_a_finished_run_is_seen_through_events_not_the_slow_check(
+    cluster: Cluster, cluster_api: str
+) -> None:
+    from prefect.client.orchestration import get_client
+    from prefect.states import Completed
+
+    from watcher.deploy import deploy
+    from watcher.deployment import DeploymentRunner
+
+    await deploy("nobody", "wait/nobody")
+    runner = DeploymentRunner(
+        "wait/nobody",
+        "nobody",
+        max_attempts=1,
+        start_timeout=None,
+        lost_run_margin=60,
+        check_interval=60,
+    )
+    await runner.start()
+    try:
+        await asyncio.wait_for(_until(lambda: runner._subscribed), 30)
+        job = asyncio.create_task(
+            runner.run(RunRequest("20261127T000000.000000-cccccc", "evented", 1, 0))
+        )
+        await asyncio.wait_for(_until(lambda: bool(runner._watched)), 30)
+        (run_id,) = runner._watched
+        # Its first full check is done: the next one is 60 s away.
+        await asyncio.wait_for(_until(lambda: runner._watched[run_id].state == "SCHEDULED"), 30)
+        async with get_client() as client:
+            await client.set_flow_run_state(run_id, Completed(message="done elsewhere"), force=True)
+        t0 = time.monotonic()
+        outcome = await asyncio.wait_for(job, 30)
+        noticed = time.monotonic() - t0
+    finally:
+        await runner.close()
+    assert (outcome.status, outcome.message) == ("completed", "done elsewhere")
+    assert noticed < 5, noticed  # the full check comes every 60 s here
+
+
+async def _until(check: Callable[[], bool]) -> None:
+    while not check():
+        await asyncio.sleep(0.05)
