@@ -64,15 +64,15 @@ def deployed(tmp_path: Path, cluster: Cluster) -> Iterator[Callable[..., Service
         proc.kill()
 
 
+# 20 jobs as the issue asks: 12 complete, 4 run past their timeout, 4 are bad files (16 runs).
 JOBS = {
-    "dp-ok1.yaml": "timeout: 5\nsleep: 0.2\n",
-    "dp-ok2.yaml": "timeout: 5\nsleep: 0.5\nname: dp-second\n",
-    "dp-ok3.yaml": "timeout: 5\nsleep: 0\n",
-    "dp-ok4.yaml": "timeout: 5\nsleep: 0.3\n",
-    "dp-late1.yaml": "timeout: 1\nsleep: 4\n",
-    "dp-late2.yaml": "timeout: 0.5\nsleep: 3\n",
+    **{f"dp-ok{i}.yaml": f"timeout: 5\nsleep: {i / 10:g}\n" for i in range(11)},
+    "dp-named.yaml": "timeout: 5\nsleep: 0.5\nname: dp-second\n",
+    **{f"dp-late{i}.yaml": f"timeout: {0.5 + i / 4:g}\nsleep: 3\n" for i in range(4)},
     "dp-typo.yaml": "timout: 1\n",
     "dp-bad.yaml": "timeout: ten\n",
+    "dp-unknown.yaml": "timeout: 1\ncolour: red\n",
+    "dp-list.yaml": "- a\n- b\n",
 }
 
 
@@ -101,9 +101,9 @@ def test_jobs_through_two_workers_match_the_in_process_runner(
         assert {k: remote[name].get(k) for k in CompareKeys} == {
             k: local[name].get(k) for k in CompareKeys
         }, name
-    assert [remote[n]["status"] for n in JOBS] == ["completed"] * 4 + ["canceled"] * 2 + [
+    assert [remote[n]["status"] for n in JOBS] == ["completed"] * 12 + ["canceled"] * 4 + [
         "error"
-    ] * 2
+    ] * 4
 
     ran = [n for n in JOBS if remote[n]["status"] != "error"]
     submitted = {w.name: set(w.submitted()) for w in cluster.workers}
