@@ -120,7 +120,7 @@ async def test_a_job_no_worker_starts_waits_then_errors_naming_the_pool(
     from watcher.deploy import deploy
     from watcher.deployment import DeploymentRunner
 
-    await deploy("nobody", "wait/nobody")
+    await asyncio.wait_for(deploy("nobody", "wait/nobody"), 60)
     runner = DeploymentRunner(
         "wait/nobody",
         "nobody",
@@ -130,12 +130,13 @@ async def test_a_job_no_worker_starts_waits_then_errors_naming_the_pool(
         check_interval=0.2,
         waiting_log_interval=0.5,
     )
-    await runner.start()
+    await asyncio.wait_for(runner.start(), 60)
     caplog.set_level(logging.INFO, logger="watcher.deployment")
     try:
-        outcome = await runner.run(RunRequest("20261127T000000.000000-aaaaaa", "nobody1", 1, 0))
+        request = RunRequest("20261127T000000.000000-aaaaaa", "nobody1", 1, 0)
+        outcome = await asyncio.wait_for(runner.run(request), 60)
     finally:
-        await runner.close()
+        await asyncio.wait_for(runner.close(), 30)
     assert outcome.status == "error"
     assert "No worker on work pool 'nobody' started the flow run within 2.5 s" in outcome.message
     assert "1 job(s) wait for a worker on work pool 'nobody'" in caplog.text
@@ -158,9 +159,9 @@ async def test_a_missing_deployment_stops_the_start_with_a_hint(
     )
     try:
         with pytest.raises(RunnerUnavailable, match="run `dropflow deploy"):
-            await runner.start()
+            await asyncio.wait_for(runner.start(), 60)
     finally:
-        await runner.close()
+        await asyncio.wait_for(runner.close(), 30)
 
 
 @pytest.mark.cluster
@@ -174,7 +175,7 @@ async def test_a_finished_run_is_seen_through_events_not_the_slow_check(
     from watcher.deploy import deploy
     from watcher.deployment import DeploymentRunner
 
-    await deploy("nobody", "wait/nobody")
+    await asyncio.wait_for(deploy("nobody", "wait/nobody"), 60)
     runner = DeploymentRunner(
         "wait/nobody",
         "nobody",
@@ -183,7 +184,7 @@ async def test_a_finished_run_is_seen_through_events_not_the_slow_check(
         lost_run_margin=60,
         check_interval=60,
     )
-    await runner.start()
+    await asyncio.wait_for(runner.start(), 60)
     try:
         await asyncio.wait_for(_until(lambda: runner._subscribed), 30)
         job = asyncio.create_task(
@@ -199,7 +200,7 @@ async def test_a_finished_run_is_seen_through_events_not_the_slow_check(
         outcome = await asyncio.wait_for(job, 30)
         noticed = time.monotonic() - t0
     finally:
-        await runner.close()
+        await asyncio.wait_for(runner.close(), 30)
     assert (outcome.status, outcome.message) == ("completed", "done elsewhere")
     assert noticed < 5, noticed  # the full check comes every 60 s here
 
