@@ -5,6 +5,10 @@ the service, then lets a last start finish everything and audits: lost jobs, par
 duplicate results, and duplicate flow runs (from the Prefect API), against the number of jobs
 that were in flight at the kills (the most a kill can legitimately make run again).
 
+`--runner deployment` runs the jobs as flow runs of the wait deployment on 2 process workers
+(real PostgreSQL and `prefect server`, tests/cluster.py): a killed watcher re-attaches to its
+runs, so the target there is 0 repeated flow runs.
+
 `--standby` runs two services on the same folders and kills whichever holds them, measuring
 how long the standby takes to serve (kill to its "watching" line). `--archive-elsewhere`
 mounts a tmpfs (root only) for the archive, so every archive move crosses file systems.
@@ -25,6 +29,7 @@ from collections import Counter
 from datetime import datetime
 from pathlib import Path
 
+from tests.cluster import Cluster
 from tests.harness import PrefectServer, ServiceProcess, audit, claim_folders, wait_until
 
 
@@ -68,6 +73,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--archive-elsewhere", action="store_true", help="the archive on a tmpfs (needs root)"
     )
+    parser.add_argument(
+        "--runner",
+        choices=["prefect", "deployment"],
+        default="prefect",
+        help="deployment: flow runs on 2 process workers (PostgreSQL, prefect server)",
+    )
     args = parser.parse_args(argv)
     seed = args.seed if args.seed is not None else random.randrange(1 << 30)
     rng = random.Random(seed)
@@ -77,7 +88,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.archive_elsewhere:
         (root / "archive").mkdir()
         subprocess.run(["mount", "-t", "tmpfs", "tmpfs", str(root / "archive")], check=True)
-    server = PrefectServer(root / "server-home").start()
+    cluster = None
+    if args.runner == "deployment":
+        cluster = Cluster(root / "cluster", workers=2, limit=4).start()
+        server = cluster.server
+        assert server is not None
+    else:
+        server = PrefectServer(root / "server-home").start()
     names = [f"chaos{i:04d}.yaml" for i in range(args.jobs)]
     per_cycle = -(-args.jobs // args.kills)
     config = {
@@ -85,6 +102,8 @@ def main(argv: list[str] | None = None) -> int:
         "rescan_interval": 1,
         "defaults": {"timeout": 1, "sleep": [0, 1.5]},
     }
+    if args.runner == "deployment":
+        config |= {"runner": "deployment", "max_concurrent_jobs": 200, "max_attempts": 3}
     in_flight_at_kills = 0
     dropped = 0
     t0 = time.monotonic()
@@ -132,7 +151,10 @@ def main(argv: list[str] | None = None) -> int:
         found = audit(root, names)
         runs = asyncio.run(_flow_runs_per_job(server.url))
     finally:
-        server.stop()
+        if cluster is not None:
+            cluster.stop()
+        else:
+            server.stop()
         if args.archive_elsewhere:
             subprocess.run(["umount", "-l", str(root / "archive")], check=False)
     without_run = sum(1 for name in names if name.removesuffix(".yaml") not in runs)

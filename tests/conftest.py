@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from tests.cluster import Cluster
 from tests.harness import QUIET_PREFECT, PrefectServer, ServiceProcess, free_port
 
 # Before Prefect is imported anywhere: never touch the user's ~/.prefect or their server.
@@ -38,6 +39,16 @@ def prefect_server() -> Iterator[PrefectServer]:
     server = PrefectServer(_SESSION_HOME / "server-home").start()
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def cluster() -> Iterator[Cluster]:
+    """PostgreSQL, a `prefect server` on it, `dropflow deploy`, and 2 process workers."""
+    started = Cluster(_SESSION_HOME / "cluster", workers=2, limit=2)
+    try:
+        yield started.start()
+    finally:
+        started.stop()
 
 
 @pytest.fixture

@@ -70,8 +70,14 @@ class _Output:
 class PrefectServer:
     """`prefect server start` on a free loopback port, with its own PREFECT_HOME."""
 
-    def __init__(self, home: Path, database_url: str = "sqlite+aiosqlite:///:memory:") -> None:
+    def __init__(
+        self,
+        home: Path,
+        database_url: str = "sqlite+aiosqlite:///:memory:",
+        extra_env: Mapping[str, str] | None = None,
+    ) -> None:
         self.home = home
+        self.extra_env = dict(extra_env or {})
         self.port = free_port()
         self.database_url = database_url
         self.url = f"http://127.0.0.1:{self.port}/api"
@@ -83,6 +89,7 @@ class PrefectServer:
             **QUIET_PREFECT,
             "PREFECT_HOME": str(self.home),
             "PREFECT_SERVER_DATABASE_CONNECTION_URL": self.database_url,
+            **self.extra_env,
         }
         env.pop("PREFECT_API_URL", None)
         self.proc = subprocess.Popen(

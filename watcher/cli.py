@@ -166,7 +166,56 @@ def _parser() -> argparse.ArgumentParser:
         "Print the JSON Schema (draft 2020-12) of a job file, made from the model that "
         "validates job files, with this config's caps and defaults.",
     )
+    deploy = commands.add_parser(
+        "deploy",
+        help="create the work pool and register the wait flow's deployment (runner: deployment)",
+        description="Create the config's `work_pool` (process type) if it is missing and register "
+        "the wait flow as its `deployment`, with a module entrypoint (flows.wait:wait) that any "
+        "machine with dropflow installed can run. Needs PREFECT_API_URL. Running it again "
+        "changes nothing. Then start workers: prefect worker start --pool <work_pool>.",
+    )
+    deploy.add_argument(
+        "--config", "-c", type=Path, default=None, metavar="PATH", help="the config file (YAML)"
+    )
+    deploy.set_defaults(log_level="INFO")
     return parser
+
+
+_NO_API_URL = (
+    "runner: deployment needs PREFECT_API_URL: workers on other machines cannot reach an "
+    "embedded server. Start a Prefect server (see README, Scaling out) and set PREFECT_API_URL."
+)
+
+
+def _api_url() -> str | None:
+    # Before Prefect is imported: it reads its settings from the environment then.
+    os.environ.update(service_environment(os.environ))
+    from prefect.settings import get_current_settings
+
+    # From the environment or the Prefect profile.
+    return get_current_settings().api.url
+
+
+def _deploy(settings: Settings) -> int:
+    import asyncio
+
+    from watcher.deploy import deploy
+
+    if not _api_url():
+        print(f"dropflow: {_NO_API_URL}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        done = asyncio.run(deploy(settings.work_pool, settings.deployment))
+    except Exception as exc:
+        print(f"dropflow: cannot deploy: {exc}", file=sys.stderr)
+        return EXIT_FATAL
+    pool = "created" if done.pool_created else "already there"
+    print(
+        f"work pool {done.work_pool} ({pool}); deployment {done.deployment} "
+        f"({done.deployment_id}), entrypoint {done.entrypoint}\n"
+        f"start workers with: prefect worker start --pool {done.work_pool}"
+    )
+    return 0
 
 
 def _formatter(log_format: str) -> logging.Formatter:
@@ -233,6 +282,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         _fatal(f"dropflow: bad config: {exc}", log_format)
         return EXIT_USAGE
+    if args.command == "deploy":
+        return _deploy(settings)
     if args.command != "run":
         return _operator_command(args, settings)
 
@@ -262,6 +313,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         runner = PrefectRunner(
             options, os.environ, on_import=lambda: _route_prefect_console(args.log_format)
+        )
+    elif settings.runner == "deployment":
+        if not _api_url():
+            print(f"dropflow: {_NO_API_URL}", file=sys.stderr)
+            return EXIT_USAGE
+        from watcher.deployment import DeploymentRunner
+
+        runner = DeploymentRunner(
+            settings.deployment,
+            settings.work_pool,
+            max_attempts=settings.max_attempts,
+            start_timeout=settings.start_timeout,
+            lost_run_margin=settings.lost_run_margin,
         )
     try:
         return Service(settings, runner, standby=not args.no_standby).run()

@@ -7,6 +7,7 @@ from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
 from watcher import defaults as builtin
 from watcher.jobs import JobError, JobLimits, parse_job
@@ -48,7 +49,11 @@ class Settings(BaseModel):
     max_timeout: float = Field(builtin.MAX_TIMEOUT, gt=0, allow_inf_nan=False)
     max_sleep: float = Field(builtin.MAX_SLEEP, ge=0, allow_inf_nan=False)
     max_job_bytes: int = Field(builtin.MAX_JOB_BYTES, ge=64, le=16 * 1024 * 1024)
-    runner: Literal["prefect", "direct"] = builtin.RUNNER
+    runner: Literal["prefect", "deployment", "direct"] = builtin.RUNNER
+    work_pool: str = Field(builtin.WORK_POOL, min_length=1, max_length=200)
+    deployment: str = builtin.DEPLOYMENT
+    start_timeout: float | None = Field(builtin.START_TIMEOUT, gt=0, allow_inf_nan=False)
+    lost_run_margin: float = Field(builtin.LOST_RUN_MARGIN, gt=0, le=86400, allow_inf_nan=False)
     data_dir: Path = Path(builtin.DATA_DIR)
     server_port: int = Field(builtin.SERVER_PORT, ge=1, le=65535)
     ui: bool = builtin.UI
@@ -66,6 +71,18 @@ class Settings(BaseModel):
     @classmethod
     def _one_pattern_is_a_list(cls, value: Any) -> Any:
         return [value] if isinstance(value, str) else value
+
+    @field_validator("deployment")
+    @classmethod
+    def _a_wait_deployment(cls, value: str) -> str:
+        flow, _, name = value.partition("/")
+        if flow != "wait" or not name.strip() or "/" in name:
+            raise PydanticCustomError(
+                "dropflow",
+                "deployment: must be 'wait/<deployment name>' (a deployment of the wait flow), "
+                f"got {show(value)}",
+            )
+        return value
 
     @model_validator(mode="after")
     def _check(self) -> Settings:

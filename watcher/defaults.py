@@ -87,9 +87,28 @@ MAX_JOB_BYTES = 64 * 1024
 MAX_NAME_CHARS = 100
 """The longest `name` a job may give."""
 
-RUNNER: Literal["prefect", "direct"] = "prefect"
-"""`prefect` runs each job as a Prefect flow run. `direct` does the same sleep and timeout with
-no Prefect at all: only for measuring the watcher itself (benchmarks, burst tests)."""
+RUNNER: Literal["prefect", "deployment", "direct"] = "prefect"
+"""`prefect` runs each job as a Prefect flow run in this process. `deployment` creates a flow run
+of a deployment (`DEPLOYMENT`) that workers on the work pool `WORK_POOL` run, on this machine or
+others (see README "Scaling out"). `direct` does the same sleep and timeout with no Prefect at
+all: only for measuring the watcher itself (benchmarks, burst tests)."""
+
+WORK_POOL = "dropflow"
+"""The work pool `dropflow deploy` creates (process type) and the deployment runs on."""
+
+DEPLOYMENT = "wait/dropflow"
+"""`<flow name>/<deployment name>`: the wait flow's deployment that `runner: deployment` runs."""
+
+START_TIMEOUT: float | None = None
+"""With `runner: deployment`, seconds a job's flow run may wait for a worker to take it; past
+that it is cancelled and the job gets an error result naming the work pool. None: wait for ever
+(the log says once a minute how many jobs wait for a worker)."""
+
+LOST_RUN_MARGIN = 60.0
+"""With `runner: deployment`, a flow run still running this many seconds past its timeout is
+taken as lost with its worker (a machine that died): it is marked Crashed and the job runs again
+on another worker. The wait flow ends itself at its timeout, so only a dead worker reaches this.
+(A run a worker took but never started is lost after `watcher.deployment.PENDING_LIMIT`.)"""
 
 RESULT_FILE_MODE = 0o644
 """Permissions of result files: the owner writes, everyone may read."""

@@ -59,6 +59,8 @@ class Result(_ResultRequired, total=False):
     flow_run_name: str
     flow_run_url: str
     submission: str
+    work_pool: str
+    worker: str
 
 
 def now_iso() -> str:

@@ -57,6 +57,8 @@ class RunOutcome:
     flow_run_id: str | None = None
     flow_run_name: str | None = None
     flow_run_url: str | None = None
+    work_pool: str | None = None
+    worker: str | None = None
 
 
 class RunnerUnavailable(Exception):

@@ -361,7 +361,9 @@ class Service:
         )
         if submission:
             base["submission"] = submission
-        if claim.attempt > self.settings.max_attempts:
+        # A deployment's flow runs live on workers: a restart re-attaches to them instead of
+        # running the job again, so restarts are not attempts there (the runner counts its own).
+        if claim.attempt > self.settings.max_attempts and self.settings.runner != "deployment":
             outcome = RunOutcome(
                 "error",
                 f"The service stopped while this job was running {claim.attempt - 1} times; "
@@ -451,6 +453,10 @@ class Service:
             result["flow_run_name"] = outcome.flow_run_name
         if outcome.flow_run_url:
             result["flow_run_url"] = outcome.flow_run_url
+        if outcome.work_pool:
+            result["work_pool"] = outcome.work_pool
+        if outcome.worker:
+            result["worker"] = outcome.worker
         return result
 
     async def _complete(self, claim: Claim, result: Result | None) -> None:

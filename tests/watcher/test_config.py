@@ -69,7 +69,7 @@ def test_no_config_file_means_defaults_in_the_working_folder(
         ("polling: maybe\n", "polling: Input should be a valid boolean"),
         ("- a\n- b\n", "must be a YAML mapping"),
         ("inbox: [unclosed\n", "not valid YAML"),
-        ("runner: threads\n", "runner: Input should be 'prefect' or 'direct'"),
+        ("runner: threads\n", "runner: Input should be 'prefect', 'deployment' or 'direct'"),
     ],
 )
 def test_bad_config_names_file_key_and_problem(tmp_path: Path, text: str, expected: str) -> None:
