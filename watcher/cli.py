@@ -45,6 +45,10 @@ _EXAMPLES = {
         "example:\n  dropflow schema --config config.yaml > job.schema.json\n"
         "then start job files with:  # yaml-language-server: $schema=job.schema.json"
     ),
+    "deploy": (
+        "example:\n  PREFECT_API_URL=http://prefect:4200/api dropflow deploy --config config.yaml\n"
+        "  prefect worker start --pool dropflow        # on each worker machine"
+    ),
 }
 
 
@@ -166,16 +170,14 @@ def _parser() -> argparse.ArgumentParser:
         "Print the JSON Schema (draft 2020-12) of a job file, made from the model that "
         "validates job files, with this config's caps and defaults.",
     )
-    deploy = commands.add_parser(
+    deploy = _command(
+        commands,
         "deploy",
-        help="create the work pool and register the wait flow's deployment (runner: deployment)",
-        description="Create the config's `work_pool` (process type) if it is missing and register "
-        "the wait flow as its `deployment`, with a module entrypoint (flows.wait:wait) that any "
+        "create the work pool and the wait flow's deployment (workers)",
+        "Create the config's `work_pool` (process type) if it is missing and register the "
+        "wait flow as its `deployment`, with a module entrypoint (flows.wait:wait) that any "
         "machine with dropflow installed can run. Needs PREFECT_API_URL. Running it again "
         "changes nothing. Then start workers: prefect worker start --pool <work_pool>.",
-    )
-    deploy.add_argument(
-        "--config", "-c", type=Path, default=None, metavar="PATH", help="the config file (YAML)"
     )
     deploy.set_defaults(log_level="INFO")
     return parser
