@@ -7,9 +7,7 @@ As root it runs PostgreSQL as a system user of its own, since PostgreSQL refuses
 
 from __future__ import annotations
 
-import contextlib
 import os
-import signal
 import subprocess
 import sys
 import warnings
@@ -17,7 +15,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from tests.harness import QUIET_PREFECT, PrefectServer, _Output, wait_until
+from tests.harness import QUIET_PREFECT, PrefectServer, spawn, wait_until
 
 WORKER_QUERY_SECONDS = "1"
 """Workers ask for scheduled runs every second (Prefect's default is 10)."""
@@ -88,29 +86,10 @@ class Worker:
             "PREFECT_WORKER_QUERY_SECONDS": WORKER_QUERY_SECONDS,
             **self.extra_env,
         }
-        self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "prefect",
-                "worker",
-                "start",
-                "--pool",
-                self.pool,
-                "--type",
-                "process",
-                "--name",
-                self.name,
-                "--limit",
-                str(self.limit),
-            ],
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            start_new_session=True,
-        )
-        self.output = _Output(self.proc.stdout)
+        command = [sys.executable, "-m", "prefect", "worker", "start", "--pool", self.pool]
+        options = ["--type", "process", "--name", self.name, "--limit", str(self.limit)]
+        self._child = spawn([*command, *options], env)
+        self.proc, self.output = self._child.proc, self._child.output
         wait_until(self._started, 60, interval=0.1)
         return self
 
@@ -130,19 +109,12 @@ class Worker:
 
     def kill(self) -> None:
         """kill -9 the worker and its process group (not its flow runs: own sessions)."""
-        if self.proc is not None and self.proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait()
+        if self.proc is not None:
+            self._child.kill()
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.kill()
+        if self.proc is not None:
+            self._child.terminate(20)
 
 
 class Cluster:

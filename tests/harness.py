@@ -67,6 +67,46 @@ class _Output:
         self._thread.join(timeout=10)
 
 
+def spawn(args: list[str], env: Mapping[str, str], cwd: Path | None = None) -> Child:
+    """Start a child in a session of its own (so its whole group can be signalled), with its
+    output collected on a thread."""
+    proc = subprocess.Popen(
+        args,
+        cwd=cwd,
+        env=dict(env),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    return Child(proc, _Output(proc.stdout))
+
+
+class Child:
+    """A child process and its collected output."""
+
+    def __init__(self, proc: subprocess.Popen[str], output: _Output) -> None:
+        self.proc = proc
+        self.output = output
+
+    def kill(self) -> None:
+        """kill -9 its process group."""
+        if self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+
+    def terminate(self, timeout: float) -> None:
+        """SIGTERM to its process group; kill -9 if it is still there after `timeout`."""
+        if self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+
 class PrefectServer:
     """`prefect server start` on a free loopback port, with its own PREFECT_HOME."""
 
@@ -92,7 +132,7 @@ class PrefectServer:
             **self.extra_env,
         }
         env.pop("PREFECT_API_URL", None)
-        self.proc = subprocess.Popen(
+        child = spawn(
             [
                 sys.executable,
                 "-m",
@@ -104,13 +144,10 @@ class PrefectServer:
                 "--port",
                 str(self.port),
             ],
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            start_new_session=True,
+            env,
         )
-        self.output = _Output(self.proc.stdout)
+        self.proc, self.output = child.proc, child.output
+        self._child = child
         wait_until(self.healthy, timeout, interval=0.2)
         return self
 
@@ -124,14 +161,8 @@ class PrefectServer:
             return False
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
+        if self.proc is not None:
+            self._child.terminate(15)
 
 
 class ServiceProcess:
@@ -175,25 +206,9 @@ class ServiceProcess:
             env["PREFECT_API_URL"] = self.api_url
         else:
             env.pop("PREFECT_API_URL", None)
-        self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "watcher",
-                "run",
-                "--config",
-                str(config_path),
-                *self.args,
-                *args,
-            ],
-            cwd=self.root,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            start_new_session=True,
-        )
-        self.output = _Output(self.proc.stdout)
+        command = [sys.executable, "-m", "watcher", "run", "--config", str(config_path)]
+        self._child = spawn([*command, *self.args, *args], env, cwd=self.root)
+        self.proc, self.output = self._child.proc, self._child.output
         if wait:
             self.wait_for_log("watching ", timeout)
         return self
@@ -263,10 +278,8 @@ class ServiceProcess:
 
     def kill(self) -> None:
         """kill -9 the service and everything it started (the embedded server)."""
-        if self.proc is not None and self.proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait()
+        if self.proc is not None:
+            self._child.kill()
 
 
 def audit(root: Path, names: list[str]) -> dict[str, Any]:

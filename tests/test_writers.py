@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 
 from tests.conftest import ServiceFactory
+from tests.harness import ServiceProcess
 
 # The issue's writer: three open/close cycles on the file in the inbox itself.
 APPENDING_WRITER = (
@@ -14,8 +15,8 @@ APPENDING_WRITER = (
 )
 
 
-def test_a_writer_that_appends_in_three_goes_gives_one_job(service: ServiceFactory) -> None:
-    svc = service()
+def run_the_appending_writer(svc: ServiceProcess) -> None:
+    """Run the writer; check it gave one job, from the whole file, and nothing else."""
     subprocess.run(["bash", "-c", APPENDING_WRITER], cwd=svc.root, check=True, timeout=30)
     result = svc.wait_result("multi.yaml")
     # The file it ran was the whole file: taken after the writer's last close, not the first.
@@ -24,5 +25,10 @@ def test_a_writer_that_appends_in_three_goes_gives_one_job(service: ServiceFacto
     assert found == ("completed", 5, 0.1, "appended"), (result, results)
     # So nothing was left to make a second job of: the writer had finished before the take.
     assert results == ["multi.result.yaml"]
+
+
+def test_a_writer_that_appends_in_three_goes_gives_one_job(service: ServiceFactory) -> None:
+    svc = service()
+    run_the_appending_writer(svc)
     assert list(svc.inbox.iterdir()) == []
     assert svc.log().count("job started: multi.yaml") == 1
