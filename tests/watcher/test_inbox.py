@@ -155,13 +155,15 @@ async def _append_in_cycles(path: Path, folder: Path, ready: Ready, inbox: Inbox
     return time.monotonic()
 
 
-async def test_a_writer_that_closes_and_reopens_is_taken_after_its_last_close(
-    tmp_path: Path,
+async def _taken_once_whole(
+    tmp_path: Path, settle: float, wait: Callable[[Inbox], float], **options: Any
 ) -> None:
+    """Run the appending writer against an inbox: one job, the whole file, taken no sooner
+    than `wait(inbox)` after the writer's last close."""
     contents: list[bytes] = []
 
     async def body(inbox: Inbox, ready: Ready) -> None:
-        assert inbox.quiet_seconds > 2 * PAUSE
+        assert wait(inbox) > 2 * PAUSE
         path = tmp_path / "multi.yaml"
         inbox.on_ready = _recording(ready, path, contents)
         last_close = await _append_in_cycles(path, tmp_path, ready, inbox)
@@ -170,10 +172,16 @@ async def test_a_writer_that_closes_and_reopens_is_taken_after_its_last_close(
         assert _jobs(ready) == [path]
         assert contents == [b"".join(APPENDS)]
         taken_at = next(t for t, p in ready if p == path)
-        assert taken_at - last_close >= inbox.quiet_seconds
+        assert taken_at - last_close >= wait(inbox)
 
+    await _with_inbox(tmp_path, settle, False, body, **options)
+
+
+async def test_a_writer_that_closes_and_reopens_is_taken_after_its_last_close(
+    tmp_path: Path,
+) -> None:
     # A settle time far longer than the test: only the close events can make it complete.
-    await _with_inbox(tmp_path, 60.0, False, body)
+    await _taken_once_whole(tmp_path, 60.0, lambda inbox: inbox.quiet_seconds)
 
 
 async def test_without_close_events_a_reopened_file_waits_for_the_settle_time(
@@ -181,23 +189,10 @@ async def test_without_close_events_a_reopened_file_waits_for_the_settle_time(
 ) -> None:
     """`close_events=False` (as on macOS, Windows or polling): closes must not count, and each
     append restarts the settle time."""
-    contents: list[bytes] = []
-    settle = 1.0
-
-    async def body(inbox: Inbox, ready: Ready) -> None:
-        assert settle > 2 * PAUSE
-        path = tmp_path / "multi.yaml"
-        inbox.on_ready = _recording(ready, path, contents)
-        last_write = await _append_in_cycles(path, tmp_path, ready, inbox)
-        await _until(ready, len(APPENDS))
-        await _fence(tmp_path, ready)
-        assert _jobs(ready) == [path]
-        assert contents == [b"".join(APPENDS)]
-        taken_at = next(t for t, p in ready if p == path)
-        assert taken_at - last_write >= settle
-
     # A quiet period far shorter than the pauses: were closes counted, the first would do.
-    await _with_inbox(tmp_path, settle, False, body, close_events=False, quiet_seconds=0.05)
+    await _taken_once_whole(
+        tmp_path, 1.0, lambda inbox: inbox.settle_seconds, close_events=False, quiet_seconds=0.05
+    )
 
 
 # Settle and quiet times far longer than the tests: a file taken at all was taken on arrival.
