@@ -49,13 +49,17 @@ def _service(settings: Settings) -> dict[str, Any] | None:
     return asdict(owner)
 
 
+def _entries(folder: Path) -> list[os.DirEntry[str]]:
+    """A folder's entries; none if it does not exist (yet)."""
+    try:
+        return list(os.scandir(folder))
+    except FileNotFoundError:
+        return []
+
+
 def _inbox(settings: Settings, now: float) -> dict[str, Any]:
     waiting: list[tuple[float, str]] = []
-    try:
-        entries = list(os.scandir(settings.inbox))
-    except FileNotFoundError:
-        entries = []
-    for entry in entries:
+    for entry in _entries(settings.inbox):
         if is_job_name(entry.name, settings.patterns):
             try:
                 waiting.append((entry.stat(follow_symlinks=False).st_mtime, entry.name))
@@ -72,11 +76,7 @@ def _inbox(settings: Settings, now: float) -> dict[str, Any]:
 
 def _in_flight(settings: Settings, now: datetime) -> list[dict[str, Any]]:
     claims: list[dict[str, Any]] = []
-    try:
-        entries = sorted(os.scandir(settings.processing), key=lambda e: e.name)
-    except FileNotFoundError:
-        return claims
-    for entry in entries:
+    for entry in sorted(_entries(settings.processing), key=lambda e: e.name):
         match = _CLAIM.match(entry.name)
         if not match or not entry.is_dir(follow_symlinks=False):
             continue
@@ -117,11 +117,7 @@ def _run_name(folder: Path, names: list[str], settings: Settings) -> str | None:
 
 def _results(settings: Settings, now: float) -> dict[str, Any]:
     found: list[tuple[float, Path]] = []
-    try:
-        entries = list(os.scandir(settings.results))
-    except FileNotFoundError:
-        entries = []
-    for entry in entries:
+    for entry in _entries(settings.results):
         if entry.name.startswith(".") or ".result" not in entry.name:
             continue
         try:
