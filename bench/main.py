@@ -13,6 +13,7 @@ from pathlib import Path
 
 from bench.peers import PEERS, ROOT, PeerProcess
 from bench.report import PeerRuns, machine, render
+from bench.sections import write_section
 from bench.workloads import ResultWatch, make_workloads, run_workload, warm_up
 from watcher import defaults
 
@@ -149,8 +150,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     elapsed = time.monotonic() - started
     load_after = " ".join(f"{x:.2f}" for x in os.getloadavg())
     text = render(all_runs, workloads, info, command, elapsed, load_after, NOTES)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(text)
+    write_section(output, "peers", text)
     print(text)
     print(f"written to {output}")
     return 0
