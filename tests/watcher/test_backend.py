@@ -26,7 +26,6 @@ def test_every_embedded_setting_is_one_prefect_reads(
 def test_the_embedded_database_pool_keeps_its_connections(monkeypatch: pytest.MonkeyPatch) -> None:
     from prefect.settings import Settings
 
-    monkeypatch.setenv("PREFECT_SERVER_DATABASE_SQLALCHEMY_POOL_SIZE", "0")
     for name, value in backend.embedded_environment({}).items():
         monkeypatch.setenv(name, value)
     # 8 flow runs at once and the server's services need more than Prefect's default 5.
