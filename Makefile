@@ -28,8 +28,9 @@ test: lint
 
 bench: install
 	$(BIN)/python -m bench
+	$(BIN)/python -m bench.startup
 
-# Start-up figures and the database comparison (bench/RESULTS-startup.md), about 4 minutes.
+# The start-up half of `make bench` alone (its section of bench/RESULTS.md).
 bench-startup: install
 	$(BIN)/python -m bench.startup
 

@@ -1,25 +1,29 @@
-"""`make bench-startup`: start-up cost and the database choice of the embedded default.
+"""Start-up cost and the database of the embedded default; the second half of `make bench`.
 
-For each database the embedded server can use (the shipped PostgreSQL in `data_dir`, the old
-in-memory SQLite, a SQLite file in `data_dir`), one after the other on this machine:
+For each database the embedded server can use (the shipped PostgreSQL in `data_dir` and the
+old in-memory SQLite; a SQLite file in `data_dir` on request, `--backends`), one after the
+other on this machine:
 
 - cold start (empty `data_dir` and PREFECT_HOME) with one job already in the inbox:
   start -> `watching`, start -> the backlog job's result;
-- warm start (the same folders again), the same two figures;
-- 8 jobs of `sleep: 1.5` dropped together: first drop -> last result;
-- W1: 100 `sleep: 0` jobs dropped together: first drop -> last result.
+- warm start (the same folders again), the same two figures.
 
-Then, on PostgreSQL only: 1,000 more runs, a restart with that history (the two start-up
-figures), and the cost of `history_days`: every run is made 40 days old in the database, the
-service restarts with `history_days: 30`, and the time and server CPU until Prefect's db_vacuum
-has deleted them are measured.
+Then, on PostgreSQL only: 1,000 more runs in the history, a restart with that history (the two
+start-up figures), and the cost of `history_days`: every run is made 40 days old in the
+database, the service restarts with `history_days: 30`, and the time and CPU until Prefect's
+db_vacuum has deleted them are measured.
 
-Writes `bench/RESULTS-startup.md`.
+Last, W1 (100 `sleep: 0` jobs dropped together) and 8 jobs of `sleep: 1.5` dropped together,
+on PostgreSQL and in-memory SQLite in alternating rounds, so that the machine's load weighs on
+both alike: the wall times, the CPU per job and the throughput ratio.
+
+Writes its section ("startup") of `bench/RESULTS.md`.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -31,6 +35,7 @@ import time
 import urllib.request
 import warnings
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -39,6 +44,7 @@ import yaml
 from bench.measure import ProcessTree
 from bench.peers import MEMORY_DATABASE, ROOT, free_port
 from bench.report import machine
+from bench.sections import write_section
 
 __all__ = ["main"]
 
@@ -47,13 +53,16 @@ _ENV = {
     "PYTHONUNBUFFERED": "1",
 }
 
+SHIPPED, MEMORY, FILE = "postgres (shipped)", "in-memory SQLite (old default)", "SQLite file"
+
 BACKENDS: dict[str, dict[str, str]] = {
-    "postgres (shipped)": {},
-    "in-memory SQLite (old default)": {"PREFECT_SERVER_DATABASE_CONNECTION_URL": MEMORY_DATABASE},
-    "SQLite file": {
-        "PREFECT_SERVER_DATABASE_CONNECTION_URL": "sqlite+aiosqlite:///{root}/data/prefect.db"
-    },
+    SHIPPED: {},
+    MEMORY: {"PREFECT_SERVER_DATABASE_CONNECTION_URL": MEMORY_DATABASE},
+    FILE: {"PREFECT_SERVER_DATABASE_CONNECTION_URL": "sqlite+aiosqlite:///{root}/data/prefect.db"},
 }
+
+DEFAULT_BACKENDS = (SHIPPED, MEMORY)
+"""The SQLite file lost the choice (503s and back-off under concurrent runs): on request only."""
 
 
 @dataclass
@@ -66,8 +75,22 @@ class Start:
 class BackendRun:
     name: str
     starts: dict[str, Start] = field(default_factory=dict)
-    walls: dict[str, float] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Batch:
+    """One batch of jobs on one service: its wall time and the CPU it cost, per job."""
+
+    wall: float
+    service: float  # `dropflow run` itself (the Prefect client)
+    server: float  # the embedded Prefect server process
+    cluster: float  # PostgreSQL's own processes (not children of the service)
+    load: float  # 1-minute load average when the batch started
+
+    @property
+    def cpu(self) -> float:
+        return self.service + self.server + self.cluster
 
 
 class Service:
@@ -139,6 +162,19 @@ class Service:
         os.killpg(self.proc.pid, signal.SIGTERM)
         self.proc.wait(60)
 
+    def cpu(self) -> tuple[float, float, float]:
+        """CPU seconds so far: the service, its children (the server), the PostgreSQL cluster.
+
+        PostgreSQL daemonizes: its processes are children of init, not of the service.
+        """
+        assert self.proc is not None
+        own, children = ProcessTree(self.proc.pid).cpu_seconds()
+        cluster = 0.0
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            pid = int((self.root / "data" / "postgres" / "postmaster.pid").read_text().split()[0])
+            cluster = sum(ProcessTree(pid).cpu_seconds())
+        return own, children, cluster
+
     def api(self, path: str, body: dict[str, object] | None = None) -> object:
         request = urllib.request.Request(
             f"http://127.0.0.1:{self.port}/api{path}",
@@ -159,10 +195,15 @@ def _timed_start(svc: Service, label: str, config: dict[str, object] | None = No
     return Start(watching, done - svc.started)
 
 
-def _batch(svc: Service, prefix: str, count: int, text: str) -> float:
+def _batch(svc: Service, prefix: str, count: int, text: str) -> Batch:
     names = [f"{prefix}{i:04d}.yaml" for i in range(count)]
+    load = os.getloadavg()[0]
+    before = svc.cpu()
     t0 = svc.drop(names, text)
-    return svc.wait_results(names) - t0
+    wall = svc.wait_results(names) - t0
+    after = svc.cpu()
+    service, server, cluster = ((b - a) / count for a, b in zip(before, after, strict=True))
+    return Batch(wall, service, server, cluster, load)
 
 
 def _sql(root: Path, statement: str) -> str:
@@ -178,6 +219,42 @@ def _sql(root: Path, statement: str) -> str:
     ).stdout.strip()
 
 
+def _add_history(svc: Service, count: int) -> None:
+    """`count` ended flow runs, each with its task run, written through Prefect's API.
+
+    The flow-run and task-run rows of `count` `sleep: 0` jobs without running them (minutes on
+    2 cores); each run has one state where a job's has three, and no logs or events.
+    """
+    flow = svc.api("/flows/", {"name": "wait"})
+    assert isinstance(flow, dict)
+    completed = {"type": "COMPLETED", "name": "Completed"}
+
+    def one(i: int) -> None:
+        run = svc.api(
+            "/flow_runs/",
+            {
+                "flow_id": flow["id"],
+                "name": f"history-{i}",
+                "tags": ["dropflow"],
+                "state": completed,
+            },
+        )
+        assert isinstance(run, dict)
+        svc.api(
+            "/task_runs/",
+            {
+                "flow_run_id": run["id"],
+                "task_key": "sleep",
+                "dynamic_key": "0",
+                "name": "sleep-0.0s",
+                "state": completed,
+            },
+        )
+
+    with ThreadPoolExecutor(4) as pool:
+        list(pool.map(one, range(count)))
+
+
 def run_backend(name: str, env: dict[str, str], work: Path, history: int) -> BackendRun:
     run = BackendRun(name)
     root = work / name.split()[0].lower().replace("-", "")
@@ -189,114 +266,159 @@ def run_backend(name: str, env: dict[str, str], work: Path, history: int) -> Bac
         svc.stop()
         run.starts["warm"] = _timed_start(svc, "warm")
         svc.wait_log("runner: ")
-        run.walls["8 x 1.5 s"] = _batch(svc, "together", 8, "timeout: 10\nsleep: 1.5\n")
-        run.walls["W1: 100 x sleep 0"] = _batch(svc, "w1-", 100, "timeout: 30\nsleep: 0\n")
-        print(f"   {run.starts} {run.walls}", flush=True)
+        print(f"   {run.starts}", flush=True)
         if history:
-            run.walls[f"{history} more runs"] = _batch(
-                svc, "history-", history, "timeout: 30\nsleep: 0\n"
-            )
+            _add_history(svc, history)
             svc.stop()
-            big = f"warm, {history + 110} runs in history"
-            run.starts[big] = _timed_start(svc, "big")
+            # The two backlog jobs' runs (cold and warm) are in the history too.
+            run.starts[f"warm, {history + 2} runs in the history"] = _timed_start(svc, "big")
             svc.wait_log("runner: ")
-            assert svc.proc is not None
-            cpu_big = sum(ProcessTree(svc.proc.pid).cpu_seconds())
+            cpu_big = sum(svc.cpu())
             count = svc.api("/flow_runs/count", {})
-            run.notes.append(f"flow runs in the history after the restart: {count}")
             # Every run ended 40 days ago, as far as the database knows; then history_days: 30.
             _sql(root, "UPDATE flow_run SET end_time = now() - interval '40 days'")
             svc.stop()
             expired = f"warm, {count} runs expired, history_days: 30"
             run.starts[expired] = _timed_start(svc, "expired", {"history_days": 30})
             svc.wait_log("runner: ")
-            assert svc.proc is not None
             # The backlog job's run is new: it stays.
             while svc.api("/flow_runs/count", {}) != 1:
                 time.sleep(0.05)
             gone = time.monotonic() - svc.started
-            cpu = sum(ProcessTree(svc.proc.pid).cpu_seconds())
+            cpu = sum(svc.cpu())
             run.notes.append(
                 f"history_days: {count} expired runs deleted by db_vacuum {gone:.1f} s after "
-                f"the start; CPU of service + server from the start until then {cpu:.1f} s, "
-                f"against {cpu_big:.1f} s for the start with nothing to delete (to its first "
-                "result; PostgreSQL's own processes are not counted in either)"
+                f"the start; CPU of the service, its server and PostgreSQL from the start until "
+                f"then {cpu:.1f} s, against {cpu_big:.1f} s for the start with nothing to "
+                "delete (to its first result)"
             )
-        print(f"   {run.starts} {run.walls} {run.notes}", flush=True)
+        print(f"   {run.starts} {run.notes}", flush=True)
     finally:
         if svc.proc is not None and svc.proc.poll() is None:
             svc.stop()
     return run
 
 
-def alternate_w1(work: Path, rounds: int) -> list[str]:
-    """W1 on the shipped database and on in-memory SQLite, alternating, `rounds` times each:
-    the machine's load then weighs on both alike."""
-    names = ["postgres (shipped)", "in-memory SQLite (old default)"]
+@dataclass
+class Alternating:
+    """W1 and 8 x 1.5 s, by database, from the alternating rounds."""
+
+    w1: dict[str, list[Batch]] = field(default_factory=dict)
+    eight: dict[str, list[Batch]] = field(default_factory=dict)
+    jobs: int = 0
+
+
+def alternate(work: Path, rounds: int, names: Sequence[str], jobs: int) -> Alternating:
+    """W1 and 8 x 1.5 s on each database, alternating, `rounds` times each: the machine's load
+    then weighs on all alike. Each round restarts the service on its warm database."""
     services = {
         name: Service(work / f"alt-{i}", BACKENDS[name], {"ui": False})
         for i, name in enumerate(names)
     }
-    walls: dict[str, list[float]] = {name: [] for name in names}
+    result = Alternating({n: [] for n in names}, {n: [] for n in names}, jobs)
     for svc in services.values():  # first starts and a warm-up job, not measured
         _timed_start(svc, "first")
         svc.stop()
     for r in range(rounds):
-        for name in names if r % 2 == 0 else reversed(names):
+        for name in names if r % 2 == 0 else list(reversed(names)):
             svc = services[name]
             _timed_start(svc, f"round{r}")
-            walls[name].append(_batch(svc, f"alt{r}-", 100, "timeout: 30\nsleep: 0\n"))
+            svc.wait_log("runner: ")
+            result.w1[name].append(_batch(svc, f"w1-{r}-", jobs, "timeout: 30\nsleep: 0\n"))
+            result.eight[name].append(_batch(svc, f"eight-{r}-", 8, "timeout: 10\nsleep: 1.5\n"))
             svc.stop()
-            print(f"   round {r} {name}: {walls[name][-1]:.2f}s", flush=True)
+            w1, eight = result.w1[name][-1], result.eight[name][-1]
+            print(
+                f"   round {r} {name}: W1 {w1.wall:.2f}s, {w1.cpu:.3f} s CPU/job; "
+                f"8 x 1.5 s {eight.wall:.2f}s",
+                flush=True,
+            )
+    return result
+
+
+def _walls(batches: Sequence[Batch]) -> str:
+    return ", ".join(f"{b.wall:.2f}" for b in batches)
+
+
+def _mean(values: Sequence[float]) -> float:
+    return sum(values) / len(values)
+
+
+def render_alternating(alt: Alternating) -> list[str]:
+    names = list(alt.w1)
+    if not names or not alt.w1[names[0]]:
+        return []
+    rounds = len(alt.w1[names[0]])
+    jobs = alt.jobs
     lines = [
-        f"- W1 (100 `sleep: 0` jobs), alternating, {rounds} rounds each, warm servers: "
-        + "; ".join(f"{n}: " + ", ".join(f"{w:.2f}" for w in walls[n]) + " s" for n in names)
+        "",
+        f"### W1 and 8 x 1.5 s, alternating ({rounds} rounds per database, warm)",
+        "",
+        f"Each round restarts the service on its database, runs W1 ({jobs} `sleep: 0` jobs dropped "
+        "together), then 8 `sleep: 1.5` jobs dropped together; the databases take turns, the "
+        "order reversed every round. Wall: first drop -> last result. CPU per job: the "
+        "service (Prefect client) + the embedded server + PostgreSQL's own processes.",
+        "",
+        "| database | W1 walls s | W1 mean s | CPU s/job: service + server + PostgreSQL "
+        "| 8 x 1.5 s walls s | load at W1 start |",
+        "|---|---|---|---|---|---|",
     ]
-    shipped, memory = (sum(walls[n]) / len(walls[n]) for n in names)
-    lines.append(
-        f"- W1 throughput, shipped / in-memory, mean of the alternating rounds: "
-        f"{memory / shipped:.2f}x"
-    )
+    for name in names:
+        w1, eight = alt.w1[name], alt.eight[name]
+        service, server, cluster = (
+            _mean([getattr(b, part) for b in w1]) for part in ("service", "server", "cluster")
+        )
+        lines.append(
+            f"| {name} | {_walls(w1)} | {_mean([b.wall for b in w1]):.2f} "
+            f"| {service + server + cluster:.3f} = {service:.3f} + {server:.3f} + {cluster:.3f} "
+            f"| {_walls(eight)} | {', '.join(f'{b.load:.1f}' for b in w1)} |"
+        )
+    if SHIPPED in alt.w1 and MEMORY in alt.w1:
+        shipped, memory = alt.w1[SHIPPED], alt.w1[MEMORY]
+        ratio = _mean([b.wall for b in memory]) / _mean([b.wall for b in shipped])
+        per_round = ", ".join(
+            f"{m.wall / s.wall:.2f}x" for s, m in zip(shipped, memory, strict=True)
+        )
+        lines += [
+            "",
+            f"- W1 throughput, PostgreSQL / in-memory, mean walls of the alternating rounds: "
+            f"**{ratio:.2f}x** (target >= 0.9x); per round: {per_round}.",
+        ]
+        worst = max(b.wall for b in alt.eight[SHIPPED])
+        lines.append(
+            f"- 8 x 1.5 s on PostgreSQL: worst of {rounds} rounds {worst:.2f} s (target <= 2.5 s)."
+        )
     return lines
 
 
-def render(runs: list[BackendRun], info: dict[str, str], command: str) -> str:
+def render(
+    runs: list[BackendRun], alt: Alternating, info: dict[str, str], command: str, minutes: float
+) -> str:
     lines = [
-        "# Start-up and database: `python -m bench.startup`",
+        "## Start-up and the embedded server's database",
         "",
-        f"`{command}`, {info['date']}; {info['cores']} cores, {info['cpu']}, {info['memory']}; "
-        f"{info['platform']}; Python {info['python']}, prefect {info['prefect']}.",
+        f"Written by `make bench` (`{command}`, {minutes:.1f} min); do not edit by hand.",
         "",
-        "Backends run one after another on the same machine, in one run. Times in seconds from "
-        "the `dropflow run` process start (start-up) or from the first drop (batches).",
+        f"- date: {info['date']}",
+        f"- machine: {info['cores']} cores ({info['cpu']}), {info['memory']}, {info['platform']}",
+        f"- versions: Python {info['python']}, prefect {info['prefect']}",
+        f"- load average (1/5/15 min): {info['load']} before, "
+        f"{' '.join(f'{x:.2f}' for x in os.getloadavg())} after; the machine may be shared, so "
+        "compare rows of one run, not runs",
         "",
+        "Times in seconds from the `dropflow run` process start, with one `sleep: 0` job already "
+        "in the inbox. Cold: empty `data_dir` and PREFECT_HOME. Warm: the same folders again.",
+        "",
+        "| database | start | -> `watching` | -> first backlog result |",
+        "|---|---|---|---|",
     ]
-    start_keys = list(dict.fromkeys(k for r in runs for k in r.starts))
-    lines += ["| database | start | -> `watching` | -> first backlog result |", "|---|---|---|---|"]
     for r in runs:
-        for k in start_keys:
-            if k in r.starts:
-                s = r.starts[k]
-                lines.append(f"| {r.name} | {k} | {s.watching:.2f} | {s.first_result:.2f} |")
-    wall_keys = list(dict.fromkeys(k for r in runs for k in r.walls))
-    lines += ["", "| database | " + " | ".join(wall_keys) + " |"]
-    lines.append("|---|" + "---|" * len(wall_keys))
-    for r in runs:
-        cells = [f"{r.walls[k]:.2f}" if k in r.walls else "" for k in wall_keys]
-        lines.append(f"| {r.name} | " + " | ".join(cells) + " |")
-    base = next((r for r in runs if r.name.startswith("in-memory")), None)
-    shipped = runs[0]
-    if base is not None:
-        lines.append("")
-        for key in ("8 x 1.5 s", "W1: 100 x sleep 0"):
-            if key in base.walls and key in shipped.walls:
-                ratio = base.walls[key] / shipped.walls[key]
-                lines.append(
-                    f"- {key}: shipped throughput = {ratio:.2f}x the in-memory default's "
-                    "(same run)."
-                )
-    for r in runs:
-        lines += [f"- {r.name}: {note}" for note in r.notes]
+        for key, s in r.starts.items():
+            lines.append(f"| {r.name} | {key} | {s.watching:.2f} | {s.first_result:.2f} |")
+    notes = [f"- {r.name}: {note}" for r in runs for note in r.notes]
+    if notes:
+        lines += ["", *notes]
+    lines += render_alternating(alt)
     return "\n".join(lines) + "\n"
 
 
@@ -304,31 +426,36 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.startup", description=__doc__)
     parser.add_argument("--history", type=int, default=1000, help="runs added for the restart")
     parser.add_argument(
-        "--backends", default=",".join(BACKENDS), help="comma-separated: " + ", ".join(BACKENDS)
+        "--backends",
+        default=",".join(DEFAULT_BACKENDS),
+        help="comma-separated: " + ", ".join(BACKENDS),
     )
-    parser.add_argument("--output", type=Path, default=ROOT / "bench" / "RESULTS-startup.md")
+    parser.add_argument("--output", type=Path, default=ROOT / "bench" / "RESULTS.md")
     parser.add_argument(
-        "--w1-rounds", type=int, default=3, help="alternating W1 rounds per database (0: none)"
+        "--rounds", type=int, default=3, help="alternating W1 rounds per database (0: none)"
     )
+    parser.add_argument("--w1-jobs", type=int, default=100, help="jobs in each W1 burst")
     args = parser.parse_args(argv)
+    names = [name for name in args.backends.split(",") if name]
     info = machine()
+    started = time.monotonic()
     work = Path(tempfile.mkdtemp(prefix="dropflow-startup-"))
     os.chmod(work, 0o755)  # PostgreSQL runs as a user of its own when we are root
     runs = []
-    alternating: list[str] = []
+    alt = Alternating()
     try:
-        for index, name in enumerate(filter(None, args.backends.split(","))):
+        for index, name in enumerate(names):
             runs.append(run_backend(name, BACKENDS[name], work, args.history if index == 0 else 0))
-        if args.w1_rounds:
-            print("== W1, alternating", flush=True)
-            alternating = alternate_w1(work, args.w1_rounds)
+        if args.rounds:
+            print("== W1 and 8 x 1.5 s, alternating", flush=True)
+            alt = alternate(work, args.rounds, [n for n in names if n != FILE], args.w1_jobs)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    command = "python -m bench.startup " + " ".join(argv if argv is not None else sys.argv[1:])
-    text = render(runs, info, command.strip()) + "\n".join(alternating) + "\n"
-    text += f"\nLoad average at the end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}.\n"
-    args.output.write_text(text)
+    command = " ".join(["python -m bench.startup", *(argv if argv is not None else sys.argv[1:])])
+    text = render(runs, alt, info, command, (time.monotonic() - started) / 60)
+    write_section(args.output, "startup", text)
     print(text)
+    print(f"written to {args.output}")
     return 0
 
 

@@ -38,10 +38,21 @@ EMBEDDED_SETTINGS: Mapping[str, str] = {
     # (PREFECT_SERVER_SERVICES_EVENT_PERSISTER_BATCH_SIZE=200) measured no further gain.
     "PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_BATCH_SIZE": "50",
     "PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_FLUSH_INTERVAL": "1",
+    # PostgreSQL only (SQLite in memory keeps one connection whatever this says). With Prefect's
+    # pool of 5 (+10 overflow), 8 flow runs at once and the server's own services check out
+    # more than 5 connections; every one past 5 was closed on its return and opened again at
+    # the next peak: 111 and 128 new PostgreSQL sessions in two W1 bursts of 100 jobs, each a
+    # backend process, a login and asyncpg's type set-up, its prepared statements lost. With
+    # 20, connections stay open: 5 new sessions, and PostgreSQL's own CPU 0.028 -> 0.010 s per
+    # job (bench/startup.py's CPU columns). PostgreSQL's limit is 100 connections.
+    "PREFECT_SERVER_DATABASE_SQLALCHEMY_POOL_SIZE": "20",
 }
 """Prefect settings dropflow uses when it runs Prefect's embedded server."""
 
-_SAME_SETTING: Mapping[str, tuple[str, ...]] = {}
+_SAME_SETTING: Mapping[str, tuple[str, ...]] = {
+    # Prefect's older names for the same setting, which it still reads.
+    "PREFECT_SERVER_DATABASE_SQLALCHEMY_POOL_SIZE": ("PREFECT_SQLALCHEMY_POOL_SIZE",),
+}
 
 
 def service_environment(environ: Mapping[str, str]) -> dict[str, str]:
