@@ -44,6 +44,7 @@ async def deploy(work_pool: str, deployment: str) -> Deployed:
         module_entrypoint_type,
         process_pool_template,
     )
+    from watcher.worker import IN_PROCESS_POOL_TYPE
 
     flow_name, _, name = deployment.partition("/")
     if flow_name != wait.name:
@@ -52,13 +53,14 @@ async def deploy(work_pool: str, deployment: str) -> Deployed:
     async with get_client() as client:
         try:
             pool = await client.read_work_pool(work_pool)
-            if pool.type != PROCESS_POOL_TYPE:
+            if pool.type not in (PROCESS_POOL_TYPE, IN_PROCESS_POOL_TYPE):
                 logger.warning(
-                    "work pool %r exists with type %r, not %r: its workers must be able to "
-                    "run the module entrypoint",
+                    "work pool %r exists with type %r, not %r or %r: its workers must be able "
+                    "to run the module entrypoint",
                     work_pool,
                     pool.type,
                     PROCESS_POOL_TYPE,
+                    IN_PROCESS_POOL_TYPE,
                 )
         except ObjectNotFound:
             try:

@@ -16,8 +16,10 @@ from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
 if TYPE_CHECKING:
+    from prefect.client.schemas.objects import FlowRun
     from prefect.events import Event
     from prefect.events.filters import EventFilter
+    from prefect.flows import Flow
 
 __all__ = [
     "EPHEMERAL_ONLY_SERVICES_OFF",
@@ -34,8 +36,10 @@ __all__ = [
     "event_state_type",
     "flow_run_events",
     "flush_prefect",
+    "load_deployed_flow",
     "module_entrypoint_type",
     "process_pool_template",
+    "run_flow_run_here",
     "submitted_flow_run_events",
     "submitting_worker",
 ]
@@ -207,3 +211,32 @@ def module_entrypoint_type() -> Any:
     from prefect.types.entrypoint import EntrypointType
 
     return EntrypointType.MODULE_PATH
+
+
+# -- running a deployment's flow run in this process (`watcher/worker.py`) ---------------------
+
+
+async def load_deployed_flow(flow_run: FlowRun) -> Flow[..., Any]:
+    """The flow of a flow run's deployment, imported in this process: what a flow-run process
+    started by a process worker loads first (`prefect.flows.load_flow_from_flow_run`).
+
+    That function takes the client of the current client context, or else makes one it never
+    closes (a leaked connection per call): so it runs in a client context, entered here if
+    there is none.
+    """
+    from prefect.context import AsyncClientContext
+    from prefect.flows import load_flow_from_flow_run
+
+    async with AsyncClientContext.get_or_create():
+        return await load_flow_from_flow_run(flow_run, use_placeholder_flow=False)
+
+
+async def run_flow_run_here(flow: Flow[..., Any], flow_run: FlowRun) -> Any:
+    """Run an existing flow run of an async flow with Prefect's engine in this event loop, as
+    the flow-run process of a process worker would (`prefect.flow_engine.run_flow`, with the
+    run's own parameters); return its final state."""
+    from prefect.flow_engine import run_flow
+
+    if not flow.isasync or flow.isgenerator:
+        raise TypeError(f"flow {flow.name!r} is not an async function: it cannot run here")
+    return await run_flow(flow, flow_run=flow_run, return_type="state")  # type: ignore[misc]

@@ -259,3 +259,26 @@ def test_the_module_entrypoint_type_registers_the_flow_by_its_module_path() -> N
         wait, name="internals", entrypoint_type=internals.module_entrypoint_type()
     )
     assert deployment.entrypoint == "flows.wait.wait"
+
+
+@pytest.mark.anyio
+async def test_a_deployed_flow_run_loads_and_runs_in_this_event_loop(prefect_api: str) -> None:
+    from prefect.client.orchestration import get_client
+
+    from watcher.deploy import deploy
+
+    deployed = await asyncio.wait_for(deploy("internals", "wait/internals"), 60)
+    async with get_client() as client:
+        run = await client.create_flow_run_from_deployment(
+            uuid.UUID(deployed.deployment_id),
+            parameters={"timeout": 0.5, "sleep": 3, "name": "here"},
+            name="here",
+        )
+        flow = await asyncio.wait_for(internals.load_deployed_flow(run), 30)
+        assert flow is wait
+        state = await asyncio.wait_for(internals.run_flow_run_here(flow, run), 30)
+        assert state.is_cancelled(), state
+        again = await client.read_flow_run(run.id)
+    # The run itself ran, with its own parameters: no new flow run.
+    assert again.state is not None and again.state.is_cancelled()
+    assert again.state.message == "Canceled: the work (3 s) ran past the 0.5 s timeout."
