@@ -29,6 +29,7 @@ test: lint
 bench: install
 	$(BIN)/python -m bench
 	$(BIN)/python -m bench.deployment
+	$(BIN)/python -m bench.in_process
 
 # Start-up figures and the database comparison (bench/RESULTS-startup.md), about 4 minutes.
 bench-startup: install

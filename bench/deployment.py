@@ -8,9 +8,9 @@ with `runner: deployment`. Then, one after the other:
 - a. overhead: 100 `sleep: 0` jobs through dropflow against Prefect's own floor for that path,
   `run_deployment(..., timeout=0)` for 100 runs then waiting until all are final (no watcher),
   on the same 2 workers; the two alternate (dropflow, floor, floor, dropflow, ...);
-- b. scaling: 40 `sleep: 2` jobs through dropflow on 1 worker, then on 2;
+- b. scaling: 40 `sleep: 2` jobs through dropflow on 1 worker, then on 2 (then 2, then 1);
 - c. worker cost: CPU seconds of the workers' process trees (the worker and the flow-run
-  processes it starts) per flow run, in every trial of a and b;
+  processes it starts) per flow run, in every trial of a, b and d;
 - d. timeout lateness: `timeout: 1, sleep: 3` jobs, 8 at once, then one at a time:
   the result's finished_at - (the flow run's start_time in Prefect + timeout).
 
@@ -112,11 +112,14 @@ class Stack:
         self.service.root.mkdir(parents=True, exist_ok=True)
         self.service.start(timeout=120)
 
-    def set_workers(self, count: int) -> None:
-        while len(self.cluster.workers) > count:
-            self.cluster.workers.pop().stop()
-        while len(self.cluster.workers) < count:
-            self.cluster.add_worker(f"worker-{len(self.cluster.workers) + 1}")
+    def set_workers(self, count: int, kind: str = "process", pool: str | None = None) -> None:
+        """`count` workers of type `kind` on `pool` (the cluster's by default)."""
+        workers = self.cluster.workers
+        while len(workers) > count or (workers and workers[-1].worker_type != kind):
+            workers.pop().stop()
+        while len(workers) < count:
+            name = "worker" if kind == "process" else kind
+            self.cluster.add_worker(f"{name}-{len(workers) + 1}", pool=pool, worker_type=kind)
 
     def worker_cpu(self) -> float:
         """CPU so far of every worker's tree, once their flow-run processes have exited."""
@@ -141,7 +144,7 @@ class Stack:
         self.cluster.stop()
 
 
-def _specs(prefix: str, count: int, timeout: float, sleep: float) -> tuple[JobSpec, ...]:
+def specs(prefix: str, count: int, timeout: float, sleep: float) -> tuple[JobSpec, ...]:
     return tuple(JobSpec(f"{prefix}-{i:04d}.yaml", timeout, sleep) for i in range(count))
 
 
@@ -219,6 +222,15 @@ async def _floor_runs(url: str, specs: Sequence[JobSpec], key: str) -> tuple[flo
     return wall, ended
 
 
+def read_flow_times(stack: Stack, trial: Trial) -> None:
+    """Fill in the trial's flow-run start and end times, from the server."""
+    assert trial.run is not None
+    ids = [str(r.get("flow_run_id")) for r in trial.run.results]
+    times = asyncio.run(_flow_times(stack.cluster.url, ids))
+    trial.run.flow_starts = {i: start for i, (start, _) in times.items()}
+    trial.flow_ends = {i: end for i, (_, end) in times.items()}
+
+
 async def _flow_times(url: str, ids: list[str]) -> dict[str, tuple[datetime, datetime]]:
     """Each flow run's start_time and end_time, from the server."""
     from uuid import UUID
@@ -282,35 +294,31 @@ def run_all(stack: Stack, sizes: Sizes) -> dict[str, list[Trial]]:
 
     stack.set_workers(2)
     # Untimed: the first run of each path pays for imports and caches.
-    through_dropflow(stack, "warm-up-dropflow", _specs("warm-d", 2, 2.0, 0.0), serial=False)
-    through_floor(stack, "warm-up-floor", _specs("warm-f", 2, 2.0, 0.0))
+    through_dropflow(stack, "warm-up-dropflow", specs("warm-d", 2, 2.0, 0.0), serial=False)
+    through_floor(stack, "warm-up-floor", specs("warm-f", 2, 2.0, 0.0))
     print("== a. overhead", flush=True)
     for r in range(1, sizes.rounds + 1):
         order = ("dropflow", "floor") if r % 2 else ("floor", "dropflow")
         for path in order:
-            specs = _specs(f"w4a-{path}-{r}", sizes.overhead, 2.0, 0.0)
+            jobs = specs(f"w4a-{path}-{r}", sizes.overhead, 2.0, 0.0)
             if path == "dropflow":
-                done("overhead", through_dropflow(stack, f"dropflow {r}", specs, serial=False))
+                done("overhead", through_dropflow(stack, f"dropflow {r}", jobs, serial=False))
             else:
-                done("overhead", through_floor(stack, f"floor {r}", specs))
+                done("overhead", through_floor(stack, f"floor {r}", jobs))
     print("== d. timeout lateness", flush=True)
-    burst = _specs("w4d-burst", sizes.late_burst, 1.0, 3.0)
+    burst = specs("w4d-burst", sizes.late_burst, 1.0, 3.0)
     done("lateness", through_dropflow(stack, f"{len(burst)} at once", burst, serial=False))
-    serial = _specs("w4d-serial", sizes.late_serial, 1.0, 3.0)
+    serial = specs("w4d-serial", sizes.late_serial, 1.0, 3.0)
     done("lateness", through_dropflow(stack, "one at a time", serial, serial=True))
     for trial in trials["lateness"]:
-        assert trial.run is not None
-        ids = [str(r.get("flow_run_id")) for r in trial.run.results]
-        times = asyncio.run(_flow_times(stack.cluster.url, ids))
-        trial.run.flow_starts = {i: start for i, (start, _) in times.items()}
-        trial.flow_ends = {i: end for i, (_, end) in times.items()}
+        read_flow_times(stack, trial)
     print("== b. scaling", flush=True)
     for r in range(1, sizes.rounds + 1):
         for count in (1, 2) if r % 2 else (2, 1):
             stack.set_workers(count)
-            specs = _specs(f"w4b-{count}-{r}", sizes.scaling, 30.0, 2.0)
+            jobs = specs(f"w4b-{count}-{r}", sizes.scaling, 30.0, 2.0)
             label = f"{count} worker{'s' if count > 1 else ''}, round {r}"
-            done("scaling", through_dropflow(stack, label, specs, serial=False))
+            done("scaling", through_dropflow(stack, label, jobs, serial=False))
     return trials
 
 
