@@ -10,7 +10,6 @@ from pathlib import Path
 import pytest
 
 from tests.cluster import Cluster, Worker
-from tests.harness import wait_until
 from watcher.runner import RunRequest
 from watcher.worker import IN_PROCESS_POOL_TYPE
 
@@ -66,8 +65,7 @@ async def test_the_in_process_worker_runs_deployment_runs_without_a_process_each
     assert outcomes[1].message == "Canceled: the work (3 s) ran past the 0.5 s timeout."
     assert {o.worker for o in outcomes} == {"inproc-1"}
     assert {o.work_pool for o in outcomes} == {"inproc"}
-    wait_until(lambda: "inproc-late" in in_process_worker.submitted(), 10)
-    assert in_process_worker.proc.poll() is None
+    assert in_process_worker.proc.poll() is None  # still serving
 
 
 def _children(pid: int) -> list[str]:
