@@ -1,7 +1,7 @@
 """W4e, `python -m bench.in_process` (in `make bench`): dropflow's in-process worker
 (`watcher/worker.py`, `prefect worker start --type dropflow`) against Prefect's process worker.
 
-The same stack as W4 (`bench/deployment.py`), and the same `dropflow run` (`runner:
+The same stack as W4 (`bench/stack.py`), and the same `dropflow run` (`runner:
 deployment`) in front; one after the other:
 
 - 40 `sleep: 0` jobs on 2 process workers, then on 2 in-process workers (`--limit 4` each);
@@ -15,19 +15,24 @@ Writes the `deployment-worker` section of bench/RESULTS.md.
 from __future__ import annotations
 
 import argparse
-import os
-import shutil
 import sys
-import tempfile
-import time
 from collections.abc import Sequence
-from pathlib import Path
 
-from bench.deployment import LIMIT, Stack, Trial, read_flow_times, specs, through_dropflow
 from bench.measure import percentile
 from bench.peers import ROOT
-from bench.report import machine
 from bench.sections import write_section
+from bench.stack import (
+    LIMIT,
+    TRIAL_HEAD,
+    Stack,
+    Trial,
+    header,
+    on_a_stack,
+    read_flow_times,
+    specs,
+    through_dropflow,
+    trial_row,
+)
 from watcher.worker import IN_PROCESS_POOL_TYPE
 
 __all__ = ["main"]
@@ -77,18 +82,10 @@ def render(trials: list[Trial], info: dict[str, str], command: str, elapsed: flo
     cpu_p, cpu_i = (t.worker_cpu / t.jobs for t in (process, in_process))
     assert late.run is not None
     values, engine = late.run.flow_lateness(), late.engine_lateness()
+    title = "W4e: dropflow's in-process worker against Prefect's process worker"
     out = [
-        "# W4e: dropflow's in-process worker against Prefect's process worker",
-        "",
-        "Written by `make bench` (`python -m bench.in_process`); do not edit by hand.",
-        "",
-        f"- date: {info['date']}",
-        f"- machine: {info['cores']} cores ({info['cpu']}), {info['memory']}, {info['platform']}",
-        f"- versions: Python {info['python']}, prefect {info['prefect']}",
-        f"- load average (1/5/15 min): {info['load']} before, "
-        f"{' '.join(f'{x:.2f}' for x in os.getloadavg())} after; the machine is shared",
-        f"- command: `{command}` ({elapsed / 60:.1f} min)",
-        f"- the W4 stack (`bench/deployment.py`); every worker `--limit {LIMIT}`",
+        *header(title, "bench.in_process", info, command, elapsed),
+        f"- the W4 stack (`bench/stack.py`); every worker `--limit {LIMIT}`",
         "",
         "## Summary",
         "",
@@ -103,19 +100,8 @@ def render(trials: list[Trial], info: dict[str, str], command: str, elapsed: flo
         f"{len(values)} within timeout + 0.3 s of the flow run's start, max {max(values):+.2f} s, "
         f"p95 {percentile(values, 95):+.2f} s (the run's own end: max {max(engine):+.2f} s)",
         "",
-        "| trial | workers | jobs | wall s | jobs/min | worker CPU s/run | server CPU s/run | "
-        "client CPU s/run | outcomes |",
-        "|---|---|---|---|---|---|---|---|---|",
-    ]
-    for trial in trials:
-        outcomes = ", ".join(f"{k} {v}" for k, v in sorted(trial.statuses.items()))
-        out.append(
-            f"| {trial.label} | {trial.workers} | {trial.jobs} | {trial.wall:.2f} | "
-            f"{trial.per_minute:.1f} | {trial.worker_cpu / trial.jobs:.3f} | "
-            f"{trial.server_cpu / trial.jobs:.3f} | {trial.client_cpu / trial.jobs:.3f} | "
-            f"{outcomes} |"
-        )
-    out += [
+        TRIAL_HEAD,
+        *(trial_row(trial, cpu_digits=3) for trial in trials),
         "",
         "Columns as in W4. The in-process worker runs each flow run with Prefect's engine in its "
         "own event loop (`watcher/worker.py`); a process worker starts a Python process per run.",
@@ -133,21 +119,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.quick
         else ROOT / "bench" / "RESULTS.md"
     )
-    work = Path(tempfile.mkdtemp(prefix="dropflow-bench-w4e-"))
-    os.environ["PREFECT_HOME"] = str(work / "bench-home")
-    os.environ.pop("PREFECT_API_URL", None)
-    info = machine()
-    given = argv if argv is not None else sys.argv[1:]
-    command = " ".join(["python -m bench.in_process", *given])
-    started = time.monotonic()
-    stack = Stack(work)
-    try:
-        stack.start(workers=0)
-        trials = run_all(stack, args.quick)
-    finally:
-        stack.stop()
-        shutil.rmtree(work, ignore_errors=True)
-    text = render(trials, info, command, time.monotonic() - started)
+    trials, info, elapsed = on_a_stack(lambda stack: run_all(stack, args.quick), 0)
+    command = " ".join(
+        ["python -m bench.in_process", *(argv if argv is not None else sys.argv[1:])]
+    )
+    text = render(trials, info, command, elapsed)
     write_section(output, "deployment-worker", text)
     print(text)
     print(f"written to {output}")
