@@ -29,6 +29,8 @@ test: lint
 bench: install
 	$(BIN)/python -m bench
 	$(BIN)/python -m bench.startup
+	$(BIN)/python -m bench.deployment
+	$(BIN)/python -m bench.in_process
 
 # The start-up half of `make bench` alone (its section of bench/RESULTS.md).
 bench-startup: install

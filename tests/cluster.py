@@ -58,7 +58,7 @@ class Postgres:
 
 
 class Worker:
-    """`prefect worker start --pool POOL --type process` with a run limit."""
+    """`prefect worker start --pool POOL --type TYPE` (process by default) with a run limit."""
 
     def __init__(
         self,
@@ -68,9 +68,11 @@ class Worker:
         home: Path,
         limit: int = 4,
         extra_env: Mapping[str, str] | None = None,
+        worker_type: str = "process",
     ) -> None:
         self.name = name
         self.pool = pool
+        self.worker_type = worker_type
         self.api_url = api_url
         self.home = home
         self.limit = limit
@@ -87,7 +89,7 @@ class Worker:
             **self.extra_env,
         }
         command = [sys.executable, "-m", "prefect", "worker", "start", "--pool", self.pool]
-        options = ["--type", "process", "--name", self.name, "--limit", str(self.limit)]
+        options = ["--type", self.worker_type, "--name", self.name, "--limit", str(self.limit)]
         self._child = spawn([*command, *options], env)
         self.proc, self.output = self._child.proc, self._child.output
         wait_until(self._started, 60, interval=0.1)
@@ -145,10 +147,11 @@ class Cluster:
             self.add_worker(f"worker-{i + 1}")
         return self
 
-    def deploy(self) -> subprocess.CompletedProcess[str]:
-        """`dropflow deploy` against the cluster's server, on a config naming the pool."""
+    def deploy(self, pool: str | None = None) -> subprocess.CompletedProcess[str]:
+        """`dropflow deploy` against the cluster's server, on a config naming the pool (the
+        cluster's, or `pool`: then the deployment moves there)."""
         config = self.root / "deploy-config.yaml"
-        config.write_text(f"runner: deployment\nwork_pool: {self.pool}\n")
+        config.write_text(f"runner: deployment\nwork_pool: {pool or self.pool}\n")
         done = subprocess.run(
             [sys.executable, "-m", "watcher", "deploy", "--config", str(config)],
             env={
@@ -165,9 +168,16 @@ class Cluster:
             raise RuntimeError(f"dropflow deploy failed:\n{done.stdout}\n{done.stderr}")
         return done
 
-    def add_worker(self, name: str, pool: str | None = None) -> Worker:
+    def add_worker(
+        self, name: str, pool: str | None = None, worker_type: str = "process"
+    ) -> Worker:
         worker = Worker(
-            name, pool or self.pool, self.url, self.root / f"{name}-home", self._limit
+            name,
+            pool or self.pool,
+            self.url,
+            self.root / f"{name}-home",
+            self._limit,
+            worker_type=worker_type,
         ).start()
         self.workers.append(worker)
         return worker

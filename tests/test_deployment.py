@@ -122,7 +122,7 @@ def test_jobs_through_two_workers_match_the_in_process_runner(
             ran_for = (run.end_time - run.start_time).total_seconds()
             # Stopped by its timeout, not left to finish its 3 s of work. How soon after the
             # timeout is a performance figure (measured +0.30 s and +0.68 s on the 2-core
-            # machine, 4 flow processes at once): it belongs in a benchmark (W4, not built yet).
+            # machine, 4 flow processes at once): W4 measures it (d, `python -m bench.deployment`).
             assert ran_for < 3, (name, ran_for)
 
 

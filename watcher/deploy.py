@@ -37,10 +37,14 @@ async def deploy(work_pool: str, deployment: str) -> Deployed:
     from prefect.client.schemas.actions import WorkPoolCreate
     from prefect.deployments.runner import RunnerDeployment
     from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
-    from prefect.types.entrypoint import EntrypointType
-    from prefect.workers.process import ProcessWorker
 
     from flows.wait import wait
+    from watcher.prefect_internals import (
+        PROCESS_POOL_TYPE,
+        module_entrypoint_type,
+        process_pool_template,
+    )
+    from watcher.worker import IN_PROCESS_POOL_TYPE
 
     flow_name, _, name = deployment.partition("/")
     if flow_name != wait.name:
@@ -49,21 +53,22 @@ async def deploy(work_pool: str, deployment: str) -> Deployed:
     async with get_client() as client:
         try:
             pool = await client.read_work_pool(work_pool)
-            if pool.type != ProcessWorker.type:
+            if pool.type not in (PROCESS_POOL_TYPE, IN_PROCESS_POOL_TYPE):
                 logger.warning(
-                    "work pool %r exists with type %r, not %r: its workers must be able to "
-                    "run the module entrypoint",
+                    "work pool %r exists with type %r, not %r or %r: its workers must be able "
+                    "to run the module entrypoint",
                     work_pool,
                     pool.type,
-                    ProcessWorker.type,
+                    PROCESS_POOL_TYPE,
+                    IN_PROCESS_POOL_TYPE,
                 )
         except ObjectNotFound:
             try:
                 await client.create_work_pool(
                     WorkPoolCreate(
                         name=work_pool,
-                        type=ProcessWorker.type,
-                        base_job_template=ProcessWorker.get_default_base_job_template(),
+                        type=PROCESS_POOL_TYPE,
+                        base_job_template=process_pool_template(),
                     )
                 )
                 created = True
@@ -73,7 +78,7 @@ async def deploy(work_pool: str, deployment: str) -> Deployed:
             wait,
             name=name,
             work_pool_name=work_pool,
-            entrypoint_type=EntrypointType.MODULE_PATH,
+            entrypoint_type=module_entrypoint_type(),
             tags=[DEPLOYMENT_TAG],
             description="dropflow's wait flow: one flow run per job file (see dropflow's README).",
         )

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from uuid import UUID
 
 from flows.wait import draw_sleep
+from watcher import prefect_internals as internals
 from watcher.deploy import DEPLOYMENT_TAG
 from watcher.runner import RunnerUnavailable, RunOutcome, RunRequest
 
@@ -330,17 +331,11 @@ class DeploymentRunner:
 
     async def _subscribe(self) -> None:
         from prefect.events.clients import get_events_subscriber
-        from prefect.events.filters import EventFilter, EventNameFilter, EventRelatedFilter
 
         while True:
             try:
                 deployment = await self._find_deployment()
-                events = get_events_subscriber(
-                    filter=EventFilter(
-                        event=EventNameFilter(prefix=["prefect.flow-run."]),
-                        related=EventRelatedFilter(id=[f"prefect.deployment.{deployment}"]),
-                    )
-                )
+                events = get_events_subscriber(filter=internals.flow_run_events(deployment))
                 async with events:
                     self._subscribed = True
                     self._named |= set(self._watched)  # whatever changed before
@@ -355,15 +350,11 @@ class DeploymentRunner:
 
     def _saw(self, resource: str, payload: dict[str, Any]) -> None:
         """A flow-run state event: note the run's state; a final one is read at once."""
-        try:
-            run_id = UUID(resource.removeprefix("prefect.flow-run."))
-        except ValueError:
+        run_id = internals.event_flow_run_id(resource)
+        state = internals.event_state_type(payload)
+        if run_id is None or state is None or run_id not in self._watched:
             return
-        watch = self._watched.get(run_id)
-        validated = payload.get("validated_state")
-        if watch is None or not isinstance(validated, dict):
-            return
-        state = str(validated.get("type"))
+        watch = self._watched[run_id]
         if state != watch.state:
             watch.state, watch.since = state, time.monotonic()
         if state in _FINAL:
@@ -441,20 +432,14 @@ class DeploymentRunner:
 
     async def _find_worker(self, flow_run: FlowRun) -> str | None:
         """The worker that Prefect's events say submitted the run, if they say it."""
-        from prefect.events.filters import EventFilter, EventNameFilter, EventRelatedFilter
-
         try:
             page = await self._api().read_events(
-                EventFilter(
-                    event=EventNameFilter(name=["prefect.worker.submitted-flow-run"]),
-                    related=EventRelatedFilter(id=[f"prefect.flow-run.{flow_run.id}"]),
-                ),
-                limit=1,
+                internals.submitted_flow_run_events(flow_run.id), limit=1
             )
         except Exception as exc:  # the worker's name is a nicety; the outcome is not
             logger.debug("cannot read the events of flow run %s: %r", flow_run.id, exc)
             return None
-        return page.events[0].resource.name if page.events else None
+        return internals.submitting_worker(page.events[0]) if page.events else None
 
     async def _api_down(self) -> bool:
         try:

@@ -12,17 +12,36 @@ import contextlib
 import inspect
 import logging
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
+from uuid import UUID
+
+if TYPE_CHECKING:
+    from prefect.client.schemas.objects import FlowRun
+    from prefect.events import Event
+    from prefect.events.filters import EventFilter
+    from prefect.flows import Flow
 
 __all__ = [
     "EPHEMERAL_ONLY_SERVICES_OFF",
+    "FLOW_RUN_RESOURCE",
+    "PROCESS_POOL_TYPE",
     "SERVER_APP",
     "SERVER_PROCESS_ENVIRONMENT",
     "TIMEOUT_LINES",
+    "WORKER_SUBMITTED_EVENT",
     "TimeoutRecordFilter",
     "configure_prefect_logging",
     "enter_shared_clients",
+    "event_flow_run_id",
+    "event_state_type",
+    "flow_run_events",
     "flush_prefect",
+    "load_deployed_flow",
+    "module_entrypoint_type",
+    "process_pool_template",
+    "run_flow_run_here",
+    "submitted_flow_run_events",
+    "submitting_worker",
 ]
 
 SERVER_APP = "prefect.server.api.server:create_app"
@@ -111,3 +130,113 @@ class TimeoutRecordFilter(logging.Filter):
             return False
         starts = TIMEOUT_LINES.get(record.name)
         return not (starts and record.getMessage().startswith(starts))
+
+
+# -- events and workers (`runner: deployment`) ------------------------------------------------
+
+FLOW_RUN_RESOURCE = "prefect.flow-run."
+"""A flow run's resource id in Prefect's events is this plus its id; its state events are named
+this plus the state's name (`prefect.flow-run.Running`)."""
+
+_DEPLOYMENT_RESOURCE = "prefect.deployment."
+
+WORKER_SUBMITTED_EVENT = "prefect.worker.submitted-flow-run"
+"""The event a worker emits when it hands a flow run to its infrastructure: the worker is the
+event's resource (its name in `prefect.resource.name`), the flow run a related resource."""
+
+PROCESS_POOL_TYPE = "process"
+"""The work pool type `prefect worker start --type process` serves (Prefect's ProcessWorker)."""
+
+
+def flow_run_events(deployment_id: UUID) -> EventFilter:
+    """The filter for the state events of every flow run of a deployment.
+
+    `any_resource`, not `related`: the server's live stream (`/events/out`) checks an event
+    against `EventAnyResourceFilter.includes`, while `EventRelatedFilter` has no `includes` of
+    its own there and lets every event through (prefect 3.9.1); both work for stored events.
+    """
+    from prefect.events.filters import EventAnyResourceFilter, EventFilter, EventNameFilter
+
+    return EventFilter(
+        event=EventNameFilter(prefix=[FLOW_RUN_RESOURCE]),
+        any_resource=EventAnyResourceFilter(id=[f"{_DEPLOYMENT_RESOURCE}{deployment_id}"]),
+    )
+
+
+def event_flow_run_id(resource_id: str) -> UUID | None:
+    """The flow run an event's resource id names; None if it names something else."""
+    if not resource_id.startswith(FLOW_RUN_RESOURCE):
+        return None
+    try:
+        return UUID(resource_id.removeprefix(FLOW_RUN_RESOURCE))
+    except ValueError:
+        return None
+
+
+def event_state_type(payload: Mapping[str, Any]) -> str | None:
+    """The state type (`RUNNING`, `COMPLETED`, ...) a flow-run state event says the run is in
+    now: the server's orchestration puts the state it accepted in `validated_state`."""
+    validated = payload.get("validated_state")
+    if not isinstance(validated, Mapping) or validated.get("type") is None:
+        return None
+    return str(validated["type"])
+
+
+def submitted_flow_run_events(flow_run_id: UUID) -> EventFilter:
+    """The filter for the event of the worker that submitted a flow run."""
+    from prefect.events.filters import EventFilter, EventNameFilter, EventRelatedFilter
+
+    return EventFilter(
+        event=EventNameFilter(name=[WORKER_SUBMITTED_EVENT]),
+        related=EventRelatedFilter(id=[f"{FLOW_RUN_RESOURCE}{flow_run_id}"]),
+    )
+
+
+def submitting_worker(event: Event) -> str | None:
+    """The name of the worker a `WORKER_SUBMITTED_EVENT` comes from."""
+    return event.resource.name
+
+
+def process_pool_template() -> dict[str, Any]:
+    """The base job template of a process work pool, as `prefect work-pool create --type
+    process` makes it."""
+    from prefect.workers.process import ProcessWorker
+
+    return ProcessWorker.get_default_base_job_template()
+
+
+def module_entrypoint_type() -> Any:
+    """The entrypoint type that makes `RunnerDeployment.from_flow` register a flow by its module
+    path (`flows.wait.wait`) rather than by a file path on this machine."""
+    from prefect.types.entrypoint import EntrypointType
+
+    return EntrypointType.MODULE_PATH
+
+
+# -- running a deployment's flow run in this process (`watcher/worker.py`) ---------------------
+
+
+async def load_deployed_flow(flow_run: FlowRun) -> Flow[..., Any]:
+    """The flow of a flow run's deployment, imported in this process: what a flow-run process
+    started by a process worker loads first (`prefect.flows.load_flow_from_flow_run`).
+
+    That function takes the client of the current client context, or else makes one it never
+    closes (a leaked connection per call): so it runs in a client context, entered here if
+    there is none.
+    """
+    from prefect.context import AsyncClientContext
+    from prefect.flows import load_flow_from_flow_run
+
+    async with AsyncClientContext.get_or_create():
+        return await load_flow_from_flow_run(flow_run, use_placeholder_flow=False)
+
+
+async def run_flow_run_here(flow: Flow[..., Any], flow_run: FlowRun) -> Any:
+    """Run an existing flow run of an async flow with Prefect's engine in this event loop, as
+    the flow-run process of a process worker would (`prefect.flow_engine.run_flow`, with the
+    run's own parameters); return its final state."""
+    from prefect.flow_engine import run_flow
+
+    if not flow.isasync or flow.isgenerator:
+        raise TypeError(f"flow {flow.name!r} is not an async function: it cannot run here")
+    return await run_flow(flow, flow_run=flow_run, return_type="state")  # type: ignore[misc]

@@ -3,6 +3,7 @@ Prefect upgrade that breaks one fails here, by name."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import inspect
 import json
@@ -12,10 +13,12 @@ import subprocess
 import sys
 import uuid
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
 from flows.wait import wait
+from tests.cluster import Cluster
 from watcher import prefect_internals as internals
 
 
@@ -154,3 +157,128 @@ async def test_the_timeout_filter_drops_exactly_the_timeout_errors(prefect_api: 
         state = await wait(timeout=5, sleep=0, name="in-time", return_state=True)
     assert state.is_completed()
     assert records and all(keep.filter(r) for r in records)
+
+
+# -- events and workers (`runner: deployment`) ------------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_flow_run_state_events_of_a_deployment_name_the_run_and_its_state_type(
+    prefect_api: str,
+) -> None:
+    from prefect.client.orchestration import get_client
+    from prefect.events.clients import get_events_subscriber
+    from prefect.states import Completed, Running
+
+    from watcher.deploy import deploy
+
+    deployed = await asyncio.wait_for(deploy("internals", "wait/internals"), 60)
+    deployment_id = uuid.UUID(deployed.deployment_id)
+    seen: list[tuple[uuid.UUID | None, str | None]] = []
+    async with (
+        get_client() as client,
+        get_events_subscriber(filter=internals.flow_run_events(deployment_id)) as events,
+    ):
+        # A run of no deployment: its events must not come through the filter.
+        other = await client.create_flow_run(wait, name="no-deployment")
+        await client.set_flow_run_state(other.id, Completed(), force=True)
+        run = await client.create_flow_run_from_deployment(
+            deployment_id, parameters={"timeout": 1, "sleep": 0}, name="of-deployment"
+        )
+        for state in (Running(), Completed()):
+            await client.set_flow_run_state(run.id, state, force=True)
+
+        async def three_events() -> None:
+            async for event in events:
+                seen.append(
+                    (
+                        internals.event_flow_run_id(event.resource.id),
+                        internals.event_state_type(event.payload),
+                    )
+                )
+                if len(seen) == 3:
+                    return
+
+        await asyncio.wait_for(three_events(), 30)
+    assert seen == [(run.id, "SCHEDULED"), (run.id, "RUNNING"), (run.id, "COMPLETED")]
+    # Anything else reads as "not a flow run state".
+    assert internals.event_flow_run_id(f"prefect.deployment.{deployment_id}") is None
+    assert internals.event_flow_run_id("prefect.flow-run.not-a-uuid") is None
+    assert internals.event_state_type({"intended": {"to": "RUNNING"}}) is None
+
+
+@pytest.mark.cluster
+@pytest.mark.timeout(240)
+@pytest.mark.anyio
+async def test_a_worker_names_itself_in_the_event_of_the_run_it_submitted(
+    cluster: Cluster,
+) -> None:
+    from prefect.client.orchestration import get_client
+    from prefect.deployments import arun_deployment
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with temporary_settings({PREFECT_API_URL: cluster.url}):
+        async with get_client() as client:
+            run = await arun_deployment(
+                "wait/dropflow",
+                client=client,
+                parameters={"timeout": 5, "sleep": 0, "name": "internals-worker"},
+                timeout=0,
+            )
+
+            async def submitted() -> Any:
+                while True:
+                    page = await client.read_events(
+                        internals.submitted_flow_run_events(run.id), limit=5
+                    )
+                    if page.events:
+                        return page.events
+                    await asyncio.sleep(0.2)
+
+            events = await asyncio.wait_for(submitted(), 180)
+    assert len(events) == 1
+    assert internals.submitting_worker(events[0]) in {w.name for w in cluster.workers}
+
+
+def test_process_workers_serve_the_process_pool_type_with_its_template() -> None:
+    from prefect.utilities.dispatch import lookup_type
+    from prefect.workers.base import BaseWorker
+    from prefect.workers.process import ProcessWorker
+
+    # What `prefect worker start --type process` looks up.
+    assert lookup_type(BaseWorker, internals.PROCESS_POOL_TYPE) is ProcessWorker
+    template = internals.process_pool_template()
+    assert "{{ command }}" in json.dumps(template["job_configuration"])
+    assert "command" in template["variables"]["properties"]
+
+
+def test_the_module_entrypoint_type_registers_the_flow_by_its_module_path() -> None:
+    from prefect.deployments.runner import RunnerDeployment
+
+    deployment = RunnerDeployment.from_flow(
+        wait, name="internals", entrypoint_type=internals.module_entrypoint_type()
+    )
+    assert deployment.entrypoint == "flows.wait.wait"
+
+
+@pytest.mark.anyio
+async def test_a_deployed_flow_run_loads_and_runs_in_this_event_loop(prefect_api: str) -> None:
+    from prefect.client.orchestration import get_client
+
+    from watcher.deploy import deploy
+
+    deployed = await asyncio.wait_for(deploy("internals", "wait/internals"), 60)
+    async with get_client() as client:
+        run = await client.create_flow_run_from_deployment(
+            uuid.UUID(deployed.deployment_id),
+            parameters={"timeout": 0.5, "sleep": 3, "name": "here"},
+            name="here",
+        )
+        flow = await asyncio.wait_for(internals.load_deployed_flow(run), 30)
+        assert flow is wait
+        state = await asyncio.wait_for(internals.run_flow_run_here(flow, run), 30)
+        assert state.is_cancelled(), state
+        again = await client.read_flow_run(run.id)
+    # The run itself ran, with its own parameters: no new flow run.
+    assert again.state is not None and again.state.is_cancelled()
+    assert again.state.message == "Canceled: the work (3 s) ran past the 0.5 s timeout."

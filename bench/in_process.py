@@ -1,0 +1,134 @@
+"""W4e, `python -m bench.in_process` (in `make bench`): dropflow's in-process worker
+(`watcher/worker.py`, `prefect worker start --type dropflow`) against Prefect's process worker.
+
+The same stack as W4 (`bench/stack.py`), and the same `dropflow run` (`runner:
+deployment`) in front; one after the other:
+
+- 40 `sleep: 0` jobs on 2 process workers, then on 2 in-process workers (`--limit 4` each);
+- 40 `sleep: 2` jobs on 1 in-process worker, then on 2;
+- 8 `timeout: 1, sleep: 3` jobs at once on 2 in-process workers: how late a canceled result is.
+
+Between the two worker types, `dropflow deploy` moves the deployment to the other type's pool.
+Writes the `deployment-worker` section of bench/RESULTS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from bench.measure import percentile
+from bench.peers import ROOT
+from bench.sections import write_section
+from bench.stack import (
+    LIMIT,
+    TRIAL_HEAD,
+    Stack,
+    Trial,
+    header,
+    on_a_stack,
+    read_flow_times,
+    specs,
+    through_dropflow,
+    trial_row,
+)
+from watcher.worker import IN_PROCESS_POOL_TYPE
+
+__all__ = ["main"]
+
+FAST_POOL = "dropflow-fast"
+"""The in-process workers' pool; the first worker creates it with its type."""
+
+
+def _on(stack: Stack, count: int, kind: str) -> None:
+    pool = None if kind == "process" else FAST_POOL
+    stack.set_workers(count, kind, pool)
+    stack.cluster.deploy(pool)
+
+
+def run_all(stack: Stack, quick: bool) -> list[Trial]:
+    """Every trial, in order; printed as they end."""
+    n, late = (8, 4) if quick else (40, 8)
+    trials: list[Trial] = []
+
+    def run(label: str, count: int, kind: str, prefix: str, timeout: float, sleep: float) -> None:
+        _on(stack, count, kind)
+        trial = through_dropflow(stack, label, specs(prefix, n, timeout, sleep), serial=False)
+        trials.append(trial)
+        print(
+            f"   {label}: {trial.wall:.2f}s, worker CPU {trial.worker_cpu / trial.jobs:.3f}s/run, "
+            f"{trial.statuses}",
+            flush=True,
+        )
+
+    _on(stack, 2, IN_PROCESS_POOL_TYPE)  # untimed: imports, the pool, the first runs
+    through_dropflow(stack, "warm-up", specs("e-warm", 2, 2.0, 0.0), serial=False)
+    run("process workers, sleep 0", 2, "process", "w4e-p", 2.0, 0.0)
+    run("in-process workers, sleep 0", 2, IN_PROCESS_POOL_TYPE, "w4e-i", 2.0, 0.0)
+    run("in-process, 1 worker, sleep 2", 1, IN_PROCESS_POOL_TYPE, "w4e-s1", 30.0, 2.0)
+    run("in-process, 2 workers, sleep 2", 2, IN_PROCESS_POOL_TYPE, "w4e-s2", 30.0, 2.0)
+    _on(stack, 2, IN_PROCESS_POOL_TYPE)
+    burst = specs("w4e-late", late, 1.0, 3.0)
+    trial = through_dropflow(stack, f"in-process, {late} at once", burst, serial=False)
+    read_flow_times(stack, trial)
+    trials.append(trial)
+    return trials
+
+
+def render(trials: list[Trial], info: dict[str, str], command: str, elapsed: float) -> str:
+    """The section, as markdown."""
+    process, in_process, one, two, late = trials
+    cpu_p, cpu_i = (t.worker_cpu / t.jobs for t in (process, in_process))
+    assert late.run is not None
+    values, engine = late.run.flow_lateness(), late.engine_lateness()
+    title = "W4e: dropflow's in-process worker against Prefect's process worker"
+    out = [
+        *header(title, "bench.in_process", info, command, elapsed),
+        f"- the W4 stack (`bench/stack.py`); every worker `--limit {LIMIT}`",
+        "",
+        "## Summary",
+        "",
+        f"- worker CPU per flow run: {cpu_i:.3f} s in-process against {cpu_p:.2f} s for a "
+        f"process worker ({cpu_p / cpu_i:.0f}x less)",
+        f"- {process.jobs} `sleep: 0` jobs on 2 workers: {in_process.wall:.2f} s in-process "
+        f"against {process.wall:.2f} s ({process.wall / in_process.wall:.1f}x faster)",
+        f"- {one.jobs} `sleep: 2` jobs: 2 in-process workers give {two.per_minute:.0f} jobs/min, "
+        f"1 gives {one.per_minute:.0f}: {two.per_minute / one.per_minute:.2f}x (W4's target for "
+        f"2 workers: >= 1.8x, {'met' if two.per_minute >= 1.8 * one.per_minute else 'NOT met'})",
+        f"- canceled results ({late.jobs} at once): {sum(x <= 0.3 for x in values)}/"
+        f"{len(values)} within timeout + 0.3 s of the flow run's start, max {max(values):+.2f} s, "
+        f"p95 {percentile(values, 95):+.2f} s (the run's own end: max {max(engine):+.2f} s)",
+        "",
+        TRIAL_HEAD,
+        *(trial_row(trial, cpu_digits=3) for trial in trials),
+        "",
+        "Columns as in W4. The in-process worker runs each flow run with Prefect's engine in its "
+        "own event loop (`watcher/worker.py`); a process worker starts a Python process per run.",
+    ]
+    return "\n".join(out) + "\n"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run W4e; return the exit status."""
+    parser = argparse.ArgumentParser(prog="python -m bench.in_process", description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="fewer jobs, for trying out")
+    args = parser.parse_args(argv)
+    output = (
+        ROOT / "bench" / "out" / "RESULTS-partial.md"
+        if args.quick
+        else ROOT / "bench" / "RESULTS.md"
+    )
+    trials, info, elapsed = on_a_stack(lambda stack: run_all(stack, args.quick), 0)
+    command = " ".join(
+        ["python -m bench.in_process", *(argv if argv is not None else sys.argv[1:])]
+    )
+    text = render(trials, info, command, elapsed)
+    write_section(output, "deployment-worker", text)
+    print(text)
+    print(f"written to {output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
