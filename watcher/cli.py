@@ -297,12 +297,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from watcher import portable
     from watcher.lock import LockError
+    from watcher.registry import Registry, RegistryError
     from watcher.runner import DirectRunner, PrefectRunner, Runner, RunnerUnavailable
     from watcher.service import FolderError, ServedElsewhere, Service
 
     if os.environ.get(portable.ENVIRONMENT_VARIABLE, "") not in ("", "0"):
         portable.use(portable.Platform.portable())
 
+    registry = Registry(settings.flows, settings.files_dir)
     runner: Runner = DirectRunner()
     if settings.runner == "prefect":
         from watcher.embedded import EmbeddedOptions
@@ -314,7 +316,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             history_days=settings.history_days,
         )
         runner = PrefectRunner(
-            options, os.environ, on_import=lambda: _route_prefect_console(args.log_format)
+            options,
+            os.environ,
+            on_import=lambda: _route_prefect_console(args.log_format),
+            registry=registry,
+            max_return_bytes=settings.max_return_bytes,
         )
     elif settings.runner == "deployment":
         if not _api_url():
@@ -330,9 +336,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             lost_run_margin=settings.lost_run_margin,
         )
     try:
-        return Service(settings, runner, standby=not args.no_standby).run()
+        return Service(settings, runner, standby=not args.no_standby, registry=registry).run()
     except (ServedElsewhere, FolderError) as exc:
         _fatal(f"dropflow: {exc}", args.log_format)
+        return EXIT_USAGE
+    except RegistryError as exc:
+        _fatal(f"dropflow: bad config: {args.config}: {exc}", args.log_format)
         return EXIT_USAGE
     except (RunnerUnavailable, LockError) as exc:
         _fatal(f"dropflow: cannot start: {exc}", args.log_format)

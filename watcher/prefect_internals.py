@@ -90,8 +90,13 @@ def configure_prefect_logging() -> None:
 TIMEOUT_LINES: Mapping[str, tuple[str, ...]] = {
     # The task engine, when a task runs past `timeout_seconds`.
     "prefect.task_runs": ("Task run exceeded timeout", "Finished in state TimedOut("),
-    # The flow engine, when the wait flow returns its Cancelled state (a timeout, always).
-    "prefect.flow_runs": ("Finished in state Cancelled(",),
+    # The flow engine, when the wait flow returns its Cancelled state (a timeout, always), and
+    # when any other flow runs past the `timeout_seconds` dropflow gives it.
+    "prefect.flow_runs": (
+        "Finished in state Cancelled(",
+        "Flow run exceeded timeout",
+        "Finished in state TimedOut(",
+    ),
 }
 """The ERROR lines Prefect's engine logs for a job that ran past its timeout, by logger."""
 

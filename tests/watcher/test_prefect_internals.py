@@ -16,6 +16,7 @@ from collections.abc import Iterator
 import pytest
 
 from flows.wait import wait
+from tests.userflows import nap_async
 from watcher import prefect_internals as internals
 
 
@@ -154,3 +155,15 @@ async def test_the_timeout_filter_drops_exactly_the_timeout_errors(prefect_api: 
         state = await wait(timeout=5, sleep=0, name="in-time", return_state=True)
     assert state.is_completed()
     assert records and all(keep.filter(r) for r in records)
+
+
+@pytest.mark.anyio
+async def test_the_timeout_filter_drops_a_registered_flows_timeout(prefect_api: str) -> None:
+    # Registered flows other than wait are stopped by Prefect's own flow timeout.
+    keep = internals.TimeoutRecordFilter()
+    with _prefect_records() as records:
+        state = await nap_async.with_options(timeout_seconds=0.3)(3, return_state=True)
+    assert state.name == "TimedOut"
+    errors = [r for r in records if r.levelno >= logging.ERROR]
+    assert errors, [r.getMessage() for r in records]
+    assert [r.getMessage() for r in errors if keep.filter(r)] == []
