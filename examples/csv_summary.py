@@ -106,7 +106,7 @@ def csv_summary(
         raise ValueError(f"delimiter: must be one character, got {delimiter!r}")
     path = Path(path)
     header, rows = _read(path, delimiter)
-    chosen = list(dict.fromkeys(header if columns is None else columns))
+    chosen = header if columns is None else columns
     for name in chosen:
         if name not in header:
             raise ValueError(
@@ -115,5 +115,5 @@ def csv_summary(
             )
     positions = {name: header.index(name) for name in chosen}
     summary = {name: summarize_column([row[i] for row in rows]) for name, i in positions.items()}
-    logger.debug("csv_summary %s: %d rows, %d columns", path, len(rows), len(chosen))
+    logger.debug("csv_summary %s: %d rows, %d columns", path, len(rows), len(summary))
     return {"rows": len(rows), "columns": header, "summary": summary}
