@@ -37,3 +37,11 @@ async def odd_return(kind: str) -> Any:
 def read_text(path: Path) -> str:
     """The text of a file the job names (a path parameter, confined to `files_dir`)."""
     return path.read_text()
+
+
+@flow(name="probe", persist_result=False)
+def probe(target: Path, note: str = "") -> str:
+    """Leaves a mark beside its target when it runs: hostile jobs must never get here."""
+    marker = target.parent / f"probe-ran-{target.name}"
+    marker.write_text(note)
+    return str(marker)
