@@ -11,8 +11,6 @@ from pathlib import Path
 from typing import Any
 from uuid import UUID
 
-import pytest
-
 from examples.csv_summary import csv_summary
 from tests.conftest import ServiceFactory
 from tests.harness import ServiceProcess

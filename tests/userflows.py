@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from prefect import flow
+from pydantic import BaseModel
 
 
 @flow(name="nap-async", persist_result=False)
@@ -45,3 +46,16 @@ def probe(target: Path, note: str = "") -> str:
     marker = target.parent / f"probe-ran-{target.name}"
     marker.write_text(note)
     return str(marker)
+
+
+class Window(BaseModel):
+    """A pydantic parameter type: its schema comes with definitions and `$ref`s."""
+
+    start: int
+    end: int
+
+
+@flow(name="windowed", persist_result=False)
+async def windowed(window: Window, step: int = 1) -> list[int]:
+    """The numbers of a window."""
+    return list(range(window.start, window.end, step))

@@ -15,6 +15,7 @@ from pathlib import Path
 from watcher import __version__
 from watcher.backend import embedded_environment, service_environment
 from watcher.config import ConfigError, Settings, load_config
+from watcher.defaults import WAIT_FLOW
 
 __all__ = ["main"]
 
@@ -359,9 +360,19 @@ def _operator_command(args: argparse.Namespace, settings: Settings) -> int:
 
         return validate(args.files, settings, out)
     if args.command == "schema":
+        from watcher.registry import RegistryError
         from watcher.schema import job_schema
+        from watcher.validate import loaded_registry
 
-        print(json.dumps(job_schema(settings.job_limits), indent=2), file=out)
+        flows = {}
+        if set(settings.flows) - {WAIT_FLOW}:
+            try:
+                registry = loaded_registry(settings)
+            except RegistryError as exc:
+                print(f"dropflow: bad config: {args.config}: {exc}", file=sys.stderr)
+                return EXIT_USAGE
+            flows = {flow.name: flow for flow in registry.loaded_flows()}
+        print(json.dumps(job_schema(settings.job_limits, flows), indent=2), file=out)
         return 0
     if args.command == "status":
         from watcher.status import gather, render
