@@ -28,6 +28,7 @@ test: lint
 
 bench: install
 	$(BIN)/python -m bench
+	$(BIN)/python -m bench.flows
 
 # Start-up figures and the database comparison (bench/RESULTS-startup.md), about 4 minutes.
 bench-startup: install
