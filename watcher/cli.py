@@ -174,11 +174,12 @@ def _parser() -> argparse.ArgumentParser:
     deploy = _command(
         commands,
         "deploy",
-        "create the work pool and the wait flow's deployment (workers)",
-        "Create the config's `work_pool` (process type) if it is missing and register the "
-        "wait flow as its `deployment`, with a module entrypoint (flows.wait:wait) that any "
-        "machine with dropflow installed can run. Needs PREFECT_API_URL. Running it again "
-        "changes nothing. Then start workers: prefect worker start --pool <work_pool>.",
+        "create the work pool and one deployment per registered flow (workers)",
+        "Create the config's `work_pool` (process type) if it is missing and register each "
+        "flow of `flows` on it: the wait flow as `deployment`, with a module entrypoint "
+        "(flows.wait:wait) that any machine with dropflow installed can run, and every other "
+        "flow as <its Prefect name>/<the same deployment name>. Needs PREFECT_API_URL. Running "
+        "it again changes nothing. Then start workers: prefect worker start --pool <work_pool>.",
     )
     deploy.set_defaults(log_level="INFO")
     return parser
@@ -203,21 +204,30 @@ def _deploy(settings: Settings) -> int:
     import asyncio
 
     from watcher.deploy import deploy
+    from watcher.registry import RegistryError
+    from watcher.validate import loaded_registry
 
     if not _api_url():
         print(f"dropflow: {_NO_API_URL}", file=sys.stderr)
         return EXIT_USAGE
     try:
-        done = asyncio.run(deploy(settings.work_pool, settings.deployment))
+        flows = list(loaded_registry(settings).loaded_flows())
+    except RegistryError as exc:
+        print(f"dropflow: bad config: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        done = asyncio.run(deploy(settings.work_pool, settings.deployment, flows))
     except Exception as exc:
         print(f"dropflow: cannot deploy: {exc}", file=sys.stderr)
         return EXIT_FATAL
     pool = "created" if done.pool_created else "already there"
-    print(
-        f"work pool {done.work_pool} ({pool}); deployment {done.deployment} "
-        f"({done.deployment_id}), entrypoint {done.entrypoint}\n"
-        f"start workers with: prefect worker start --pool {done.work_pool}"
-    )
+    print(f"work pool {done.work_pool} ({pool})")
+    for deployed in done.deployments:
+        print(
+            f"deployment {deployed.deployment} ({deployed.deployment_id}), entrypoint "
+            f"{deployed.entrypoint}"
+        )
+    print(f"start workers with: prefect worker start --pool {done.work_pool}")
     return 0
 
 
@@ -335,6 +345,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             max_attempts=settings.max_attempts,
             start_timeout=settings.start_timeout,
             lost_run_margin=settings.lost_run_margin,
+            registry=registry,
         )
     try:
         return Service(settings, runner, standby=not args.no_standby, registry=registry).run()
