@@ -15,6 +15,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from tests.harness import QUIET_PREFECT, PrefectServer, spawn, wait_until
 
 WORKER_QUERY_SECONDS = "1"
@@ -145,10 +147,15 @@ class Cluster:
             self.add_worker(f"worker-{i + 1}")
         return self
 
-    def deploy(self) -> subprocess.CompletedProcess[str]:
-        """`dropflow deploy` against the cluster's server, on a config naming the pool."""
+    def deploy(self, flows: Mapping[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+        """`dropflow deploy` against the cluster's server, on a config naming the pool (and
+        `flows`, for more than wait)."""
         config = self.root / "deploy-config.yaml"
-        config.write_text(f"runner: deployment\nwork_pool: {self.pool}\n")
+        config.write_text(
+            yaml.safe_dump({"runner": "deployment", "work_pool": self.pool, "flows": flows})
+            if flows
+            else f"runner: deployment\nwork_pool: {self.pool}\n"
+        )
         done = subprocess.run(
             [sys.executable, "-m", "watcher", "deploy", "--config", str(config)],
             env={
