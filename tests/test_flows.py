@@ -13,7 +13,7 @@ from uuid import UUID
 
 from examples.csv_summary import csv_summary
 from tests.conftest import ServiceFactory
-from tests.harness import ServiceProcess
+from tests.harness import ServiceProcess, claim_folders, wait_until
 
 ROOT = Path(__file__).resolve().parents[1]
 FLOWS = {
@@ -35,9 +35,11 @@ def _files(tmp_path: Path) -> Path:
     return files
 
 
-def _start(service: ServiceFactory, tmp_path: Path, **extra: Any) -> ServiceProcess:
-    config = {"flows": FLOWS, "files_dir": str(_files(tmp_path))}
-    return service(config, **extra)
+def _start(
+    service: ServiceFactory, tmp_path: Path, env: dict[str, str] | None = None, **config: Any
+) -> ServiceProcess:
+    config = {"flows": FLOWS, "files_dir": str(_files(tmp_path)), **config}
+    return service(config, extra_env=env or {})
 
 
 def _flow_run(prefect_url: str, flow_run_id: str) -> Any:
@@ -148,7 +150,7 @@ def test_a_sync_flow_is_stopped_without_a_fork_server(
 ) -> None:
     # Where there is no fork server (Windows; forced here by the portable mode), each sync
     # flow runs in a freshly spawned interpreter.
-    svc = _start(service, tmp_path, extra_env={"DROPFLOW_PORTABLE": "1"})
+    svc = _start(service, tmp_path, env={"DROPFLOW_PORTABLE": "1"})
     svc.drop("late.yaml", f"flow: nap_sync\nparameters: {{seconds: {WORK}}}\ntimeout: 1\n")
     svc.drop("done.yaml", "flow: nap_sync\nparameters: {seconds: 0}\ntimeout: 60\n")
     _stopped_before_its_work(svc, "late.yaml", str(svc.api_url))
@@ -167,3 +169,38 @@ def test_a_bad_entrypoint_stops_the_service_with_exit_2(
         "flows: mine: cannot load no_such_package.flows:mine: ModuleNotFoundError: "
         "No module named 'no_such_package'" in svc.log()
     )
+
+
+def _runs_named(prefect_url: str, name: str) -> list[Any]:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    async def read() -> list[Any]:
+        async with get_client() as client:
+            return await client.read_flow_runs(
+                flow_run_filter=FlowRunFilter(name=FlowRunFilterName(any_=[name]))
+            )
+
+    with temporary_settings({PREFECT_API_URL: prefect_url}):
+        return asyncio.run(read())
+
+
+def test_a_stop_kills_a_sync_flows_process_and_says_so_in_prefect(
+    service: ServiceFactory, tmp_path: Path
+) -> None:
+    svc = _start(service, tmp_path, shutdown_grace=0)
+    svc.drop("long.yaml", f"flow: nap_sync\nparameters: {{seconds: {WORK}}}\ntimeout: {WORK}\n")
+    prefect_url = str(svc.api_url)
+
+    def running() -> bool:
+        runs = _runs_named(prefect_url, "long")
+        return bool(runs) and runs[0].state.is_running()
+
+    wait_until(running, 60, interval=0.2)
+    assert svc.stop(timeout=60) == 0
+    assert not svc.result_path("long.yaml").exists()
+    (run,) = _runs_named(prefect_url, "long")
+    assert run.state.is_crashed(), run.state
+    assert "dropflow stopped while it ran" in (run.state.message or "")
+    assert claim_folders(svc.processing), "the job is left for the next start"

@@ -32,7 +32,7 @@ from typing import Any, Literal
 
 from watcher import portable
 
-__all__ = ["ChildOutcome", "run_in_child", "shape_return"]
+__all__ = ["ChildOutcome", "run_in_child", "shape_return", "warm_up"]
 
 logger = logging.getLogger(__name__)
 
@@ -84,6 +84,15 @@ def _context() -> Any:
             else:
                 _contexts[forkserver] = multiprocessing.get_context("spawn")
         return _contexts[forkserver]
+
+
+def warm_up() -> None:
+    """Start the fork server (where there is one), which imports Prefect: seconds, once."""
+    if portable.current().forkserver:
+        from multiprocessing import forkserver
+
+        _context()
+        forkserver.ensure_running()
 
 
 async def run_in_child(

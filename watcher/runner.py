@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar
 
 from watcher import defaults
 from watcher.embedded import EmbeddedOptions, EmbeddedServer, EmbeddedServerError
-from watcher.flowproc import run_in_child, shape_return
+from watcher.flowproc import run_in_child, shape_return, warm_up
 from watcher.prefect_internals import enter_shared_clients, flush_prefect
 from watcher.registry import RegisteredFlow, Registry
 
@@ -239,6 +239,8 @@ class PrefectRunner:
             self._on_import()
         # Every registered flow, once: a bad entrypoint stops the service now, not at a job.
         self.registry.load()
+        if any(not flow.is_async for flow in self.registry.loaded_flows()):
+            warm_up()  # the fork server imports Prefect now, not at the first sync job
 
     def _in_context(self, coro: Coroutine[Any, Any, T]) -> asyncio.Task[T]:
         # A copy per call: each flow run sets its own context variables.
@@ -357,14 +359,21 @@ class PrefectRunner:
             api_url = str(client.api_url)
         flow_run_id = str(flow_run.id)
         env = {"PREFECT_API_URL": api_url, "PREFECT_UI_URL": self._ui_url or ""}
-        child = await run_in_child(
-            registered.entrypoint,
-            flow_run_id,
-            request.label,
-            env,
-            request.timeout,
-            self._max_return_bytes,
-        )
+        try:
+            child = await run_in_child(
+                registered.entrypoint,
+                flow_run_id,
+                request.label,
+                env,
+                request.timeout,
+                self._max_return_bytes,
+            )
+        except asyncio.CancelledError:
+            # The service stops: the child is killed, and the job runs again at the next
+            # start. Say so in Prefect, or the run would show Running for ever.
+            crashed: State[Any] = Crashed(message="dropflow stopped while it ran; runs again")
+            await asyncio.shield(self._set_state(flow_run_id, crashed))
+            raise
         base = RunOutcome("error", "", flow_run_id=flow_run_id, flow_run_name=request.label)
         if child.kind == "timed_out":
             message = _stopped(registered, request.timeout)
