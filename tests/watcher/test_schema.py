@@ -131,15 +131,19 @@ def test_the_readme_examples_are_valid_for_both() -> None:
         validate_document(document)
 
 
-def test_dropflow_schema_prints_it_with_the_config_caps(tmp_path: Path) -> None:
-    config = tmp_path / "config.yaml"
-    config.write_text("max_timeout: 42\ndefaults: {timeout: 7, sleep: [1, 2]}\n")
-    done = subprocess.run(
+def _schema_command(config: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
         [sys.executable, "-m", "watcher", "schema", "--config", str(config)],
         capture_output=True,
         text=True,
-        check=True,
     )
+
+
+def test_dropflow_schema_prints_it_with_the_config_caps(tmp_path: Path) -> None:
+    config = tmp_path / "config.yaml"
+    config.write_text("max_timeout: 42\ndefaults: {timeout: 7, sleep: [1, 2]}\n")
+    done = _schema_command(config)
+    assert done.returncode == 0, done.stderr
     schema = json.loads(done.stdout)
     Draft202012Validator.check_schema(schema)
     assert schema["properties"]["timeout"]["maximum"] == 42
@@ -207,22 +211,14 @@ def test_dropflow_schema_loads_the_registry(tmp_path: Path) -> None:
     config.write_text(
         f"flows:\n  wait: flows.wait:wait\n  nap: {ROOT}/tests/userflows.py:nap_sync\n"
     )
-    done = subprocess.run(
-        [sys.executable, "-m", "watcher", "schema", "--config", str(config)],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
+    done = _schema_command(config)
+    assert done.returncode == 0, done.stderr
     schema = json.loads(done.stdout)
     validator = Draft202012Validator(schema)
     assert validator.is_valid({"flow": "nap", "parameters": {"seconds": 2}})
     assert not validator.is_valid({"flow": "nap", "parameters": {"seconds": "2s"}})
 
     config.write_text("flows:\n  mine: no_such_module:mine\n")
-    done = subprocess.run(
-        [sys.executable, "-m", "watcher", "schema", "--config", str(config)],
-        capture_output=True,
-        text=True,
-    )
+    done = _schema_command(config)
     assert done.returncode == 2
     assert "flows: mine: cannot load no_such_module:mine: ModuleNotFoundError" in done.stderr
