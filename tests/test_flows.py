@@ -190,17 +190,19 @@ def test_a_stop_kills_a_sync_flows_process_and_says_so_in_prefect(
     service: ServiceFactory, tmp_path: Path
 ) -> None:
     svc = _start(service, tmp_path, shutdown_grace=0)
-    svc.drop("long.yaml", f"flow: nap_sync\nparameters: {{seconds: {WORK}}}\ntimeout: {WORK}\n")
+    svc.drop(
+        "flowstop-long.yaml", f"flow: nap_sync\nparameters: {{seconds: {WORK}}}\ntimeout: {WORK}\n"
+    )
     prefect_url = str(svc.api_url)
 
-    def running() -> bool:
-        runs = _runs_named(prefect_url, "long")
-        return bool(runs) and runs[0].state.is_running()
+    def running() -> Any:
+        runs = [r for r in _runs_named(prefect_url, "flowstop-long") if r.state.is_running()]
+        return runs[0] if runs else None
 
-    wait_until(running, 60, interval=0.2)
+    started = wait_until(running, 60, interval=0.2)
     assert svc.stop(timeout=60) == 0
-    assert not svc.result_path("long.yaml").exists()
-    (run,) = _runs_named(prefect_url, "long")
+    assert not svc.result_path("flowstop-long.yaml").exists()
+    run = _flow_run(prefect_url, str(started.id))
     assert run.state.is_crashed(), run.state
     assert "dropflow stopped while it ran" in (run.state.message or "")
     assert claim_folders(svc.processing), "the job is left for the next start"

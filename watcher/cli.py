@@ -174,7 +174,7 @@ def _parser() -> argparse.ArgumentParser:
     deploy = _command(
         commands,
         "deploy",
-        "create the work pool and one deployment per registered flow (workers)",
+        "create the work pool and a deployment per registered flow",
         "Create the config's `work_pool` (process type) if it is missing and register each "
         "flow of `flows` on it: the wait flow as `deployment`, with a module entrypoint "
         "(flows.wait:wait) that any machine with dropflow installed can run, and every other "
