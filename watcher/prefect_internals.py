@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 __all__ = [
@@ -23,6 +23,7 @@ __all__ = [
     "configure_prefect_logging",
     "enter_shared_clients",
     "flush_prefect",
+    "with_function",
 ]
 
 SERVER_APP = "prefect.server.api.server:create_app"
@@ -90,13 +91,9 @@ def configure_prefect_logging() -> None:
 TIMEOUT_LINES: Mapping[str, tuple[str, ...]] = {
     # The task engine, when a task runs past `timeout_seconds`.
     "prefect.task_runs": ("Task run exceeded timeout", "Finished in state TimedOut("),
-    # The flow engine, when the wait flow returns its Cancelled state (a timeout, always), and
-    # when any other flow runs past the `timeout_seconds` dropflow gives it.
-    "prefect.flow_runs": (
-        "Finished in state Cancelled(",
-        "Flow run exceeded timeout",
-        "Finished in state TimedOut(",
-    ),
+    # The flow engine, when a flow returns its Cancelled state (a timeout, always: the wait
+    # flow's, or dropflow's wrapper of another async flow, see `watcher.runner`).
+    "prefect.flow_runs": ("Finished in state Cancelled(",),
 }
 """The ERROR lines Prefect's engine logs for a job that ran past its timeout, by logger."""
 
@@ -116,3 +113,15 @@ class TimeoutRecordFilter(logging.Filter):
             return False
         starts = TIMEOUT_LINES.get(record.name)
         return not (starts and record.getMessage().startswith(starts))
+
+
+def with_function(flow: Any, fn: Callable[..., Any]) -> Any:
+    """A copy of `flow` that calls `fn` (a `functools.wraps` wrapper of the flow's function).
+
+    Prefect has no option for this; its engine calls `Flow.fn`, and reads the parameters from
+    that function's signature, which `functools.wraps` carries over (`__wrapped__`). dropflow
+    wraps an async flow's function to stop it at its timeout itself (see `watcher.runner`).
+    """
+    copy = flow.with_options()
+    copy.fn = fn
+    return copy

@@ -4,6 +4,7 @@ Prefect upgrade that breaks one fails here, by name."""
 from __future__ import annotations
 
 import contextlib
+import functools
 import inspect
 import json
 import logging
@@ -12,6 +13,7 @@ import subprocess
 import sys
 import uuid
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -158,12 +160,19 @@ async def test_the_timeout_filter_drops_exactly_the_timeout_errors(prefect_api: 
 
 
 @pytest.mark.anyio
-async def test_the_timeout_filter_drops_a_registered_flows_timeout(prefect_api: str) -> None:
-    # Registered flows other than wait are stopped by Prefect's own flow timeout.
-    keep = internals.TimeoutRecordFilter()
-    with _prefect_records() as records:
-        state = await nap_async.with_options(timeout_seconds=0.3)(3, return_state=True)
-    assert state.name == "TimedOut"
-    errors = [r for r in records if r.levelno >= logging.ERROR]
-    assert errors, [r.getMessage() for r in records]
-    assert [r.getMessage() for r in errors if keep.filter(r)] == []
+async def test_a_flow_copy_calls_the_function_it_is_given(prefect_api: str) -> None:
+    # The in-process runner stops an async flow at its timeout by wrapping its function.
+    calls: list[tuple[Any, ...]] = []
+
+    @functools.wraps(nap_async.fn)
+    async def wrapper(*args: Any, **kwargs: Any) -> Any:
+        calls.append(args + tuple(sorted(kwargs.items())))
+        return await nap_async.fn(*args, **kwargs)
+
+    copy = internals.with_function(nap_async, wrapper)
+    state = await copy(0, label="x", return_state=True)
+    assert state.is_completed() and await state.aresult() == {"slept": 0, "label": "x"}
+    assert calls and nap_async.fn is not wrapper, calls
+    # Prefect still reads the parameters from the flow function's signature.
+    assert list(copy.parameters.properties) == ["seconds", "label"]
+    assert copy.name == nap_async.name and copy.isasync
