@@ -29,6 +29,7 @@ test: lint
 bench: install
 	$(BIN)/python -m bench
 	$(BIN)/python -m bench.startup
+	$(BIN)/python -m bench.flows
 	$(BIN)/python -m bench.deployment
 	$(BIN)/python -m bench.in_process
 

@@ -15,6 +15,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from tests.harness import QUIET_PREFECT, PrefectServer, spawn, wait_until
 
 WORKER_QUERY_SECONDS = "1"
@@ -147,11 +149,16 @@ class Cluster:
             self.add_worker(f"worker-{i + 1}")
         return self
 
-    def deploy(self, pool: str | None = None) -> subprocess.CompletedProcess[str]:
+    def deploy(
+        self, pool: str | None = None, flows: Mapping[str, str] | None = None
+    ) -> subprocess.CompletedProcess[str]:
         """`dropflow deploy` against the cluster's server, on a config naming the pool (the
-        cluster's, or `pool`: then the deployment moves there)."""
+        cluster's, or `pool`: then the deployment moves there) and `flows` (default: wait)."""
         config = self.root / "deploy-config.yaml"
-        config.write_text(f"runner: deployment\nwork_pool: {pool or self.pool}\n")
+        settings: dict[str, Any] = {"runner": "deployment", "work_pool": pool or self.pool}
+        if flows:
+            settings["flows"] = dict(flows)
+        config.write_text(yaml.safe_dump(settings))
         done = subprocess.run(
             [sys.executable, "-m", "watcher", "deploy", "--config", str(config)],
             env={

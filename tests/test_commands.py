@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.harness import PrefectServer, ServiceProcess, wait_until
+from tests.harness import ROOT, PrefectServer, ServiceProcess, wait_until
 
 CONFIG: dict[str, Any] = {
     "settle_seconds": 0.2,
@@ -351,3 +351,27 @@ def test_status_before_during_and_after_a_batch(svc: ServiceProcess) -> None:
     flight = text.split("in flight:")[1].split("results:")[0]
     assert not any(name in flight for name in batch), text
     assert "batch0.result.yaml" in text.split("results:")[1]
+
+
+# -- validate and registered flows ---------------------------------------------------------
+
+
+def test_validate_checks_a_flows_parameters_as_the_service_does(tmp_path: Path) -> None:
+    files = tmp_path / "files"
+    files.mkdir()
+    flows = {"wait": "flows.wait:wait", "read": f"{ROOT}/tests/userflows.py:read_text"}
+    config = {**CONFIG, "flows": flows, "files_dir": str(files)}
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+    good = job_file(tmp_path, "good.yaml", "flow: read\nparameters: {path: a.txt}\n")
+    typo = job_file(tmp_path, "typo.yaml", "flow: read\nparameters: {pth: a.txt}\n")
+    outside = job_file(tmp_path, "out.yaml", "flow: read\nparameters: {path: ../a.txt}\n")
+    done = dropflow(
+        "validate", "-c", "config.yaml", good.name, typo.name, outside.name, cwd=tmp_path
+    )
+    assert done.returncode == 2, done
+    assert done.stdout.splitlines() == [
+        "good.yaml: valid (flow read, timeout 5 s, parameters path)",
+        "typo.yaml: parameters.pth: flow 'read' has no such parameter (did you mean 'path'?); "
+        "it takes path; parameters.path: missing; flow 'read' requires it",
+        "out.yaml: parameters.path: must stay inside the files folder; '../a.txt' leads outside it",
+    ]

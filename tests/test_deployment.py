@@ -157,7 +157,7 @@ def test_sigterm_leaves_the_run_on_its_worker_and_the_next_start_re_attaches(
     deployed: Callable[..., ServiceProcess], cluster: Cluster
 ) -> None:
     svc = deployed({"shutdown_grace": 1})
-    svc.drop("dterm.yaml", "timeout: 30\nsleep: 6\n")
+    svc.drop("dterm.yaml", "timeout: 60\nsleep: 15\n")
 
     def running() -> Any:
         runs = runs_by_name(cluster, ["dterm"])["dterm"]
@@ -166,7 +166,9 @@ def test_sigterm_leaves_the_run_on_its_worker_and_the_next_start_re_attaches(
     run = wait_until(running, 120, 0.2)
     t0 = time.monotonic()
     assert svc.stop(signal.SIGTERM) == 0
-    assert time.monotonic() - t0 < 1 + 3
+    # Gone within its 1 s grace plus the time to exit (seconds on a busy machine), not after
+    # the run's 15 s of work.
+    assert time.monotonic() - t0 < 1 + 9
     (still,) = runs_by_name(cluster, ["dterm"])["dterm"]
     assert not still.state.is_final() and not still.state.is_cancelling()
 
@@ -208,3 +210,47 @@ def test_a_worker_killed_mid_run_gets_its_job_run_again_elsewhere(
     assert first.state.is_crashed()
     assert result["flow_run_id"] != str(run.id)
     assert sorted(p.name for p in svc.results.iterdir()) == ["dlost.result.yaml"]
+
+
+def test_registered_flows_run_on_workers_and_are_stopped_at_their_timeout(
+    deployed: Callable[..., ServiceProcess], cluster: Cluster, tmp_path: Path
+) -> None:
+    from tests.harness import ROOT
+    from watcher.deployment import NO_RETURN
+
+    flows = {
+        "wait": "flows.wait:wait",
+        "nap_async": f"{ROOT / 'tests' / 'userflows.py'}:nap_async",
+        "nap_sync": f"{ROOT / 'tests' / 'userflows.py'}:nap_sync",
+    }
+    svc = deployed({"flows": flows}, start=False)
+    done = cluster.deploy(flows=flows)
+    assert "deployment nap-sync/dropflow (" in done.stdout, done.stdout
+    assert f"entrypoint {ROOT / 'tests' / 'userflows.py'}:nap_async" in done.stdout
+    svc.start()
+    work = 60
+    svc.drop("fl-done.yaml", "flow: nap_sync\nparameters: {seconds: 0, label: w}\ntimeout: 60\n")
+    svc.drop("fl-sync.yaml", f"flow: nap_sync\nparameters: {{seconds: {work}}}\ntimeout: 3\n")
+    svc.drop("fl-async.yaml", f"flow: nap_async\nparameters: {{seconds: {work}}}\ntimeout: 3\n")
+    svc.drop("fl-bad.yaml", "flow: nap_sync\nparameters: {seconds: soon}\n")
+
+    bad = svc.wait_result("fl-bad.yaml", timeout=60)
+    assert bad["message"] == "fl-bad.yaml: parameters.seconds: must be a number, got 'soon'"
+    ok = svc.wait_result("fl-done.yaml", timeout=120)
+    assert (ok["status"], ok["flow"], ok["return_note"]) == ("completed", "nap_sync", NO_RETURN)
+    assert ok["work_pool"] == cluster.pool and ok.get("worker"), ok
+    names = ["fl-sync", "fl-async"]
+    for name in names:
+        late = svc.wait_result(f"{name}.yaml", timeout=120)
+        assert late["status"] == "canceled", late
+        assert late["message"].startswith("Stopped at the timeout: flow 'nap_"), late
+
+    def stopped() -> dict[str, list[Any]] | None:
+        runs = runs_by_name(cluster, names)
+        final = all(len(r) == 1 and r[0].state.is_final() for r in runs.values())
+        return runs if final else None
+
+    # Cancelling through Prefect: the worker stops the run's process, long before its work.
+    for name, (run,) in wait_until(stopped, 90).items():
+        assert run.state.is_cancelled(), (name, run.state)
+        assert (run.end_time - run.start_time).total_seconds() < work / 2, name

@@ -15,6 +15,7 @@ from pathlib import Path
 from watcher import __version__
 from watcher.backend import embedded_environment, service_environment
 from watcher.config import ConfigError, Settings, load_config
+from watcher.defaults import WAIT_FLOW
 
 __all__ = ["main"]
 
@@ -173,11 +174,12 @@ def _parser() -> argparse.ArgumentParser:
     deploy = _command(
         commands,
         "deploy",
-        "create the work pool and the wait flow's deployment (workers)",
-        "Create the config's `work_pool` (process type) if it is missing and register the "
-        "wait flow as its `deployment`, with a module entrypoint (flows.wait:wait) that any "
-        "machine with dropflow installed can run. Needs PREFECT_API_URL. Running it again "
-        "changes nothing. Then start workers: prefect worker start --pool <work_pool>.",
+        "create the work pool and a deployment per registered flow",
+        "Create the config's `work_pool` (process type) if it is missing and register each "
+        "flow of `flows` on it: the wait flow as `deployment`, with a module entrypoint "
+        "(flows.wait:wait) that any machine with dropflow installed can run, and every other "
+        "flow as <its Prefect name>/<the same deployment name>. Needs PREFECT_API_URL. Running "
+        "it again changes nothing. Then start workers: prefect worker start --pool <work_pool>.",
     )
     deploy.set_defaults(log_level="INFO")
     return parser
@@ -202,21 +204,30 @@ def _deploy(settings: Settings) -> int:
     import asyncio
 
     from watcher.deploy import deploy
+    from watcher.registry import RegistryError
+    from watcher.validate import loaded_registry
 
     if not _api_url():
         print(f"dropflow: {_NO_API_URL}", file=sys.stderr)
         return EXIT_USAGE
     try:
-        done = asyncio.run(deploy(settings.work_pool, settings.deployment))
+        flows = list(loaded_registry(settings).loaded_flows())
+    except RegistryError as exc:
+        print(f"dropflow: bad config: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        done = asyncio.run(deploy(settings.work_pool, settings.deployment, flows))
     except Exception as exc:
         print(f"dropflow: cannot deploy: {exc}", file=sys.stderr)
         return EXIT_FATAL
     pool = "created" if done.pool_created else "already there"
-    print(
-        f"work pool {done.work_pool} ({pool}); deployment {done.deployment} "
-        f"({done.deployment_id}), entrypoint {done.entrypoint}\n"
-        f"start workers with: prefect worker start --pool {done.work_pool}"
-    )
+    print(f"work pool {done.work_pool} ({pool})")
+    for deployed in done.deployments:
+        print(
+            f"deployment {deployed.deployment} ({deployed.deployment_id}), entrypoint "
+            f"{deployed.entrypoint}"
+        )
+    print(f"start workers with: prefect worker start --pool {done.work_pool}")
     return 0
 
 
@@ -297,12 +308,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from watcher import portable
     from watcher.lock import LockError
+    from watcher.registry import Registry, RegistryError
     from watcher.runner import DirectRunner, PrefectRunner, Runner, RunnerUnavailable
     from watcher.service import FolderError, ServedElsewhere, Service
 
     if os.environ.get(portable.ENVIRONMENT_VARIABLE, "") not in ("", "0"):
         portable.use(portable.Platform.portable())
 
+    registry = Registry(settings.flows, settings.files_dir)
     runner: Runner = DirectRunner()
     if settings.runner == "prefect":
         from watcher.embedded import EmbeddedOptions
@@ -314,7 +327,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             history_days=settings.history_days,
         )
         runner = PrefectRunner(
-            options, os.environ, on_import=lambda: _route_prefect_console(args.log_format)
+            options,
+            os.environ,
+            on_import=lambda: _route_prefect_console(args.log_format),
+            registry=registry,
+            max_return_bytes=settings.max_return_bytes,
         )
     elif settings.runner == "deployment":
         if not _api_url():
@@ -328,11 +345,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             max_attempts=settings.max_attempts,
             start_timeout=settings.start_timeout,
             lost_run_margin=settings.lost_run_margin,
+            registry=registry,
         )
     try:
-        return Service(settings, runner, standby=not args.no_standby).run()
+        return Service(settings, runner, standby=not args.no_standby, registry=registry).run()
     except (ServedElsewhere, FolderError) as exc:
         _fatal(f"dropflow: {exc}", args.log_format)
+        return EXIT_USAGE
+    except RegistryError as exc:
+        _fatal(f"dropflow: bad config: {args.config}: {exc}", args.log_format)
         return EXIT_USAGE
     except (RunnerUnavailable, LockError) as exc:
         _fatal(f"dropflow: cannot start: {exc}", args.log_format)
@@ -350,9 +371,19 @@ def _operator_command(args: argparse.Namespace, settings: Settings) -> int:
 
         return validate(args.files, settings, out)
     if args.command == "schema":
+        from watcher.registry import RegistryError
         from watcher.schema import job_schema
+        from watcher.validate import loaded_registry
 
-        print(json.dumps(job_schema(settings.job_limits), indent=2), file=out)
+        flows = {}
+        if set(settings.flows) - {WAIT_FLOW}:
+            try:
+                registry = loaded_registry(settings)
+            except RegistryError as exc:
+                print(f"dropflow: bad config: {args.config}: {exc}", file=sys.stderr)
+                return EXIT_USAGE
+            flows = {flow.name: flow for flow in registry.loaded_flows()}
+        print(json.dumps(job_schema(settings.job_limits, flows), indent=2), file=out)
         return 0
     if args.command == "status":
         from watcher.status import gather, render

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -10,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pydantic_core import PydanticCustomError
 
 from watcher import defaults as builtin
-from watcher.jobs import JobError, JobLimits, parse_job
+from watcher.jobs import FLOW_NAME, JobError, JobLimits, parse_job
 from watcher.validation import humanize, show
 
 __all__ = ["ConfigError", "JobDefaults", "Settings", "load_config"]
@@ -49,6 +50,9 @@ class Settings(BaseModel):
     max_timeout: float = Field(builtin.MAX_TIMEOUT, gt=0, allow_inf_nan=False)
     max_sleep: float = Field(builtin.MAX_SLEEP, ge=0, allow_inf_nan=False)
     max_job_bytes: int = Field(builtin.MAX_JOB_BYTES, ge=64, le=16 * 1024 * 1024)
+    flows: dict[str, str] = Field(default_factory=lambda: dict(builtin.FLOWS), min_length=1)
+    files_dir: Path = Path(builtin.FILES_DIR)
+    max_return_bytes: int = Field(builtin.MAX_RETURN_BYTES, ge=0, le=16 * 1024 * 1024)
     runner: Literal["prefect", "deployment", "direct"] = builtin.RUNNER
     work_pool: str = Field(builtin.WORK_POOL, min_length=1, max_length=200)
     deployment: str = builtin.DEPLOYMENT
@@ -71,6 +75,36 @@ class Settings(BaseModel):
     @classmethod
     def _one_pattern_is_a_list(cls, value: Any) -> Any:
         return [value] if isinstance(value, str) else value
+
+    @field_validator("flows", mode="before")
+    @classmethod
+    def _check_flows(cls, value: Any) -> Any:
+        if not isinstance(value, dict):
+            raise PydanticCustomError(
+                "dropflow",
+                f"flows: must be a mapping of flow names to entrypoints, got {show(value)}",
+            )
+        for name, entrypoint in value.items():
+            if not isinstance(name, str) or not FLOW_NAME.match(name):
+                raise PydanticCustomError(
+                    "dropflow",
+                    f"flows: {show(name)} is not a flow name (a letter, then letters, digits, "
+                    "'_' or '-', at most 64)",
+                )
+            if not isinstance(entrypoint, str) or not _ENTRYPOINT.match(entrypoint.strip()):
+                raise PydanticCustomError(
+                    "dropflow",
+                    f"flows: {name}: must be an entrypoint 'module.path:function' or "
+                    f"'path/to/file.py:function', got {show(entrypoint)}",
+                )
+            wait_entrypoint = builtin.FLOWS[builtin.WAIT_FLOW]
+            if name == builtin.WAIT_FLOW and entrypoint.strip() != wait_entrypoint:
+                raise PydanticCustomError(
+                    "dropflow",
+                    f"flows: wait: the name 'wait' is the built-in wait flow "
+                    f"({wait_entrypoint}); register your flow under another name",
+                )
+        return value
 
     @field_validator("deployment")
     @classmethod
@@ -100,7 +134,8 @@ class Settings(BaseModel):
                 raise ValueError(f"{key}: must differ from {seen[resolved]}, both are {folder}")
             seen[resolved] = key
         try:
-            parse_job(b"{}", self.job_limits)
+            if builtin.WAIT_FLOW in self.flows:
+                parse_job(b"{}", self.job_limits)
         except JobError as exc:
             raise ValueError(f"defaults: {exc}") from None
         return self
@@ -114,11 +149,16 @@ class Settings(BaseModel):
             max_bytes=self.max_job_bytes,
             default_timeout=self.defaults.timeout,
             default_sleep=self.defaults.sleep,
+            flows=tuple(self.flows),
         )
 
 
 KNOWN_KEYS = tuple(Settings.model_fields) + tuple(JobDefaults.model_fields)
-_PATH_KEYS = ("inbox", "results", "archive", "processing", "data_dir")
+_PATH_KEYS = ("inbox", "results", "archive", "processing", "data_dir", "files_dir")
+# `module.path:function` or `some/file.py:function` (a Windows drive letter is allowed).
+_ENTRYPOINT = re.compile(
+    r"^(?:[A-Za-z_][\w]*(?:\.[A-Za-z_][\w]*)*|(?:[A-Za-z]:)?[^:]+\.py):[A-Za-z_][\w]*$"
+)
 
 
 def load_config(path: Path | None) -> Settings:
@@ -156,8 +196,23 @@ def _validate(data: dict[str, Any], base: Path, source: str) -> Settings:
             data[key] = base / Path(value).expanduser()
         elif key in data:
             raise ConfigError(f"{source}: {key}: must be a folder path, got {show(value)}")
+    flows = data.get("flows")
+    if isinstance(flows, dict):
+        data["flows"] = {
+            name: _resolve_entrypoint(entrypoint, base) for name, entrypoint in flows.items()
+        }
     try:
         return Settings.model_validate(data)
     except ValidationError as exc:
         problems = humanize(exc, KNOWN_KEYS)
         raise ConfigError(f"{source}: " + "; ".join(problems)) from None
+
+
+def _resolve_entrypoint(entrypoint: Any, base: Path) -> Any:
+    """A file entrypoint (`path/to/file.py:function`) relative to the config's folder."""
+    if not isinstance(entrypoint, str) or not _ENTRYPOINT.match(entrypoint.strip()):
+        return entrypoint  # the model's check names the key
+    path, _, function = entrypoint.strip().rpartition(":")
+    if not path.endswith(".py"):
+        return entrypoint.strip()
+    return f"{base / Path(path).expanduser()}:{function}"

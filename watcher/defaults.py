@@ -34,6 +34,19 @@ HISTORY_DAYS = 30.0
 """Flow runs that ended longer ago than this are deleted from the embedded server's history
 (Prefect's db_vacuum service, hourly); 0 keeps them for ever."""
 
+WAIT_FLOW = "wait"
+"""The flow a job file runs when it names none: the built-in wait flow."""
+
+FLOWS: dict[str, str] = {WAIT_FLOW: "flows.wait:wait"}
+"""The registered flows, name -> entrypoint (`module.path:function`, or `path/to/file.py:function`
+relative to the config's folder). A job file names one by `flow:`; no other code ever runs."""
+
+FILES_DIR = "./files"
+"""The folder every path a job names (a flow parameter typed `Path`) must stay inside."""
+
+MAX_RETURN_BYTES = 16 * 1024
+"""The largest flow return value (as JSON) a result file carries as `return_value`."""
+
 MAX_CONCURRENT_JOBS = 8
 """How many jobs run at once."""
 

@@ -24,15 +24,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 from uuid import UUID
 
 from flows.wait import draw_sleep
+from watcher import defaults
 from watcher import prefect_internals as internals
-from watcher.deploy import DEPLOYMENT_TAG
+from watcher.deploy import DEPLOYMENT_TAG, deployment_name
+from watcher.registry import Registry
 from watcher.runner import RunnerUnavailable, RunOutcome, RunRequest
 
 if TYPE_CHECKING:
@@ -68,7 +72,12 @@ machine (up to 24 s measured with 8 at once on 2 cores): far below this."""
 
 _PAGE = 200  # flow run ids per query
 _FINAL = ("COMPLETED", "FAILED", "CANCELLED", "CRASHED")
-_Verdict = Literal["final", "not_started", "lost"]
+_Verdict = Literal["final", "not_started", "lost", "timed_out"]
+NO_RETURN = (
+    "not readable with runner: deployment: the flow ran on a worker, and its result is not "
+    "persisted"
+)
+"""The result's `return_note` for a completed flow run of a flow other than wait."""
 
 
 @dataclass
@@ -81,13 +90,17 @@ class _Watch:
     state: str | None = None
     since: float = field(default_factory=time.monotonic)
     start_timeout: bool = True
+    stop_at_timeout: bool = False
+    """The flow does not end itself at its timeout (any flow but wait): the runner cancels
+    it, counting from the run's start."""
 
 
 class DeploymentRunner:
-    """Runs each job as a flow run of `deployment` on the work pool `work_pool`.
+    """Runs each job as a flow run of its flow's deployment on the work pool `work_pool`.
 
     Args:
-        deployment: `wait/<deployment name>`, registered by `dropflow deploy`.
+        deployment: `wait/<deployment name>`, registered by `dropflow deploy`; another flow's
+            deployment is `<its Prefect name>/<deployment name>`.
         work_pool: The work pool the deployment runs on (named in messages).
         max_attempts: Flow runs a job gets when they fail or crash, before an error result.
         start_timeout: Seconds a flow run may wait for a worker; None waits for ever.
@@ -106,7 +119,9 @@ class DeploymentRunner:
         lost_run_margin: float,
         check_interval: float = CHECK_INTERVAL,
         waiting_log_interval: float = WAITING_LOG_INTERVAL,
+        registry: Registry | None = None,
     ) -> None:
+        self.registry = registry or Registry(defaults.FLOWS, Path(defaults.FILES_DIR))
         self.deployment = deployment
         self.work_pool = work_pool
         self.max_attempts = max_attempts
@@ -114,7 +129,7 @@ class DeploymentRunner:
         self.lost_run_margin = lost_run_margin
         self._check_interval = check_interval
         self._waiting_log_interval = waiting_log_interval
-        self._deployment_id: UUID | None = None
+        self._deployment_ids: dict[str, UUID] = {}  # by registered flow name
         self._watched: dict[UUID, _Watch] = {}
         self._clients = contextlib.AsyncExitStack()
         self._client: PrefectClient | None = None
@@ -127,10 +142,12 @@ class DeploymentRunner:
     async def start(self) -> str:
         from prefect.client.orchestration import get_client
 
+        # Every registered flow, once (its parameter schema checks jobs before any run).
+        await asyncio.to_thread(self.registry.load)
         self._client = await self._clients.enter_async_context(get_client())
         url = str(self._client.api_url)
         if await self._client.api_healthcheck() is None:
-            await self._find_deployment()
+            await self._find_deployment(self.registry.names[0])
         else:
             logger.warning("Prefect API at %s is not answering yet; jobs will wait", url)
         self._poller = asyncio.create_task(self._poll())
@@ -157,23 +174,36 @@ class DeploymentRunner:
             raise
 
     async def _run(self, request: RunRequest) -> RunOutcome:
-        deployment_id = await self._find_deployment()
+        deployment_id = await self._find_deployment(request.flow)
         client = self._api()
+        wait = request.flow == defaults.WAIT_FLOW
+        if wait:
+            parameters: dict[str, Any] = {
+                "timeout": request.timeout,
+                "sleep": draw_sleep(request.sleep),
+                "name": request.label,
+            }
+        else:
+            parameters = dict(request.parameters)
         failed: FlowRun | None = None
         for attempt in range(1, self.max_attempts + 1):
             key = request.claim_id if attempt == 1 else f"{request.claim_id}.{attempt}"
             flow_run = await client.create_flow_run_from_deployment(
                 deployment_id,
-                parameters={
-                    "timeout": request.timeout,
-                    "sleep": draw_sleep(request.sleep),
-                    "name": request.label,
-                },
+                parameters=parameters,
                 name=request.label,
                 tags=[DEPLOYMENT_TAG],
                 idempotency_key=key,
             )
-            flow_run, verdict = await self._wait(flow_run, request.timeout)
+            flow_run, verdict = await self._wait(flow_run, request.timeout, stop=not wait)
+            if verdict == "timed_out":
+                message = (
+                    f"Stopped at the timeout: flow '{request.flow}' ran longer than "
+                    f"{request.timeout:g}s."
+                )
+                await self._cancel(flow_run, message)
+                worker = await self._find_worker(flow_run)
+                return self._outcome(flow_run, "canceled", message, worker)
             if verdict == "not_started":
                 return self._outcome(
                     flow_run,
@@ -199,7 +229,10 @@ class DeploymentRunner:
                 status: Literal["completed", "canceled"] = (
                     "completed" if state.is_completed() else "canceled"
                 )
-                return self._outcome(flow_run, status, state.message or str(state.name), worker)
+                outcome = self._outcome(flow_run, status, state.message or str(state.name), worker)
+                if status == "completed" and not wait:
+                    return dataclasses.replace(outcome, return_note=NO_RETURN)
+                return outcome
             logger.warning(
                 "%s: flow run %s ended %s (%s); attempt %d of %d",
                 request.label,
@@ -238,7 +271,9 @@ class DeploymentRunner:
 
     # -- waiting ---------------------------------------------------------------------------
 
-    async def _wait(self, flow_run: FlowRun, timeout: float) -> tuple[FlowRun, _Verdict]:
+    async def _wait(
+        self, flow_run: FlowRun, timeout: float, *, stop: bool = False
+    ) -> tuple[FlowRun, _Verdict]:
         if flow_run.state is not None and flow_run.state.is_final():
             return flow_run, "final"
         watch = _Watch(
@@ -246,6 +281,7 @@ class DeploymentRunner:
             created=time.monotonic(),
             done=asyncio.get_running_loop().create_future(),
             state=flow_run.state.type.value if flow_run.state else None,
+            stop_at_timeout=stop,
         )
         self._watched[flow_run.id] = watch
         try:
@@ -325,6 +361,8 @@ class DeploymentRunner:
                 and self.start_timeout is not None
                 and now - watch.created > self.start_timeout
             )
+        if watch.state == "RUNNING" and watch.stop_at_timeout:
+            return now - watch.since >= watch.timeout
         if watch.state in ("RUNNING", "CANCELLING"):
             return now - watch.since > watch.timeout + self.lost_run_margin
         return watch.state == "PENDING" and now - watch.since > PENDING_LIMIT
@@ -334,8 +372,15 @@ class DeploymentRunner:
 
         while True:
             try:
-                deployment = await self._find_deployment()
-                events = get_events_subscriber(filter=internals.flow_run_events(deployment))
+                for flow in self.registry.names:
+                    # A flow not deployed yet is subscribed to once a job finds it.
+                    with contextlib.suppress(RunnerUnavailable):
+                        await self._find_deployment(flow)
+                if not self._deployment_ids:
+                    raise RunnerUnavailable("no deployment of the registered flows found")
+                events = get_events_subscriber(
+                    filter=internals.flow_run_events(*self._deployment_ids.values())
+                )
                 async with events:
                     self._subscribed = True
                     self._named |= set(self._watched)  # whatever changed before
@@ -357,6 +402,9 @@ class DeploymentRunner:
         watch = self._watched[run_id]
         if state != watch.state:
             watch.state, watch.since = state, time.monotonic()
+            if state == "RUNNING" and watch.stop_at_timeout:
+                # Read the run at its deadline, not at the next poll.
+                asyncio.get_running_loop().call_later(watch.timeout, self._wake.set)
         if state in _FINAL:
             self._named.add(run_id)
             self._wake.set()
@@ -377,6 +425,11 @@ class DeploymentRunner:
                 and now - watch.created > self.start_timeout
             ):
                 watch.done.set_result((run, "not_started"))
+        elif state.is_running() and watch.stop_at_timeout:
+            # Counted on this machine's clock from when the run was seen running (its event),
+            # never early whatever the server's clock says.
+            if now - watch.since >= watch.timeout:
+                watch.done.set_result((run, "timed_out"))
         elif state.is_running() or state.is_cancelling():
             if now - watch.since > watch.timeout + self.lost_run_margin:
                 watch.done.set_result((run, "lost"))
@@ -395,19 +448,43 @@ class DeploymentRunner:
             raise RuntimeError("DeploymentRunner.start was not awaited")
         return self._client
 
-    async def _find_deployment(self) -> UUID:
+    def deployment_of(self, flow: str) -> str:
+        """The name of a registered flow's deployment."""
+        if flow == defaults.WAIT_FLOW:
+            return self.deployment
+        return deployment_name(self.registry.get(flow), self.deployment)
+
+    async def _find_deployment(self, flow: str) -> UUID:
         from prefect.exceptions import ObjectNotFound
 
-        if self._deployment_id is None:
+        found_id = self._deployment_ids.get(flow)
+        if found_id is None:
+            name = self.deployment_of(flow)
             try:
-                found = await self._api().read_deployment_by_name(self.deployment)
+                found = await self._api().read_deployment_by_name(name)
             except ObjectNotFound:
                 raise RunnerUnavailable(
-                    f"deployment {self.deployment} not found at {self._api().api_url}: "
+                    f"deployment {name} not found at {self._api().api_url}: "
                     "run `dropflow deploy --config <this config>` first"
                 ) from None
-            self._deployment_id = found.id
-        return self._deployment_id
+            found_id = self._deployment_ids[flow] = found.id
+            if self._subscribed and self._subscriber is not None:
+                # Its runs' events too: subscribe again, with every deployment found.
+                self._subscriber.cancel()
+                self._subscriber = asyncio.create_task(self._subscribe())
+        return found_id
+
+    async def _cancel(self, flow_run: FlowRun, message: str) -> None:
+        """Ask Prefect to cancel a run: its worker then stops the run's process."""
+        from prefect.states import Cancelling
+
+        state: Any = Cancelling(message=message)
+        try:
+            await self._api().set_flow_run_state(flow_run.id, state, force=True)
+        except Exception as exc:
+            if await self._api_down():
+                raise RunnerUnavailable(f"Prefect API unavailable ({exc!r})") from exc
+            raise
 
     async def _cancel_unstarted(self, flow_run: FlowRun) -> bool:
         """Cancel a run no worker took in time; False if a worker took it meanwhile."""

@@ -20,13 +20,22 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic_core import PydanticCustomError
 
 from watcher import defaults, portable
-from watcher.validation import humanize, show
+from watcher.validation import did_you_mean, humanize, show
 
 __all__ = [
+    "FLOW_NAME",
     "Job",
     "JobError",
     "JobLimits",
@@ -66,6 +75,8 @@ class JobLimits:
     max_bytes: int = defaults.MAX_JOB_BYTES
     default_timeout: float = defaults.JOB_TIMEOUT
     default_sleep: float | tuple[float, float] = defaults.JOB_SLEEP
+    flows: tuple[str, ...] = (defaults.WAIT_FLOW,)
+    """The registered flows (config `flows`) a job may name."""
 
 
 def _seconds(value: Any, key: str, *, allow_zero: bool, cap: float) -> float:
@@ -88,14 +99,31 @@ def _seconds(value: Any, key: str, *, allow_zero: bool, cap: float) -> float:
     return number
 
 
+FLOW_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,63}$")
+"""What a registered flow's name looks like (config `flows`, a job's `flow`)."""
+
+
 class Job(BaseModel):
-    """A validated job: what the wait flow will be asked to do."""
+    """A validated job: which registered flow runs, with what, for how long.
+
+    Wait jobs (the default flow) give `sleep` at the top level; other flows take their
+    arguments under `parameters`, which are checked against the flow's own parameter schema
+    once the flow is loaded (`watcher.registry`).
+    """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
+    flow: str = Field(
+        defaults.WAIT_FLOW,
+        description="The registered flow to run (the config's `flows`); default: wait.",
+    )
+    parameters: dict[str, Any] | None = Field(
+        None,
+        description="The flow's parameters, for flows other than wait.",
+    )
     timeout: float = Field(
         defaults.JOB_TIMEOUT,
-        description="Seconds the flow waits for the work before it cancels the job.",
+        description="Seconds the flow may run before it is stopped and the job canceled.",
     )
     sleep: float | tuple[float, float] = Field(
         defaults.JOB_SLEEP,
@@ -105,6 +133,54 @@ class Job(BaseModel):
         None,
         description="A label for the flow run (default: the file name without its extension).",
     )
+
+    @field_validator("flow", mode="before")
+    @classmethod
+    def _check_flow(cls, value: Any, info: ValidationInfo) -> str:
+        limits: JobLimits = (info.context or {}).get("limits", JobLimits())
+        if not isinstance(value, str) or not FLOW_NAME.match(value):
+            raise PydanticCustomError(
+                "dropflow", f"flow: must be the name of a registered flow, got {show(value)}"
+            )
+        if value not in limits.flows:
+            registered = ", ".join(limits.flows) or "none"
+            hint = did_you_mean(value, limits.flows)
+            raise PydanticCustomError(
+                "dropflow",
+                f"flow: no flow named '{value}' is registered here{hint}; registered: {registered}",
+            )
+        return value
+
+    @field_validator("parameters", mode="before")
+    @classmethod
+    def _check_parameters(cls, value: Any) -> dict[str, Any]:
+        if not isinstance(value, dict):
+            raise PydanticCustomError(
+                "dropflow",
+                f"parameters: must be a mapping of parameter names to values, got {show(value)}",
+            )
+        for key in value:
+            if not isinstance(key, str):
+                raise PydanticCustomError(
+                    "dropflow", f"parameters: a parameter name must be text, got {show(key)}"
+                )
+        return value
+
+    @model_validator(mode="after")
+    def _keys_of_the_flow(self) -> Job:
+        if self.flow == defaults.WAIT_FLOW and self.parameters is not None:
+            raise PydanticCustomError(
+                "dropflow",
+                "parameters: the wait flow takes 'timeout', 'sleep' and 'name' at the top level, "
+                "not under 'parameters'",
+            )
+        if self.flow != defaults.WAIT_FLOW and "sleep" in self.model_fields_set:
+            raise PydanticCustomError(
+                "dropflow",
+                f"sleep: only wait jobs have it; give flow '{self.flow}' its arguments under "
+                "'parameters'",
+            )
+        return self
 
     @field_validator("timeout", mode="before")
     @classmethod
@@ -339,7 +415,9 @@ def validate_document(document: dict[str, Any], limits: JobLimits | None = None)
         JobError: the mapping is not a valid job; the message says why.
     """
     limits = limits or JobLimits()
-    merged = {"timeout": limits.default_timeout, "sleep": _as_yaml(limits.default_sleep)}
+    merged: dict[str, Any] = {"timeout": limits.default_timeout}
+    if document.get("flow", defaults.WAIT_FLOW) == defaults.WAIT_FLOW:
+        merged["sleep"] = _as_yaml(limits.default_sleep)
     merged.update(document)
     try:
         return Job.model_validate(merged, context={"limits": limits})

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import logging
+import multiprocessing
 import os
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -44,6 +45,9 @@ class Platform:
     open_files_move: bool = True
     """A file still open by its writer can be moved (POSIX); Windows refuses with a sharing
     violation, which the service retries."""
+    forkserver: bool = True
+    """Start a sync flow's process by forking a server that has Prefect imported already
+    (POSIX); else spawn a fresh interpreter for each (Windows)."""
 
     @classmethod
     def native(cls) -> Platform:
@@ -54,6 +58,7 @@ class Platform:
             nofollow=hasattr(os, "O_NOFOLLOW"),
             dir_fsync=os.name != "nt",
             open_files_move=os.name != "nt",
+            forkserver="forkserver" in multiprocessing.get_all_start_methods(),
         )
 
     @classmethod
@@ -66,6 +71,7 @@ class Platform:
             nofollow=False,
             dir_fsync=False,
             open_files_move=False,
+            forkserver=False,
         )
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
@@ -34,6 +34,7 @@ __all__ = [
     "enter_shared_clients",
     "event_flow_run_id",
     "event_state_type",
+    "file_entrypoint_type",
     "flow_run_events",
     "flush_prefect",
     "load_deployed_flow",
@@ -42,6 +43,7 @@ __all__ = [
     "run_flow_run_here",
     "submitted_flow_run_events",
     "submitting_worker",
+    "with_function",
 ]
 
 SERVER_APP = "prefect.server.api.server:create_app"
@@ -109,7 +111,8 @@ def configure_prefect_logging() -> None:
 TIMEOUT_LINES: Mapping[str, tuple[str, ...]] = {
     # The task engine, when a task runs past `timeout_seconds`.
     "prefect.task_runs": ("Task run exceeded timeout", "Finished in state TimedOut("),
-    # The flow engine, when the wait flow returns its Cancelled state (a timeout, always).
+    # The flow engine, when a flow returns its Cancelled state (a timeout, always: the wait
+    # flow's, or dropflow's wrapper of another async flow, see `watcher.runner`).
     "prefect.flow_runs": ("Finished in state Cancelled(",),
 }
 """The ERROR lines Prefect's engine logs for a job that ran past its timeout, by logger."""
@@ -148,8 +151,8 @@ PROCESS_POOL_TYPE = "process"
 """The work pool type `prefect worker start --type process` serves (Prefect's ProcessWorker)."""
 
 
-def flow_run_events(deployment_id: UUID) -> EventFilter:
-    """The filter for the state events of every flow run of a deployment.
+def flow_run_events(*deployment_ids: UUID) -> EventFilter:
+    """The filter for the state events of every flow run of these deployments.
 
     `any_resource`, not `related`: the server's live stream (`/events/out`) checks an event
     against `EventAnyResourceFilter.includes`, while `EventRelatedFilter` has no `includes` of
@@ -159,7 +162,9 @@ def flow_run_events(deployment_id: UUID) -> EventFilter:
 
     return EventFilter(
         event=EventNameFilter(prefix=[FLOW_RUN_RESOURCE]),
-        any_resource=EventAnyResourceFilter(id=[f"{_DEPLOYMENT_RESOURCE}{deployment_id}"]),
+        any_resource=EventAnyResourceFilter(
+            id=[f"{_DEPLOYMENT_RESOURCE}{deployment_id}" for deployment_id in deployment_ids]
+        ),
     )
 
 
@@ -213,6 +218,13 @@ def module_entrypoint_type() -> Any:
     return EntrypointType.MODULE_PATH
 
 
+def file_entrypoint_type() -> Any:
+    """The entrypoint type that registers a flow by its file (`path/to/file.py:function`)."""
+    from prefect.types.entrypoint import EntrypointType
+
+    return EntrypointType.FILE_PATH
+
+
 # -- running a deployment's flow run in this process (`watcher/worker.py`) ---------------------
 
 
@@ -240,3 +252,15 @@ async def run_flow_run_here(flow: Flow[..., Any], flow_run: FlowRun) -> Any:
     if not flow.isasync or flow.isgenerator:
         raise TypeError(f"flow {flow.name!r} is not an async function: it cannot run here")
     return await run_flow(flow, flow_run=flow_run, return_type="state")  # type: ignore[misc]
+
+
+def with_function(flow: Any, fn: Callable[..., Any]) -> Any:
+    """A copy of `flow` that calls `fn` (a `functools.wraps` wrapper of the flow's function).
+
+    Prefect has no option for this; its engine calls `Flow.fn`, and reads the parameters from
+    that function's signature, which `functools.wraps` carries over (`__wrapped__`). dropflow
+    wraps an async flow's function to stop it at its timeout itself (see `watcher.runner`).
+    """
+    copy = flow.with_options()
+    copy.fn = fn
+    return copy

@@ -49,6 +49,7 @@ class _ResultRequired(TypedDict):
 class Result(_ResultRequired, total=False):
     """The fields of a result file (see the README for each)."""
 
+    flow: str
     name: str
     sleep: float
     timeout: float
@@ -61,6 +62,8 @@ class Result(_ResultRequired, total=False):
     submission: str
     work_pool: str
     worker: str
+    return_value: Any
+    return_note: str
 
 
 def now_iso() -> str:

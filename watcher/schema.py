@@ -3,7 +3,9 @@
 It is generated from the job model (`watcher.jobs.Job`: its keys, types, descriptions and
 `additionalProperties: false`), then given what the model checks in code: the caps and the
 defaults of the config in use, the sign of each number, the two-number form of a range, and
-the shape of a name.
+the shape of a name. With flows other than wait registered, it holds one schema per flow,
+chosen by the job's `flow` (an `if`/`then` each): wait's keys for wait jobs, and for each
+other flow `parameters` as Prefect's parameter schema of that flow's function.
 
 What a schema cannot say, the service still checks (and `dropflow validate` too):
 
@@ -19,10 +21,12 @@ What a schema cannot say, the service still checks (and `dropflow validate` too)
 from __future__ import annotations
 
 import copy
+from collections.abc import Mapping
 from typing import Any
 
 from watcher import defaults
-from watcher.jobs import Job, JobLimits
+from watcher.jobs import FLOW_NAME, Job, JobLimits
+from watcher.registry import RegisteredFlow
 
 __all__ = ["DRAFT", "job_schema"]
 
@@ -43,12 +47,115 @@ def _plain(value: float | tuple[float, float]) -> float | list[float]:
     return list(value) if isinstance(value, tuple) else value
 
 
-def job_schema(limits: JobLimits | None = None) -> dict[str, Any]:
-    """The schema of a job file under `limits` (the config's caps and defaults)."""
+def job_schema(
+    limits: JobLimits | None = None, flows: Mapping[str, RegisteredFlow] | None = None
+) -> dict[str, Any]:
+    """The schema of a job file under `limits` (the config's caps, defaults and flow names).
+
+    `flows`: the loaded registered flows (`Registry.loaded_flows`); needed for each flow other
+    than wait that `limits.flows` names.
+    """
     limits = limits or JobLimits()
+    flows = flows or {}
+    others = [name for name in limits.flows if name != defaults.WAIT_FLOW]
+    if set(others) - set(flows):
+        raise ValueError(f"no parameter schema for the flows {sorted(set(others) - set(flows))}")
+    props = _properties(limits)
+    flow = props.pop("flow")
+    parameters = props.pop("parameters")
+    flow["enum"] = list(limits.flows)
+    description = (
+        "A job for a dropflow hot folder: how long the work takes (sleep), how long the flow "
+        f"waits for it (timeout, at most {limits.max_timeout:g} s here), and a name."
+    )
+    schema: dict[str, Any] = {"$schema": DRAFT, "title": "dropflow job file", "type": "object"}
+    if not others:
+        schema["description"] = description
+        schema["properties"] = {"flow": flow, **props}
+        schema["additionalProperties"] = False
+        return schema
+    schema["description"] = (
+        "A job for a dropflow hot folder: which registered flow runs (flow, default wait), "
+        "with what (parameters; for wait: sleep), for how long (timeout, at most "
+        f"{limits.max_timeout:g} s here), and a name."
+    )
+    schema["properties"] = {"flow": flow}
+    branches = []
+    definitions: dict[str, Any] = {}
+    if defaults.WAIT_FLOW in limits.flows:
+        wait_props = {"flow": {"const": defaults.WAIT_FLOW}, **props}
+        branches.append(
+            {
+                "if": {
+                    "anyOf": [
+                        {"not": {"required": ["flow"]}},
+                        {"properties": {"flow": {"const": defaults.WAIT_FLOW}}},
+                    ]
+                },
+                "then": {"properties": wait_props, "additionalProperties": False},
+            }
+        )
+    for name in others:
+        params = _embedded(name, flows[name], definitions)
+        params["description"] = parameters["description"]
+        branch_props = {
+            "flow": {"const": name},
+            "parameters": params,
+            "timeout": props["timeout"],
+            "name": props["name"],
+        }
+        required = ["parameters"] if params.get("required") else []
+        branches.append(
+            {
+                "if": {"required": ["flow"], "properties": {"flow": {"const": name}}},
+                "then": {
+                    "properties": branch_props,
+                    "required": required,
+                    "additionalProperties": False,
+                },
+            }
+        )
+    schema["allOf"] = branches
+    if definitions:
+        schema["$defs"] = definitions
+    return schema
+
+
+def _embedded(name: str, flow: RegisteredFlow, definitions: dict[str, Any]) -> dict[str, Any]:
+    """A flow's parameter schema, its definitions moved to the job schema's `$defs` under
+    names of their own (`<flow>.<definition>`), with every `$ref` rewritten to match."""
+    assert FLOW_NAME.match(name)
+    schema = flow.schema
+    own = copy.deepcopy(dict(schema))
+    renamed = {key: f"{name}.{key}" for key in own.pop("definitions", {}) or {}}
+    for key, value in (schema.get("definitions") or {}).items():
+        definitions[renamed[key]] = _rewrite(copy.deepcopy(value), renamed)
+    params: dict[str, Any] = _rewrite(own, renamed)
+    params.pop("title", None)
+    params["type"] = "object"
+    if not flow.takes_any_keyword:
+        params["additionalProperties"] = False
+    return params
+
+
+def _rewrite(node: Any, renamed: Mapping[str, str]) -> Any:
+    if isinstance(node, dict):
+        out = {}
+        for key, value in node.items():
+            if key == "$ref" and isinstance(value, str) and value.startswith("#/definitions/"):
+                value = "#/$defs/" + renamed.get(value.split("/")[-1], value.split("/")[-1])
+            out[key] = _rewrite(value, renamed)
+        return out
+    if isinstance(node, list):
+        return [_rewrite(item, renamed) for item in node]
+    return node
+
+
+def _properties(limits: JobLimits) -> dict[str, Any]:
+    """The job model's properties, given the checks the model makes in code."""
     schema = copy.deepcopy(Job.model_json_schema())
     props: dict[str, Any] = schema["properties"]
-    if set(props) != {"timeout", "sleep", "name"}:
+    if set(props) != {"flow", "parameters", "timeout", "sleep", "name"}:
         # A new key in the model needs its checks written here too, or editors would accept
         # values the service turns down.
         raise RuntimeError(f"job_schema does not know the job keys {sorted(props)}")
@@ -70,16 +177,12 @@ def job_schema(limits: JobLimits | None = None) -> dict[str, Any]:
     # A number is a name too (`name: 42` is the name "42").
     name["anyOf"] = [text, {"type": "number"}, null]
 
+    props["flow"] = {
+        "type": "string",
+        "description": props["flow"]["description"],
+        "default": defaults.WAIT_FLOW,
+    }
+    props["parameters"] = {"description": props["parameters"]["description"]}
     for key in props.values():
         key.pop("title", None)
-    return {
-        "$schema": DRAFT,
-        "title": "dropflow job file",
-        "description": (
-            "A job for a dropflow hot folder: how long the work takes (sleep), how long the flow "
-            f"waits for it (timeout, at most {limits.max_timeout:g} s here), and a name."
-        ),
-        "type": "object",
-        "properties": props,
-        "additionalProperties": False,
-    }
+    return props

@@ -25,10 +25,12 @@ from typing import Any
 from watcher import portable
 from watcher.claims import Claim, Processing
 from watcher.config import Settings
+from watcher.defaults import WAIT_FLOW
 from watcher.durable import TEMP_PREFIX
 from watcher.inbox import Inbox
 from watcher.jobs import Job, JobError, load_job
 from watcher.lock import FolderLock, Owner, read_owner
+from watcher.registry import Registry
 from watcher.results import Result, dump, now_iso, publish, read_result
 from watcher.runner import Runner, RunnerUnavailable, RunOutcome, RunRequest
 from watcher.submission import read_submission
@@ -61,9 +63,19 @@ class Service:
     `serve` raises `ServedElsewhere`.
     """
 
-    def __init__(self, settings: Settings, runner: Runner, *, standby: bool = True) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        runner: Runner,
+        *,
+        standby: bool = True,
+        registry: Registry | None = None,
+    ) -> None:
+        """`registry`: the flows jobs may name, shared with the runner, which loads them at its
+        start (default: the config's, never loaded: only wait jobs run)."""
         self.settings = settings
         self.runner = runner
+        self.registry = registry or Registry(settings.flows, settings.files_dir)
         self.standby = standby
         self.lock = FolderLock(settings.inbox, settings.processing)
         self._stopping = threading.Event()  # for the standby's wait, which runs in a thread
@@ -381,14 +393,29 @@ class Service:
             return self._result(base, None, outcome, started_at, t0)
         # A file name need not be valid UTF-8; Prefect's names must be.
         stem = os.fsencode(Path(claim.name).stem).decode("utf-8", "replace")
-        request = RunRequest(claim.id, job.name or stem, job.timeout, job.sleep, claim.attempt)
         me = asyncio.current_task()
         self._waiting.add(me)
         try:
             await self._ready.wait()
+            # The runner has loaded the registry: the flow's own parameters are checked now,
+            # before the job waits for a slot.
+            try:
+                parameters = self._parameters(job)
+            except JobError as exc:
+                outcome = RunOutcome("error", f"{claim.name}: {exc}")
+                return self._result(base, job, outcome, started_at, t0)
             await self._slots.acquire()
         finally:
             self._waiting.discard(me)
+        request = RunRequest(
+            claim.id,
+            job.name or stem,
+            job.timeout,
+            job.sleep,
+            claim.attempt,
+            flow=job.flow,
+            parameters=parameters,
+        )
         if self._stop is not None and self._stop.is_set():
             # Stopping: no flow starts now, even for a job that reached its slot just now.
             self._slots.release()
@@ -396,12 +423,13 @@ class Service:
         try:
             started_at, t0 = now_iso(), time.monotonic()
             logger.info(
-                "job started: %s (claim %s, attempt %d, timeout %gs, sleep %s)",
+                "job started: %s (claim %s, attempt %d, flow %s, timeout %gs%s)",
                 claim.name,
                 claim.id,
                 claim.attempt,
+                job.flow,
                 job.timeout,
-                job.sleep,
+                f", sleep {job.sleep}" if job.flow == WAIT_FLOW else "",
             )
             outcome = await self._run_with_retries(claim, request)
         finally:
@@ -421,6 +449,13 @@ class Service:
                 logger.exception("%s: the runner failed", claim.name)
                 return RunOutcome("error", f"Internal error while running the job: {exc}")
 
+    def _parameters(self, job: Job) -> dict[str, Any]:
+        if job.flow != WAIT_FLOW and not self.registry.loaded:
+            raise JobError(
+                f"flow: runner: {self.settings.runner} runs only the wait flow, not '{job.flow}'"
+            )
+        return self.registry.parameters(job)
+
     async def _load(self, claim: Claim) -> Job:
         """The claim's job; an I/O error (not the file's fault) is retried a few times."""
         for delay in (_RETRY_FIRST, 2 * _RETRY_FIRST, 4 * _RETRY_FIRST, None):
@@ -439,6 +474,7 @@ class Service:
     ) -> Result:
         result: Result = {**base, "status": outcome.status, "message": outcome.message}
         if job is not None:
+            result["flow"] = job.flow
             if job.name:
                 result["name"] = job.name
             if outcome.sleep is not None:
@@ -457,6 +493,10 @@ class Service:
             result["work_pool"] = outcome.work_pool
         if outcome.worker:
             result["worker"] = outcome.worker
+        if outcome.returned:
+            result["return_value"] = outcome.return_value
+        elif outcome.return_note:
+            result["return_note"] = outcome.return_note
         return result
 
     async def _complete(self, claim: Claim, result: Result | None) -> None:

@@ -1,7 +1,9 @@
 """`dropflow validate`: the service's own checks on job files, before they are dropped.
 
 A file is checked exactly as the service would check it in the inbox (`read_job_bytes` with
-the config's size cap, then `parse_job` with its caps and defaults), and a problem is told in
+the config's size cap, then `parse_job` with its caps and defaults, then, for a flow other
+than wait, its parameters against the flow's schema: that loads the registry, which imports
+Prefect and the flows), and a problem is told in
 the words of the result file it would get: `<file name>: <problem>`. `dropflow submit` runs
 the same checks first.
 """
@@ -17,8 +19,10 @@ from pathlib import Path
 from typing import TextIO
 
 from watcher.config import Settings
+from watcher.defaults import WAIT_FLOW
 from watcher.inbox import is_job_name
 from watcher.jobs import Job, JobError, parse_job, read_job_bytes
+from watcher.registry import Registry, RegistryError
 
 __all__ = ["Checked", "check_file", "one_line", "validate"]
 
@@ -70,13 +74,41 @@ def check_file(path: Path, settings: Settings) -> Checked:
     except OSError as exc:
         return Checked(path, None, f"could not be read: {exc.strerror or exc}")
     try:
-        return Checked(path, parse_job(data, limits), data=data)
+        job = parse_job(data, limits)
+        if job.flow != WAIT_FLOW:
+            loaded_registry(settings).parameters(job)
     except JobError as exc:
         return Checked(path, None, str(exc), data=data)
+    except RegistryError as exc:
+        return Checked(path, None, f"flow '{job.flow}' cannot be checked: {exc}", data=data)
+    return Checked(path, job, data=data)
+
+
+def loaded_registry(settings: Settings) -> Registry:
+    """The config's registry, loaded (which imports Prefect and every flow) once per process.
+
+    Raises:
+        RegistryError: a flow cannot be loaded.
+    """
+    key = (tuple(settings.flows.items()), settings.files_dir)
+    registry = _registries.get(key)
+    if registry is None:
+        registry = Registry(settings.flows, settings.files_dir)
+        registry.load()
+        _registries[key] = registry
+    return registry
+
+
+_registries: dict[tuple[tuple[tuple[str, str], ...], Path], Registry] = {}
 
 
 def describe(job: Job) -> str:
-    """A job's values in a few words: `timeout 2 s, sleep [0, 3] s, name 'x'`."""
+    """A job's values in a few words: `timeout 2 s, sleep [0, 3] s, name 'x'`, or for other
+    flows `flow csv_summary, timeout 30 s, parameters path, columns`."""
+    if job.flow != WAIT_FLOW:
+        given = ", ".join(job.parameters or {}) or "none"
+        name = f", name {job.name!r}" if job.name else ""
+        return f"flow {job.flow}, timeout {job.timeout:g} s, parameters {given}{name}"
     sleep = job.sleep
     drawn = f"[{sleep[0]:g}, {sleep[1]:g}]" if isinstance(sleep, tuple) else f"{sleep:g}"
     name = f", name {job.name!r}" if job.name else ""

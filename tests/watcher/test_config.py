@@ -120,3 +120,28 @@ def test_bad_embedded_server_keys_are_named(tmp_path: Path, text: str, expected:
     with pytest.raises(ConfigError) as raised:
         load_config(_write(tmp_path, text))
     assert expected in str(raised.value)
+
+
+def test_flows_and_their_entrypoints(tmp_path: Path) -> None:
+    settings = load_config(_write(tmp_path, "flows:\n  csv: lib/csv_flow.py:summary\n  m: a.b:c\n"))
+    assert settings.flows == {"csv": f"{tmp_path / 'lib' / 'csv_flow.py'}:summary", "m": "a.b:c"}
+    assert settings.job_limits.flows == ("csv", "m")
+    assert load_config(_write(tmp_path, "")).flows == {"wait": "flows.wait:wait"}
+    assert load_config(_write(tmp_path, "files_dir: data/in\n")).files_dir == tmp_path / "data/in"
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("flows: {wait: mine.mod:f}\n", "flows: wait: the name 'wait' is the built-in wait flow"),
+        ("flows: {'9x': a.b:c}\n", "flows: '9x' is not a flow name"),
+        ("flows: {x: 'a.b'}\n", "flows: x: must be an entrypoint 'module.path:function'"),
+        ("flows: {x: 'a.b:c:d'}\n", "flows: x: must be an entrypoint"),
+        ("flows: [a]\n", "flows: must be a mapping of flow names to entrypoints"),
+        ("flows: {}\n", "flows"),
+        ("max_return_bytes: -1\n", "max_return_bytes"),
+    ],
+)
+def test_bad_flows(tmp_path: Path, text: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_config(_write(tmp_path, text))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import inspect
 import json
 import logging
@@ -19,6 +20,7 @@ import pytest
 
 from flows.wait import wait
 from tests.cluster import Cluster
+from tests.userflows import nap_async
 from watcher import prefect_internals as internals
 
 
@@ -282,3 +284,22 @@ async def test_a_deployed_flow_run_loads_and_runs_in_this_event_loop(prefect_api
     # The run itself ran, with its own parameters: no new flow run.
     assert again.state is not None and again.state.is_cancelled()
     assert again.state.message == "Canceled: the work (3 s) ran past the 0.5 s timeout."
+
+
+@pytest.mark.anyio
+async def test_a_flow_copy_calls_the_function_it_is_given(prefect_api: str) -> None:
+    # The in-process runner stops an async flow at its timeout by wrapping its function.
+    calls: list[tuple[Any, ...]] = []
+
+    @functools.wraps(nap_async.fn)
+    async def wrapper(*args: Any, **kwargs: Any) -> Any:
+        calls.append(args + tuple(sorted(kwargs.items())))
+        return await nap_async.fn(*args, **kwargs)
+
+    copy = internals.with_function(nap_async, wrapper)
+    state = await copy(0, label="x", return_state=True)
+    assert state.is_completed() and await state.aresult() == {"slept": 0, "label": "x"}
+    assert calls and nap_async.fn is not wrapper, calls
+    # Prefect still reads the parameters from the flow function's signature.
+    assert list(copy.parameters.properties) == ["seconds", "label"]
+    assert copy.name == nap_async.name and copy.isasync

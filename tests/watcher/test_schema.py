@@ -22,6 +22,7 @@ from jsonschema import Draft202012Validator
 from tests.harness import ROOT
 from tests.watcher import test_hostile as hostile
 from watcher.jobs import JobError, JobLimits, parse_job, read_document, validate_document
+from watcher.registry import Registry
 from watcher.schema import job_schema
 
 LIMITS = JobLimits(
@@ -130,18 +131,94 @@ def test_the_readme_examples_are_valid_for_both() -> None:
         validate_document(document)
 
 
-def test_dropflow_schema_prints_it_with_the_config_caps(tmp_path: Path) -> None:
-    config = tmp_path / "config.yaml"
-    config.write_text("max_timeout: 42\ndefaults: {timeout: 7, sleep: [1, 2]}\n")
-    done = subprocess.run(
+def _schema_command(config: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
         [sys.executable, "-m", "watcher", "schema", "--config", str(config)],
         capture_output=True,
         text=True,
-        check=True,
     )
+
+
+def test_dropflow_schema_prints_it_with_the_config_caps(tmp_path: Path) -> None:
+    config = tmp_path / "config.yaml"
+    config.write_text("max_timeout: 42\ndefaults: {timeout: 7, sleep: [1, 2]}\n")
+    done = _schema_command(config)
+    assert done.returncode == 0, done.stderr
     schema = json.loads(done.stdout)
     Draft202012Validator.check_schema(schema)
     assert schema["properties"]["timeout"]["maximum"] == 42
     assert schema["properties"]["timeout"]["default"] == 7
     assert schema["properties"]["sleep"]["default"] == [1, 2]
     assert not Draft202012Validator(schema).is_valid({"timeout": 43})
+
+
+FLOWS = {
+    "wait": "flows.wait:wait",
+    "nap": "tests.userflows:nap_sync",
+    "windowed": "tests.userflows:windowed",
+}
+JOBS: list[Any] = [
+    {"flow": "nap", "parameters": {"seconds": 1}},
+    {"flow": "nap", "parameters": {"seconds": 1, "label": "x"}, "timeout": 3, "name": "n"},
+    {"flow": "nap", "parameters": {"seconds": "x"}},
+    {"flow": "nap", "parameters": {}},
+    {"flow": "nap"},
+    {"flow": "nap", "parameters": {"seconds": 1, "extra": 2}},
+    {"flow": "nap", "parameters": {"seconds": 1}, "sleep": 1},
+    {"flow": "nap", "parameters": {"seconds": 1}, "timeout": 0},
+    {"flow": "nope"},
+    {"timeout": 1, "sleep": 0},
+    {"flow": "wait", "timeout": 1},
+    {"flow": "wait", "parameters": {}},
+    {"parameters": {"seconds": 1}},
+    {"flow": "windowed", "parameters": {"window": {"start": 1, "end": 3}}},
+    {"flow": "windowed", "parameters": {"window": {"start": "x", "end": 3}}},
+    {"flow": "windowed", "parameters": {"window": {"start": 1}}},
+]
+
+
+@pytest.fixture(scope="module")
+def registry() -> Registry:
+    loaded = Registry(FLOWS, Path("files"))
+    loaded.load()
+    return loaded
+
+
+def test_one_schema_per_flow_agrees_with_the_service(registry: Registry) -> None:
+    limits = JobLimits(flows=registry.names)
+    schema = job_schema(limits, {flow.name: flow for flow in registry.loaded_flows()})
+    Draft202012Validator.check_schema(schema)
+    assert schema["properties"]["flow"]["enum"] == ["wait", "nap", "windowed"]
+    assert set(schema["$defs"]) == {"windowed.Window"}
+    validator = Draft202012Validator(schema)
+    verdicts = []
+    for job in JOBS:
+        try:
+            registry.parameters(validate_document(job, limits))
+            service = "valid"
+        except JobError:
+            service = "invalid"
+        verdicts.append(service)
+        assert ("valid" if validator.is_valid(job) else "invalid") == service, (
+            job,
+            list(validator.iter_errors(job)),
+        )
+    assert verdicts.count("valid") == 5, verdicts  # the cases above are not all one kind
+
+
+def test_dropflow_schema_loads_the_registry(tmp_path: Path) -> None:
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        f"flows:\n  wait: flows.wait:wait\n  nap: {ROOT}/tests/userflows.py:nap_sync\n"
+    )
+    done = _schema_command(config)
+    assert done.returncode == 0, done.stderr
+    schema = json.loads(done.stdout)
+    validator = Draft202012Validator(schema)
+    assert validator.is_valid({"flow": "nap", "parameters": {"seconds": 2}})
+    assert not validator.is_valid({"flow": "nap", "parameters": {"seconds": "2s"}})
+
+    config.write_text("flows:\n  mine: no_such_module:mine\n")
+    done = _schema_command(config)
+    assert done.returncode == 2
+    assert "flows: mine: cannot load no_such_module:mine: ModuleNotFoundError" in done.stderr

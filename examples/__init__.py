@@ -1,0 +1,1 @@
+"""Example flows for dropflow, each a plain Prefect flow that never imports `watcher`."""
