@@ -175,7 +175,7 @@ async def test_flow_run_state_events_of_a_deployment_name_the_run_and_its_state_
     from watcher.deploy import deploy
 
     deployed = await asyncio.wait_for(deploy("internals", "wait/internals"), 60)
-    deployment_id = uuid.UUID(deployed.deployment_id)
+    deployment_id = uuid.UUID(deployed.deployments[0].deployment_id)
     seen: list[tuple[uuid.UUID | None, str | None]] = []
     async with (
         get_client() as client,
@@ -272,7 +272,7 @@ async def test_a_deployed_flow_run_loads_and_runs_in_this_event_loop(prefect_api
     deployed = await asyncio.wait_for(deploy("internals", "wait/internals"), 60)
     async with get_client() as client:
         run = await client.create_flow_run_from_deployment(
-            uuid.UUID(deployed.deployment_id),
+            uuid.UUID(deployed.deployments[0].deployment_id),
             parameters={"timeout": 0.5, "sleep": 3, "name": "here"},
             name="here",
         )

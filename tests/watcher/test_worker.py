@@ -4,6 +4,7 @@ Prefect through dropflow's entry point, serving `DeploymentRunner`."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -70,5 +71,8 @@ async def test_the_in_process_worker_runs_deployment_runs_without_a_process_each
 
 def _children(pid: int) -> list[str]:
     """The pids of a process's children (Linux)."""
-    tasks = Path(f"/proc/{pid}/task").iterdir()
-    return [child for task in tasks for child in (task / "children").read_text().split()]
+    children = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(FileNotFoundError):  # a thread that ended meanwhile
+            children += (task / "children").read_text().split()
+    return children
