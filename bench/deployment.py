@@ -26,8 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench.measure import percentile
-from bench.peers import ROOT
-from bench.sections import write_section
+from bench.sections import command_line, publish, results_path
 from bench.stack import (
     IN_FLIGHT,
     LIMIT,
@@ -215,19 +214,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run W4; return the exit status."""
     args = _parser().parse_args(argv)
     sizes = Sizes(10, 8, 4, 2, 1) if args.quick else Sizes()
-    output = args.output or (
-        ROOT / "bench" / "out" / "RESULTS-partial.md"
-        if args.quick
-        else ROOT / "bench" / "RESULTS.md"
-    )
+    output = args.output or results_path(args.quick)
     trials, info, elapsed = on_a_stack(lambda stack: run_all(stack, sizes), 2, args.keep)
-    command = " ".join(
-        ["python -m bench.deployment", *(argv if argv is not None else sys.argv[1:])]
-    )
+    command = command_line("python -m bench.deployment", argv)
     text = render(trials, info, command, elapsed)
-    write_section(output, "deployment", text)
-    print(text)
-    print(f"written to {output}")
+    publish(output, "deployment", text)
     return 0
 
 

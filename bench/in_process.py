@@ -19,8 +19,7 @@ import sys
 from collections.abc import Sequence
 
 from bench.measure import percentile
-from bench.peers import ROOT
-from bench.sections import write_section
+from bench.sections import command_line, publish, results_path
 from bench.stack import (
     LIMIT,
     TRIAL_HEAD,
@@ -114,19 +113,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.in_process", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="fewer jobs, for trying out")
     args = parser.parse_args(argv)
-    output = (
-        ROOT / "bench" / "out" / "RESULTS-partial.md"
-        if args.quick
-        else ROOT / "bench" / "RESULTS.md"
-    )
+    output = results_path(args.quick)
     trials, info, elapsed = on_a_stack(lambda stack: run_all(stack, args.quick), 0)
-    command = " ".join(
-        ["python -m bench.in_process", *(argv if argv is not None else sys.argv[1:])]
-    )
+    command = command_line("python -m bench.in_process", argv)
     text = render(trials, info, command, elapsed)
-    write_section(output, "deployment-worker", text)
-    print(text)
-    print(f"written to {output}")
+    publish(output, "deployment-worker", text)
     return 0
 
 
