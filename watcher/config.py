@@ -12,6 +12,7 @@ from pydantic_core import PydanticCustomError
 
 from watcher import defaults as builtin
 from watcher.jobs import FLOW_NAME, JobError, JobLimits, parse_job
+from watcher.registry import split_entrypoint
 from watcher.validation import humanize, show
 
 __all__ = ["ConfigError", "JobDefaults", "Settings", "load_config"]
@@ -212,7 +213,7 @@ def _resolve_entrypoint(entrypoint: Any, base: Path) -> Any:
     """A file entrypoint (`path/to/file.py:function`) relative to the config's folder."""
     if not isinstance(entrypoint, str) or not _ENTRYPOINT.match(entrypoint.strip()):
         return entrypoint  # the model's check names the key
-    path, _, function = entrypoint.strip().rpartition(":")
-    if not path.endswith(".py"):
+    path, function, by_file = split_entrypoint(entrypoint.strip())
+    if not by_file:
         return entrypoint.strip()
     return f"{base / Path(path).expanduser()}:{function}"

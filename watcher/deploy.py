@@ -69,7 +69,7 @@ async def deploy(
         module_entrypoint_type,
         process_pool_template,
     )
-    from watcher.registry import Registry
+    from watcher.registry import Registry, split_entrypoint
     from watcher.worker import IN_PROCESS_POOL_TYPE
 
     flow_name, _, name = deployment.partition("/")
@@ -106,8 +106,7 @@ async def deploy(
                 pass
         done = []
         for flow in flows:
-            where, _, function = flow.entrypoint.rpartition(":")
-            by_file = where.endswith(".py")
+            where, function, by_file = split_entrypoint(flow.entrypoint)
             runner_deployment = RunnerDeployment.from_flow(
                 flow.flow,
                 name=name,

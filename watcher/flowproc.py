@@ -31,6 +31,7 @@ from multiprocessing.connection import Connection
 from typing import Any, Literal
 
 from watcher import portable
+from watcher.registry import prefect_entrypoint
 
 __all__ = ["ChildOutcome", "run_in_child", "shape_return", "warm_up"]
 
@@ -205,13 +206,13 @@ def _run(
     from prefect.flows import load_flow_from_entrypoint
     from prefect.settings import Settings
 
-    where, _, function = entrypoint.rpartition(":")
-    target = entrypoint if where.endswith(".py") else f"{where}.{function}"
     # Settings are read from the environment when Prefect is imported (in the fork server,
     # before this child's environment was set): read them again, as Prefect's own subprocess
     # runs do.
     with SettingsContext(profile=get_settings_context().profile, settings=Settings()):
-        flow: Any = load_flow_from_entrypoint(target, use_placeholder_flow=False)
+        flow: Any = load_flow_from_entrypoint(
+            prefect_entrypoint(entrypoint), use_placeholder_flow=False
+        )
 
         def running(*_: Any) -> None:
             sender.send(("running",))

@@ -23,7 +23,13 @@ from watcher.validation import did_you_mean, show
 if TYPE_CHECKING:
     from prefect import Flow
 
-__all__ = ["RegisteredFlow", "Registry", "RegistryError"]
+__all__ = [
+    "RegisteredFlow",
+    "Registry",
+    "RegistryError",
+    "prefect_entrypoint",
+    "split_entrypoint",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -39,6 +45,18 @@ _TYPES = {
     "object": "a mapping",
     "null": "null",
 }
+
+
+def split_entrypoint(entrypoint: str) -> tuple[str, str, bool]:
+    """`(where, function, by_file)` of `module.path:function` or `path/to/file.py:function`."""
+    where, _, function = entrypoint.rpartition(":")
+    return where, function, where.endswith(".py")
+
+
+def prefect_entrypoint(entrypoint: str) -> str:
+    """The form Prefect's loader reads: `file.py:function`, or `module.path.function`."""
+    where, function, by_file = split_entrypoint(entrypoint)
+    return entrypoint if by_file else f"{where}.{function}"
 
 
 class RegistryError(Exception):
@@ -137,11 +155,10 @@ def _load(name: str, entrypoint: str) -> RegisteredFlow:
     from prefect.flows import load_flow_from_entrypoint
     from prefect.utilities.callables import parameter_schema
 
-    where, _, function = entrypoint.rpartition(":")
-    # Prefect reads `file.py:function` and `module.path.function`.
-    target = entrypoint if where.endswith(".py") else f"{where}.{function}"
     try:
-        loaded: Flow[..., Any] = load_flow_from_entrypoint(target, use_placeholder_flow=False)
+        loaded: Flow[..., Any] = load_flow_from_entrypoint(
+            prefect_entrypoint(entrypoint), use_placeholder_flow=False
+        )
     except Exception as exc:
         cause = getattr(exc, "user_exc", None) or exc  # a ScriptError wraps the script's error
         raise RegistryError(
