@@ -37,7 +37,7 @@ from watcher import defaults
 from watcher import prefect_internals as internals
 from watcher.deploy import DEPLOYMENT_TAG, deployment_name
 from watcher.registry import Registry
-from watcher.runner import RunnerUnavailable, RunOutcome, RunRequest
+from watcher.runner import RunnerUnavailable, RunOutcome, RunRequest, stopped_message
 
 if TYPE_CHECKING:
     from prefect.client.orchestration import PrefectClient
@@ -197,10 +197,7 @@ class DeploymentRunner:
             )
             flow_run, verdict = await self._wait(flow_run, request.timeout, stop=not wait)
             if verdict == "timed_out":
-                message = (
-                    f"Stopped at the timeout: flow '{request.flow}' ran longer than "
-                    f"{request.timeout:g}s."
-                )
+                message = stopped_message(request.flow, request.timeout)
                 await self._cancel(flow_run, message)
                 worker = await self._find_worker(flow_run)
                 return self._outcome(flow_run, "canceled", message, worker)

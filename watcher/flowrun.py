@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from watcher.flowproc import run_in_child, shape_return
 from watcher.prefect_internals import with_function
 from watcher.registry import RegisteredFlow
-from watcher.runner import RunnerUnavailable, RunOutcome, RunRequest, overloaded
+from watcher.runner import RunnerUnavailable, RunOutcome, RunRequest, overloaded, stopped_message
 
 if TYPE_CHECKING:
     from prefect.client.schemas.objects import State
@@ -95,27 +95,42 @@ class RegisteredRun:
                 raise RunnerUnavailable(f"Prefect API unavailable ({exc})") from exc
             raise
         flow_run_id = str(state.state_details.flow_run_id or "") or None
-        base = RunOutcome("error", "", flow_run_id=flow_run_id, flow_run_name=label)
+        value, note = None, None
         if state.is_completed():
-            value, note = shape_return(
-                await state.aresult(raise_on_failure=False), self.max_return_bytes
-            )
+            returned = await state.aresult(raise_on_failure=False)
+            value, note = shape_return(returned, self.max_return_bytes)
+        elif not state.is_cancelled() and await self.api_down():
+            raise RunnerUnavailable(f"Prefect API unavailable (flow run ended {state.name})")
+        return self._ended(
+            flow_run_id, state.type.value, str(state.name), state.message or "", value, note
+        )
+
+    def _ended(
+        self,
+        flow_run_id: str | None,
+        state_type: str,
+        state_name: str,
+        message: str,
+        value: Any = None,
+        note: str | None = None,
+    ) -> RunOutcome:
+        """The outcome of a flow run that ended in a state of its own (in the service, or in
+        its process): completed with its return value, canceled, or an error."""
+        base = RunOutcome("error", "", flow_run_id=flow_run_id, flow_run_name=self.request.label)
+        if state_type == "COMPLETED":
             return dataclasses.replace(
                 base,
                 status="completed",
-                message=state.message or f"flow '{registered.name}' completed",
+                message=message or f"flow '{self.registered.name}' completed",
                 returned=note is None,
                 return_value=value,
                 return_note=note,
             )
-        if state.is_cancelled():
-            return dataclasses.replace(
-                base, status="canceled", message=state.message or _stopped(registered, 0)
-            )
-        if await self.api_down():
-            raise RunnerUnavailable(f"Prefect API unavailable (flow run ended {state.name})")
-        message = state.message or f"the flow run ended in state {state.name}"
-        return dataclasses.replace(base, message=f"The flow run ended in {state.name}: {message}")
+        if state_type == "CANCELLED":
+            stopped = stopped_message(self.registered.name, self.request.timeout)
+            return dataclasses.replace(base, status="canceled", message=message or stopped)
+        message = message or f"the flow run ended in state {state_name}"
+        return dataclasses.replace(base, message=f"The flow run ended in {state_name}: {message}")
 
     async def _run_in_child(self) -> RunOutcome:
         from prefect.client.orchestration import get_client
@@ -148,30 +163,25 @@ class RegisteredRun:
             crashed: State[Any] = Crashed(message="dropflow stopped while it ran; runs again")
             await asyncio.shield(set_state(flow_run_id, crashed))
             raise
-        base = RunOutcome("error", "", flow_run_id=flow_run_id, flow_run_name=request.label)
         if child.kind == "timed_out":
-            message = _stopped(registered, request.timeout)
+            message = stopped_message(registered.name, request.timeout)
             await set_state(flow_run_id, Cancelled(message=message))
-            return dataclasses.replace(base, status="canceled", message=message)
+            return self._ended(flow_run_id, "CANCELLED", "Cancelled", message)
         if child.kind == "died":
             if await self.api_down():
                 raise RunnerUnavailable(f"Prefect API unavailable ({child.message})")
             await set_state(flow_run_id, Crashed(message=child.message))
-            return dataclasses.replace(base, message=f"The flow run crashed: {child.message}")
-        if child.state_type == "COMPLETED":
-            return dataclasses.replace(
-                base,
-                status="completed",
-                message=child.message or f"flow '{registered.name}' completed",
-                returned=child.return_note is None,
-                return_value=child.return_value,
-                return_note=child.return_note,
+            message = f"The flow run crashed: {child.message}"
+            return RunOutcome(
+                "error", message, flow_run_id=flow_run_id, flow_run_name=request.label
             )
-        if child.state_type == "CANCELLED":
-            return dataclasses.replace(base, status="canceled", message=child.message)
-        message = child.message or f"the flow run ended in state {child.state_name}"
-        return dataclasses.replace(
-            base, message=f"The flow run ended in {child.state_name}: {message}"
+        return self._ended(
+            flow_run_id,
+            child.state_type,
+            child.state_name,
+            child.message,
+            child.return_value,
+            child.return_note,
         )
 
 
@@ -185,10 +195,6 @@ async def set_state(flow_run_id: str, state: State[Any]) -> None:
             await client.set_flow_run_state(UUID(flow_run_id), state, force=True)
     except Exception as exc:  # the result file still tells the outcome
         logger.warning("could not mark flow run %s %s: %s", flow_run_id, state.name, exc)
-
-
-def _stopped(registered: RegisteredFlow, timeout: float) -> str:
-    return f"Stopped at the timeout: flow '{registered.name}' ran longer than {timeout:g}s."
 
 
 class _Deadline:
@@ -205,7 +211,7 @@ class _Deadline:
 
     def __init__(self, registered: RegisteredFlow, timeout: float) -> None:
         self.timeout = timeout
-        self.message = _stopped(registered, timeout)
+        self.message = stopped_message(registered.name, timeout)
         self.reached = asyncio.Event()
         self.flow_run_id: str | None = None
 

@@ -36,6 +36,7 @@ __all__ = [
     "Runner",
     "RunnerUnavailable",
     "overloaded",
+    "stopped_message",
 ]
 
 logger = logging.getLogger(__name__)
@@ -102,6 +103,11 @@ def _from_outcome(data: WaitOutcome) -> RunOutcome:
         flow_run_id=data["flow_run_id"],
         flow_run_name=data["flow_run_name"],
     )
+
+
+def stopped_message(flow: str, timeout: float) -> str:
+    """The result message of a registered flow other than wait stopped at its timeout."""
+    return f"Stopped at the timeout: flow '{flow}' ran longer than {timeout:g}s."
 
 
 def overloaded(exc: Exception) -> bool:
