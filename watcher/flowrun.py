@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable, Coroutine
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+from watcher.deploy import DEPLOYMENT_TAG
 from watcher.flowproc import run_in_child, shape_return
 from watcher.prefect_internals import with_function
 from watcher.registry import RegisteredFlow
@@ -67,7 +68,7 @@ class RegisteredRun:
                 registered.flow.with_options(flow_run_name=lambda: label),
                 stop.wrap(registered.flow.fn),
             )
-            with tags("dropflow"):
+            with tags(DEPLOYMENT_TAG):
                 # Typed by Prefect as the sync call; for an async flow it is a coroutine.
                 called: Any = flow(**request.parameters, return_state=True)
                 run = asyncio.ensure_future(called)
@@ -143,7 +144,7 @@ class RegisteredRun:
                 registered.flow,
                 name=request.label,
                 parameters=dict(request.parameters),
-                tags=["dropflow"],
+                tags=[DEPLOYMENT_TAG],
             )
             api_url = str(client.api_url)
         flow_run_id = str(flow_run.id)
