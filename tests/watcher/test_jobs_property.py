@@ -4,12 +4,23 @@ with a short one-line message, never another exception. `make fuzz` runs the sam
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from tests.fuzz import FRAGMENTS, SEEDS, job_problems, message_problems
 from watcher import defaults
 from watcher.jobs import Job, JobError, JobLimits, parse_job
+
+# Hypothesis warns when the global `random` state changes while it draws data. Earlier tests in
+# the session leave background threads behind (Prefect's clients and services), and one that
+# draws from `random` meanwhile sets it off: a warning about the test process, not the code
+# under test, which once made this test fail in a CI run (FlakyFailure on replay). Not found
+# which thread; the parsing checks below are unchanged.
+pytestmark = pytest.mark.filterwarnings(
+    "ignore:Do not use the `random` module inside strategies"
+    ":hypothesis.errors.HypothesisDeprecationWarning"
+)
 
 _SETTINGS = settings(
     max_examples=300,
