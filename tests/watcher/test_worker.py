@@ -71,6 +71,61 @@ async def test_the_in_process_worker_runs_deployment_runs_without_a_process_each
     assert in_process_worker.proc.poll() is None  # still serving
 
 
+@pytest.mark.anyio
+async def test_a_freed_slot_is_filled_without_waiting_for_the_next_poll(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    # One slot, a poll every 60 s, and two runs scheduled before the worker starts: its first
+    # poll takes one; the other can only start within the minute if the end of the first asks.
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import WorkPoolCreate
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+    from prefect.deployments import arun_deployment
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from watcher.deploy import deploy
+
+    with temporary_settings({PREFECT_API_URL: cluster.url}):
+        async with get_client() as client:
+            await client.create_work_pool(WorkPoolCreate(name="asker", type=IN_PROCESS_POOL_TYPE))
+            await asyncio.wait_for(deploy("asker", "wait/asker"), 60)
+            runs = [
+                await arun_deployment(
+                    "wait/asker",
+                    client=client,
+                    parameters={"timeout": 30, "sleep": 0.5, "name": f"asker-{i}"},
+                    timeout=0,
+                )
+                for i in range(2)
+            ]
+            worker = Worker(
+                "asker-1",
+                "asker",
+                cluster.url,
+                tmp_path / "asker-home",
+                limit=1,
+                extra_env={"PREFECT_WORKER_QUERY_SECONDS": "60"},
+                worker_type=IN_PROCESS_POOL_TYPE,
+            ).start()
+            try:
+                ids = FlowRunFilter(id=FlowRunFilterId(any_=[run.id for run in runs]))
+                loop = asyncio.get_running_loop()
+                deadline = loop.time() + 45
+                while True:
+                    ended = await client.read_flow_runs(flow_run_filter=ids)
+                    if all(run.end_time for run in ended) or loop.time() > deadline:
+                        break
+                    await asyncio.sleep(0.2)
+            finally:
+                worker.stop()
+    states = sorted((str(r.start_time), r.state_name, str(r.end_time)) for r in ended)
+    assert all(run.end_time for run in ended), f"not both ended within 45 s: {states}"
+    first, second = sorted(ended, key=lambda run: run.start_time or run.created)
+    assert first.start_time and first.end_time and second.start_time
+    assert (second.start_time - first.end_time).total_seconds() < 20, states
+    assert [run.state_name for run in ended] == ["Completed", "Completed"]
+
+
 def _children(pid: int) -> list[str]:
     """The pids of a process's children (Linux)."""
     children = []
