@@ -120,7 +120,7 @@ async def test_a_freed_slot_is_filled_without_waiting_for_the_next_poll(
                 worker.stop()
     states = sorted((str(r.start_time), r.state_name, str(r.end_time)) for r in ended)
     assert all(run.end_time for run in ended), f"not both ended within 45 s: {states}"
-    first, second = sorted(ended, key=lambda run: run.start_time or run.created)
+    first, second = sorted(ended, key=lambda run: str(run.start_time))
     assert first.start_time and first.end_time and second.start_time
     assert (second.start_time - first.end_time).total_seconds() < 20, states
     assert [run.state_name for run in ended] == ["Completed", "Completed"]
