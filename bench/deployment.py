@@ -35,6 +35,7 @@ from bench.stack import (
     Trial,
     header,
     on_a_stack,
+    per_minute,
     read_flow_times,
     specs,
     through_dropflow,
@@ -110,12 +111,8 @@ def render(
     dropflow = sum(t.wall for t in over if t.label.startswith("dropflow"))
     floor = sum(t.wall for t in over if t.label.startswith("floor"))
     overhead = dropflow / floor
-    one = sum(t.jobs for t in scaling if t.workers == 1) / sum(
-        t.wall for t in scaling if t.workers == 1
-    )
-    two = sum(t.jobs for t in scaling if t.workers == 2) / sum(
-        t.wall for t in scaling if t.workers == 2
-    )
+    one = per_minute(t for t in scaling if t.workers == 1)
+    two = per_minute(t for t in scaling if t.workers == 2)
     ran = over + scaling + lateness
     worker_cost = sum(t.worker_cpu for t in ran) / sum(t.jobs for t in ran)
     late = [x for t in lateness if t.run is not None for x in t.run.flow_lateness()]
@@ -132,7 +129,7 @@ def render(
         f"- [{'x' if overhead <= 1.1 else ' '}] a. overhead, 100 `sleep: 0` jobs: dropflow wall "
         f"<= 1.1x Prefect's floor (`run_deployment`): {overhead:.2f}x ({_mark(overhead <= 1.1)})",
         f"- [{'x' if two / one >= 1.8 else ' '}] b. scaling, 40 `sleep: 2` jobs: 2 workers >= "
-        f"1.8x the jobs per minute of 1: {two * 60:.1f} vs {one * 60:.1f} jobs/min, "
+        f"1.8x the jobs per minute of 1: {two:.1f} vs {one:.1f} jobs/min, "
         f"{two / one:.2f}x ({_mark(two / one >= 1.8)})",
         f"- c. worker cost: {worker_cost:.2f} s of CPU per flow run (worker + flow-run "
         "process), stated",

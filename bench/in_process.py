@@ -30,6 +30,7 @@ from bench.stack import (
     Trial,
     header,
     on_a_stack,
+    per_minute,
     read_flow_times,
     specs,
     through_dropflow,
@@ -50,19 +51,11 @@ def _on(stack: Stack, count: int, kind: str) -> None:
     stack.cluster.deploy(pool)
 
 
-def scaling_label(path: str, count: int, round_: int) -> str:
-    workers = f"{count} worker{'s' if count > 1 else ''}"
-    return f"{path}, in-process, {workers}, sleep 2, round {round_}"
-
-
 def _scaling(trials: list[Trial], path: str) -> tuple[float, float]:
-    """Jobs per minute of `path` on 1 and on 2 workers, over both rounds (sum of jobs over sum
-    of walls)."""
-    rates = []
-    for count in (1, 2):
-        chosen = [t for t in trials if t.label.startswith(scaling_label(path, count, 0)[:-1])]
-        rates.append(sum(t.jobs for t in chosen) / sum(t.wall for t in chosen) * 60)
-    return rates[0], rates[1]
+    """Jobs per minute of `path` (dropflow or floor) on 1 and on 2 workers, over both rounds."""
+    ran = [t for t in trials if t.label.startswith(path)]
+    one = per_minute(t for t in ran if t.workers == 1)
+    return one, per_minute(t for t in ran if t.workers == 2)
 
 
 def run_all(stack: Stack, quick: bool) -> list[Trial]:
@@ -90,7 +83,8 @@ def run_all(stack: Stack, quick: bool) -> list[Trial]:
     for round_ in (1, 2):
         for path, count in order if round_ == 1 else order[::-1]:
             _on(stack, count, IN_PROCESS_POOL_TYPE)
-            label = scaling_label(path, count, round_)
+            workers = f"{count} worker{'s' if count > 1 else ''}"
+            label = f"{path}, in-process, {workers}, sleep 2, round {round_}"
             jobs = specs(f"w4e-{path}{count}-{round_}", n, 30.0, 2.0)
             if path == "floor":
                 trial = through_floor(stack, label, jobs)

@@ -14,7 +14,7 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -39,6 +39,7 @@ __all__ = [
     "Trial",
     "header",
     "on_a_stack",
+    "per_minute",
     "read_flow_times",
     "specs",
     "through_dropflow",
@@ -86,7 +87,13 @@ class Trial:
 
     @property
     def per_minute(self) -> float:
-        return self.jobs / self.wall * 60
+        return per_minute([self])
+
+
+def per_minute(trials: Iterable[Trial]) -> float:
+    """Jobs per minute of `trials` taken together: their jobs over their walls."""
+    chosen = list(trials)
+    return sum(t.jobs for t in chosen) / sum(t.wall for t in chosen) * 60
 
 
 def _cpu(pid: int) -> float:
@@ -122,6 +129,34 @@ class Stack:
             name = "worker" if kind == "process" else kind
             self.cluster.add_worker(f"{name}-{len(workers) + 1}", pool=pool, worker_type=kind)
 
+    def cpu(self) -> tuple[float, float]:
+        """CPU so far of the workers and of the server, for `trial`."""
+        return self.worker_cpu(), self.server_cpu()
+
+    def trial(
+        self,
+        label: str,
+        jobs: int,
+        wall: float,
+        since: tuple[float, float],
+        client_cpu: float,
+        statuses: dict[str, int],
+        run: WorkloadRun | None = None,
+    ) -> Trial:
+        """A trial just ended, with the workers' and the server's CPU since `since` (`cpu()`)."""
+        workers, server = since
+        return Trial(
+            label,
+            len(self.cluster.workers),
+            jobs,
+            wall,
+            self.worker_cpu() - workers,
+            self.server_cpu() - server,
+            client_cpu,
+            statuses,
+            run,
+        )
+
     def worker_cpu(self) -> float:
         """CPU so far of every worker's tree, once their flow-run processes have exited."""
         deadline = time.monotonic() + 60
@@ -153,7 +188,7 @@ def through_dropflow(stack: Stack, label: str, specs: Sequence[JobSpec], serial:
     """Drop `specs` (all at once, or each after the previous result) and wait for every result."""
     names = [result_name(spec.name) for spec in specs]
     watch = ResultWatch(stack.service.results)
-    workers, server, client = stack.worker_cpu(), stack.server_cpu(), stack.service_cpu()
+    since, client = stack.cpu(), stack.service_cpu()
     deadline = time.monotonic() + _TRIAL_TIMEOUT
     try:
         t0 = time.monotonic()
@@ -172,16 +207,8 @@ def through_dropflow(stack: Stack, label: str, specs: Sequence[JobSpec], serial:
     for name in names:
         data = yaml.safe_load((stack.service.results / name).read_text())
         run.results.append(data if isinstance(data, dict) else {})
-    return Trial(
-        label,
-        len(stack.cluster.workers),
-        len(specs),
-        wall,
-        stack.worker_cpu() - workers,
-        stack.server_cpu() - server,
-        stack.service_cpu() - client,
-        run.statuses(),
-        run,
+    return stack.trial(
+        label, len(specs), wall, since, stack.service_cpu() - client, run.statuses(), run
     )
 
 
@@ -251,24 +278,14 @@ async def _flow_times(url: str, ids: list[str]) -> dict[str, tuple[datetime, dat
 
 def through_floor(stack: Stack, label: str, specs: Sequence[JobSpec]) -> Trial:
     """Prefect's own path: `run_deployment(..., timeout=0)` for every job, then wait for all."""
-    workers, server = stack.worker_cpu(), stack.server_cpu()
-    client = time.process_time()
+    since, client = stack.cpu(), time.process_time()
     wall, ended = asyncio.run(_floor_runs(stack.cluster.url, specs, label))
     client = time.process_time() - client
     statuses: dict[str, int] = {}
     for run in ended:
         kind = str(run.state.type.value).lower() if run.state else "?"
         statuses[kind] = statuses.get(kind, 0) + 1
-    return Trial(
-        label,
-        len(stack.cluster.workers),
-        len(specs),
-        wall,
-        stack.worker_cpu() - workers,
-        stack.server_cpu() - server,
-        client,
-        statuses,
-    )
+    return stack.trial(label, len(specs), wall, since, client, statuses)
 
 
 def trial_row(trial: Trial, cpu_digits: int = 2) -> str:
