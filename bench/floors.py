@@ -1,7 +1,7 @@
 """Peers 4 and 5, the floors: the same runs with no watcher, jobs read from stdin.
 
 - `prefect`: the wait flow, called in one process exactly as dropflow's `PrefectRunner` calls
-  it, with the same concurrency and the same embedded-server settings (`watcher.backend`).
+  it, with the same concurrency and the same embedded-server settings (`watcher.server.settings`).
   What Prefect itself costs.
 - `direct`: `DirectRunner`, the same sleeps and timeouts with no Prefect: the physical limit.
 
@@ -21,8 +21,8 @@ from pathlib import Path
 
 from bench.hotfolder import ready
 from bench.jobfile import JobSpec, RunClock, write_result
-from watcher.backend import embedded_environment, service_environment
-from watcher.embedded import EmbeddedOptions, EmbeddedServer
+from watcher.server.embedded import EmbeddedOptions, EmbeddedServer
+from watcher.server.settings import embedded_environment, service_environment
 
 __all__ = ["embedded_options", "embedded_server", "main"]
 
@@ -43,7 +43,7 @@ def embedded_server() -> EmbeddedServer:
 
 
 async def _serve(mode: str, results: Path, concurrency: int) -> None:
-    from watcher.runner import DirectRunner, PrefectRunner, Runner, RunRequest
+    from watcher.running.in_process import DirectRunner, PrefectRunner, Runner, RunRequest
 
     # As `dropflow run` builds it: the embedded server gets the environment with the settings.
     runner: Runner = DirectRunner()

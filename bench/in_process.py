@@ -37,7 +37,7 @@ from bench.stack import (
     through_floor,
     trial_row,
 )
-from watcher.worker import IN_PROCESS_POOL_TYPE
+from watcher.running.worker import IN_PROCESS_POOL_TYPE
 
 __all__ = ["main"]
 

@@ -1,7 +1,8 @@
 """Job files in, result files out, for the peers the bench brings along (not dropflow itself).
 
-Results are written the way dropflow writes them (`watcher.results`: fsynced temp file, then a
-rename), with the same fields the bench reads, so every peer pays the same for its files.
+Results are written the way dropflow writes them (`watcher.folders.results`: fsynced temp
+file, then a rename), with the same fields the bench reads, so every peer pays the same for
+its files.
 """
 
 from __future__ import annotations
@@ -14,8 +15,8 @@ from typing import Any
 
 import yaml
 
-from watcher.durable import write_atomic
-from watcher.results import Result, dump, now_iso
+from watcher.folders.durable import write_atomic
+from watcher.folders.results import Result, dump, now_iso
 
 __all__ = ["JobSpec", "RunClock", "archive", "read_spec", "result_name", "write_result"]
 

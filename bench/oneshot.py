@@ -13,7 +13,7 @@ import asyncio
 import sys
 from pathlib import Path
 
-from watcher.runner import PrefectRunner, RunOutcome, RunRequest
+from watcher.running.in_process import PrefectRunner, RunOutcome, RunRequest
 
 __all__ = ["main"]
 

@@ -3,7 +3,7 @@
 watchmedo starts the command for each event and, without `--wait`, does not wait for it, so
 jobs run at once in as many processes as files arrive. A child with no PREFECT_API_URL would
 start an ephemeral server of its own for each file; instead this watcher starts the embedded
-server once (with dropflow's settings, `watcher.backend`) and hands its address to every
+server once (with dropflow's settings, `watcher.server.settings`) and hands its address to every
 child, so the row measures the process-per-file pattern and not twenty servers.
 
 Usage: python -m bench.per_file INBOX RESULTS ARCHIVE

@@ -28,8 +28,8 @@ from bench.report import machine
 from bench.workloads import ResultWatch, Workload, WorkloadRun
 from tests.cluster import Cluster
 from tests.harness import ServiceProcess
+from watcher.cli.deploy import DEPLOYMENT_TAG
 from watcher.defaults import DEPLOYMENT
-from watcher.deploy import DEPLOYMENT_TAG
 
 __all__ = [
     "IN_FLIGHT",

@@ -26,7 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from watcher import defaults
-from watcher.jobs import Job, JobError, JobLimits, parse_job
+from watcher.jobs.model import Job, JobError, JobLimits, parse_job
 
 __all__ = [
     "FRAGMENTS",

@@ -1,6 +1,6 @@
 """The hostile-input catalog against jobs for a registered flow: every content case of
-`tests/watcher/test_hostile.py`, nested under `parameters:` of a job naming the `probe` flow,
-plus cases aimed at the registry itself. One real `dropflow run` gets them all at once. Each
+`tests/watcher/service/test_hostile.py`, nested under `parameters:` of a job naming the `probe`
+flow, plus cases aimed at the registry itself. One real `dropflow run` gets them all at once. Each
 gets an error result, one clear line; none starts a flow run, and the probe never runs.
 """
 
@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.harness import PrefectServer, ServiceProcess, wait_until
-from tests.watcher import test_hostile as hostile
+from tests.watcher.service import test_hostile as hostile
 
 ROOT = Path(__file__).resolve().parents[1]
 PROBE = b"flow: probe\nparameters:\n"

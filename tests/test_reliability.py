@@ -17,9 +17,9 @@ import pytest
 
 from tests.conftest import ServiceFactory
 from tests.harness import PrefectServer, ServiceProcess, audit, claim_folders, wait_until
-from watcher.config import load_config
-from watcher.runner import DirectRunner
-from watcher.service import Service
+from watcher.config.settings import load_config
+from watcher.running.in_process import DirectRunner
+from watcher.service.loop import Service
 
 
 def check_every_job_has_one_complete_result(
@@ -216,22 +216,22 @@ class _LossyService(Service):
         self.delivered = self.dropped = 0
 
     async def serve(self) -> None:
-        import watcher.inbox
+        import watcher.service.inbox
 
-        original = watcher.inbox.Inbox._post
+        original = watcher.service.inbox.Inbox._post
 
-        def lossy(inbox: watcher.inbox.Inbox, event: object) -> None:
+        def lossy(inbox: watcher.service.inbox.Inbox, event: object) -> None:
             if self.rng.random() < 0.9:
                 self.dropped += 1
                 return
             self.delivered += 1
             original(inbox, event)  # type: ignore[arg-type]
 
-        watcher.inbox.Inbox._post = lossy  # type: ignore[method-assign,assignment]
+        watcher.service.inbox.Inbox._post = lossy  # type: ignore[method-assign,assignment]
         try:
             await super().serve()
         finally:
-            watcher.inbox.Inbox._post = original  # type: ignore[method-assign]
+            watcher.service.inbox.Inbox._post = original  # type: ignore[method-assign]
 
 
 @pytest.mark.timeout(300)

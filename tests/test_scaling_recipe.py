@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from tests.harness import ROOT, PrefectServer
-from watcher.config import load_config
+from watcher.config.settings import load_config
 
 DEPLOY = ROOT / "deploy"
 

@@ -1,6 +1,6 @@
 import sys
 
-from watcher.cli import main
+from watcher.cli.app import main
 
 # The guard matters: a sync flow's process (spawned) imports the parent's main module.
 if __name__ == "__main__":

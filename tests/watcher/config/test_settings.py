@@ -1,0 +1,148 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.harness import ROOT
+from watcher import defaults
+from watcher.config.settings import ConfigError, load_config
+
+
+def _write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "config.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_every_key_has_a_default(tmp_path: Path) -> None:
+    settings = load_config(_write(tmp_path, ""))
+    assert settings.inbox == tmp_path / "inbox"
+    assert settings.results == tmp_path / "results"
+    assert settings.archive == tmp_path / "archive"
+    assert settings.processing == tmp_path / "processing"
+    assert settings.max_concurrent_jobs == defaults.MAX_CONCURRENT_JOBS == 8
+    assert settings.defaults.timeout == 2 and settings.defaults.sleep == (0, 3)
+    assert settings.patterns == ("*.yaml", "*.yml")
+    assert settings.polling is False
+    assert settings.shutdown_grace == 10 and settings.max_attempts == 3
+
+
+def test_the_shipped_config_is_valid_and_matches_the_defaults() -> None:
+    shipped = ROOT / "config.yaml"
+    settings = load_config(shipped)
+    assert settings.inbox == shipped.parent / "inbox"
+    assert settings.max_concurrent_jobs == 8
+
+
+def test_relative_paths_resolve_against_the_config_folder(tmp_path: Path) -> None:
+    (tmp_path / "etc").mkdir()
+    path = _write(tmp_path / "etc", "inbox: ../drop\nresults: /srv/out\n")
+    settings = load_config(path)
+    assert settings.inbox == tmp_path / "etc" / ".." / "drop"
+    assert settings.results == Path("/srv/out")
+
+
+def test_no_config_file_means_defaults_in_the_working_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert load_config(None).inbox == tmp_path / "inbox"
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (
+            "max_concurent_jobs: 3\n",
+            "unknown key 'max_concurent_jobs' (did you mean 'max_concurrent_jobs'?)",
+        ),
+        ("max_concurrent_jobs: many\n", "max_concurrent_jobs: Input should be a valid integer"),
+        (
+            "max_concurrent_jobs: 0\n",
+            "max_concurrent_jobs: Input should be greater than or equal to 1",
+        ),
+        ("defaults: {timeout: -1}\n", "defaults.timeout: Input should be greater than 0"),
+        ("defaults: {sleep: [3, 1]}\n", "defaults: sleep: the range [3, 1] is reversed"),
+        ("defaults: {sleep: 9999}\nmax_sleep: 10\n", "defaults: sleep: must be at most 10 seconds"),
+        ("inbox: results\nresults: results\n", "results: must differ from inbox"),
+        ("inbox: 5\n", "inbox: must be a folder path, got 5"),
+        ("polling: maybe\n", "polling: Input should be a valid boolean"),
+        ("- a\n- b\n", "must be a YAML mapping"),
+        ("inbox: [unclosed\n", "not valid YAML"),
+        ("runner: threads\n", "runner: Input should be 'prefect', 'deployment' or 'direct'"),
+    ],
+)
+def test_bad_config_names_file_key_and_problem(tmp_path: Path, text: str, expected: str) -> None:
+    path = _write(tmp_path, text)
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    message = str(caught.value)
+    assert message.startswith(f"{path}: ")
+    assert expected in message
+
+
+def test_missing_config_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config(tmp_path / "nope.yaml")
+
+
+def test_settings_are_frozen(tmp_path: Path) -> None:
+    settings = load_config(_write(tmp_path, ""))
+    with pytest.raises(ValueError, match="frozen"):
+        settings.max_concurrent_jobs = 3  # type: ignore[misc]
+
+
+def test_the_embedded_server_keys(tmp_path: Path) -> None:
+    settings = load_config(_write(tmp_path, ""))
+    assert settings.data_dir == tmp_path / "data"
+    assert settings.server_port == defaults.SERVER_PORT == 4200
+    assert settings.ui is True
+    assert settings.history_days == defaults.HISTORY_DAYS == 30
+    settings = load_config(
+        _write(tmp_path, "data_dir: ../history\nserver_port: 4321\nui: false\nhistory_days: 0\n")
+    )
+    assert settings.data_dir == tmp_path / ".." / "history"
+    assert (settings.server_port, settings.ui, settings.history_days) == (4321, False, 0)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("server_port: 70000\n", "server_port: Input should be less than or equal to 65535"),
+        ("server_port: web\n", "server_port: Input should be a valid integer"),
+        ("history_days: 0.01\n", "history_days: Value error, must be 0 (keep for ever) or at"),
+        ("data_dir: inbox\n", "data_dir: must differ from inbox"),
+        ("data_dir: ''\n", "data_dir: must be a folder path"),
+        ("ui: maybe\n", "ui: Input should be a valid boolean"),
+    ],
+)
+def test_bad_embedded_server_keys_are_named(tmp_path: Path, text: str, expected: str) -> None:
+    with pytest.raises(ConfigError) as raised:
+        load_config(_write(tmp_path, text))
+    assert expected in str(raised.value)
+
+
+def test_flows_and_their_entrypoints(tmp_path: Path) -> None:
+    settings = load_config(_write(tmp_path, "flows:\n  csv: lib/csv_flow.py:summary\n  m: a.b:c\n"))
+    assert settings.flows == {"csv": f"{tmp_path / 'lib' / 'csv_flow.py'}:summary", "m": "a.b:c"}
+    assert settings.job_limits.flows == ("csv", "m")
+    assert load_config(_write(tmp_path, "")).flows == {"wait": "flows.wait:wait"}
+    assert load_config(_write(tmp_path, "files_dir: data/in\n")).files_dir == tmp_path / "data/in"
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("flows: {wait: mine.mod:f}\n", "flows: wait: the name 'wait' is the built-in wait flow"),
+        ("flows: {'9x': a.b:c}\n", "flows: '9x' is not a flow name"),
+        ("flows: {x: 'a.b'}\n", "flows: x: must be an entrypoint 'module.path:function'"),
+        ("flows: {x: 'a.b:c:d'}\n", "flows: x: must be an entrypoint"),
+        ("flows: [a]\n", "flows: must be a mapping of flow names to entrypoints"),
+        ("flows: {}\n", "flows"),
+        ("max_return_bytes: -1\n", "max_return_bytes"),
+    ],
+)
+def test_bad_flows(tmp_path: Path, text: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_config(_write(tmp_path, text))

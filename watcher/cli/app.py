@@ -1,0 +1,417 @@
+"""`dropflow`: the command line. Parses arguments, sets up logging and Prefect, and runs the
+service (`run`) or one of the operator's commands (`submit`, `validate`, `status`, `schema`),
+each of which lives in its own module."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from watcher import __version__
+from watcher.config.settings import ConfigError, Settings, load_config
+from watcher.defaults import WAIT_FLOW
+from watcher.server.settings import embedded_environment, service_environment
+
+__all__ = ["main"]
+
+logger = logging.getLogger("watcher")
+
+EXIT_USAGE = 2
+EXIT_FATAL = 1
+EXIT_INTERRUPTED = 130
+
+
+_EXAMPLES = {
+    "run": "example:\n  dropflow run --config config.yaml",
+    "submit": (
+        "examples:\n"
+        "  dropflow submit --wait hello.yaml        # wait for its result; exit 0 if completed\n"
+        "  dropflow submit --wait --timeout 60 --json a.yaml b.yaml\n"
+        "  dropflow submit nightly.yaml             # drop it and return\n\n"
+        "exit status: 0 completed (or submitted, without --wait), 1 canceled, 2 error or an\n"
+        "invalid file (nothing is then submitted), 3 --timeout ran out (the job goes on),\n"
+        "4 --wait with no service serving this config (nothing is submitted)"
+    ),
+    "validate": (
+        "example:\n  dropflow validate --config config.yaml jobs/*.yaml\n\n"
+        "exit status: 0 if every file is valid, 2 otherwise"
+    ),
+    "status": "examples:\n  dropflow status --config config.yaml\n  dropflow status --json",
+    "schema": (
+        "example:\n  dropflow schema --config config.yaml > job.schema.json\n"
+        "then start job files with:  # yaml-language-server: $schema=job.schema.json"
+    ),
+    "deploy": (
+        "example:\n  PREFECT_API_URL=http://prefect:4200/api dropflow deploy --config config.yaml\n"
+        "  prefect worker start --pool dropflow        # on each worker machine"
+    ),
+}
+
+
+def _command(
+    commands: argparse._SubParsersAction[argparse.ArgumentParser],
+    name: str,
+    summary: str,
+    text: str,
+) -> argparse.ArgumentParser:
+    command = commands.add_parser(
+        name,
+        help=summary,
+        description=text,
+        epilog=_EXAMPLES[name],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    command.add_argument(
+        "--config",
+        "-c",
+        type=Path,
+        default=None,
+        metavar="PATH",
+        help="the config file (YAML); without it every key takes its default, "
+        "relative to the current folder",
+    )
+    return command
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number of seconds, got {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a number of seconds > 0, got {text!r}")
+    return value
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="dropflow",
+        description="A hot-folder runner for Prefect: each job file dropped in the inbox "
+        "becomes a Prefect flow run and a result file.",
+        epilog="`dropflow COMMAND --help` shows a command's options and an example.",
+    )
+    parser.add_argument("--version", action="version", version=f"dropflow {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    run = _command(
+        commands,
+        "run",
+        "run the service in the foreground until SIGTERM or SIGINT",
+        "Run the service in the foreground. SIGTERM or SIGINT stops it gracefully "
+        "(running jobs get `shutdown_grace` seconds); a second one stops it at once. Without "
+        "PREFECT_API_URL, Prefect's embedded server is started; with it, runs go to that server.",
+    )
+    run.add_argument(
+        "--no-standby",
+        action="store_true",
+        help="if another dropflow already serves these folders, exit 2 at once instead of "
+        "waiting to take over when it stops",
+    )
+    run.add_argument(
+        "--log-format",
+        default="text",
+        choices=["text", "json"],
+        help="`json` writes one JSON object per line (time, level, logger, message), for log "
+        "shippers; Prefect's own console lines too (default: text)",
+    )
+    run.add_argument(
+        "--log-level",
+        default="INFO",
+        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+        help="how much dropflow logs (default: INFO)",
+    )
+    submit = _command(
+        commands,
+        "submit",
+        "check job files, drop them in the inbox; --wait for the results",
+        "Check each file with the service's rules, then write it into the inbox atomically (a "
+        "temp name, then a rename that never replaces a waiting job). If any file is invalid, "
+        "its message is printed and nothing is submitted. With --wait, wait for the result of "
+        "this very submission and print it.",
+    )
+    submit.add_argument("files", nargs="+", metavar="FILE", help="job files to submit")
+    submit.add_argument("--wait", action="store_true", help="wait for the results")
+    submit.add_argument(
+        "--timeout",
+        type=_seconds,
+        default=None,
+        metavar="SECONDS",
+        help="with --wait: stop waiting after this long, exit 3 (the job goes on)",
+    )
+    submit.add_argument("--json", action="store_true", help="print JSON, no progress")
+    validate = _command(
+        commands,
+        "validate",
+        "check job files with the service's rules, one line per file",
+        "Check job files exactly as the service would, with the messages their result files "
+        "would carry. Changes nothing.",
+    )
+    validate.add_argument("files", nargs="+", metavar="FILE", help="job files to check")
+    status = _command(
+        commands,
+        "status",
+        "show the service, inbox backlog, jobs in flight, recent results",
+        "Show whether a service serves this config (pid, host, since when, runner, Prefect "
+        "API), the job files waiting in the inbox, the jobs in flight, and the results of the "
+        "last hour and day with the newest ten. Works with or without a running service.",
+    )
+    status.add_argument(
+        "--json",
+        action="store_true",
+        help="print JSON with the keys service, inbox, in_flight, results",
+    )
+    _command(
+        commands,
+        "schema",
+        "print the JSON Schema of a job file, for editors",
+        "Print the JSON Schema (draft 2020-12) of a job file, made from the model that "
+        "validates job files, with this config's caps and defaults.",
+    )
+    deploy = _command(
+        commands,
+        "deploy",
+        "create the work pool and a deployment per registered flow",
+        "Create the config's `work_pool` (process type) if it is missing and register each "
+        "flow of `flows` on it: the wait flow as `deployment`, with a module entrypoint "
+        "(flows.wait:wait) that any machine with dropflow installed can run, and every other "
+        "flow as <its Prefect name>/<the same deployment name>. Needs PREFECT_API_URL. Running "
+        "it again changes nothing. Then start workers: prefect worker start --pool <work_pool>.",
+    )
+    deploy.set_defaults(log_level="INFO")
+    return parser
+
+
+_NO_API_URL = (
+    "runner: deployment needs PREFECT_API_URL: workers on other machines cannot reach an "
+    "embedded server. Start a Prefect server (see README, Scaling out) and set PREFECT_API_URL."
+)
+
+
+def _api_url() -> str | None:
+    # Before Prefect is imported: it reads its settings from the environment then.
+    os.environ.update(service_environment(os.environ))
+    from prefect.settings import get_current_settings
+
+    # From the environment or the Prefect profile.
+    return get_current_settings().api.url
+
+
+def _deploy(settings: Settings) -> int:
+    import asyncio
+
+    from watcher.cli.deploy import deploy
+    from watcher.cli.validate import loaded_registry
+    from watcher.config.registry import RegistryError
+
+    if not _api_url():
+        print(f"dropflow: {_NO_API_URL}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        flows = list(loaded_registry(settings).loaded_flows())
+    except RegistryError as exc:
+        print(f"dropflow: bad config: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        done = asyncio.run(deploy(settings.work_pool, settings.deployment, flows))
+    except Exception as exc:
+        print(f"dropflow: cannot deploy: {exc}", file=sys.stderr)
+        return EXIT_FATAL
+    pool = "created" if done.pool_created else "already there"
+    print(f"work pool {done.work_pool} ({pool})")
+    for deployed in done.deployments:
+        print(
+            f"deployment {deployed.deployment} ({deployed.deployment_id}), entrypoint "
+            f"{deployed.entrypoint}"
+        )
+    print(f"start workers with: prefect worker start --pool {done.work_pool}")
+    return 0
+
+
+def _formatter(log_format: str) -> logging.Formatter:
+    if log_format == "json":
+        from pythonjsonlogger.json import JsonFormatter
+
+        return JsonFormatter(
+            ["levelname", "name", "message"],
+            rename_fields={"levelname": "level", "name": "logger"},
+            timestamp="time",  # ISO 8601, UTC, microseconds
+        )
+    return logging.Formatter(
+        "%(asctime)s.%(msecs)03d | %(levelname)-7s | %(name)s - %(message)s", "%H:%M:%S"
+    )
+
+
+def _setup_logging(level: str, log_format: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_formatter(log_format))
+    logger.handlers[:] = [handler]
+    logger.setLevel(level)
+    logger.propagate = False
+
+
+def _route_prefect_console(log_format: str) -> None:
+    """Print Prefect's console lines in dropflow's format, without expected-outcome errors.
+
+    Prefect's logging config gives the root logger (and a few of its own) a console handler
+    of its own style; each is replaced by one with dropflow's format and the same level, so
+    `--log-format json` gives JSON only. A job that runs past its timeout is logged by
+    dropflow as one INFO line; the task engine's ERROR and traceback for it are kept off the
+    console (they still reach the API through Prefect's API handler).
+    """
+    from watcher.server.prefect_internals import TimeoutRecordFilter, configure_prefect_logging
+
+    configure_prefect_logging()
+    for name in (None, "prefect._internal", "uvicorn", "fastapi"):
+        target = logging.getLogger(name)
+        for index, old in enumerate(target.handlers):
+            if type(old) is logging.FileHandler or not isinstance(old, logging.StreamHandler):
+                continue
+            new = logging.StreamHandler(sys.stderr)
+            new.setLevel(old.level)
+            new.setFormatter(_formatter(log_format))
+            new.addFilter(TimeoutRecordFilter())
+            target.handlers[index] = new
+
+
+def _fatal(message: str, log_format: str) -> None:
+    # With --log-format json every line is JSON, the last words included.
+    if log_format == "json":
+        logger.critical(message)
+    else:
+        print(message, file=sys.stderr)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run `dropflow` with `argv` (default: `sys.argv[1:]`); return the exit status."""
+    args = _parser().parse_args(argv)
+    log_format = getattr(args, "log_format", "text")
+    _setup_logging(getattr(args, "log_level", "WARNING"), log_format)
+    try:
+        settings = load_config(args.config)
+    except ConfigError as exc:
+        _fatal(f"dropflow: bad config: {exc}", log_format)
+        return EXIT_USAGE
+    if args.command == "deploy":
+        return _deploy(settings)
+    if args.command != "run":
+        return _operator_command(args, settings)
+
+    if settings.runner == "prefect":
+        # Before Prefect is imported (`watcher.running.in_process` imports the flow): it reads its
+        # settings, its logging config among them, from the environment then.
+        os.environ.update(service_environment(os.environ))
+        os.environ.update(embedded_environment(os.environ))
+
+    from watcher import features
+    from watcher.config.registry import Registry, RegistryError
+    from watcher.folders.lock import LockError
+    from watcher.running.in_process import DirectRunner, PrefectRunner, Runner, RunnerUnavailable
+    from watcher.service.loop import FolderError, ServedElsewhere, Service
+
+    if os.environ.get(features.ENVIRONMENT_VARIABLE, "") not in ("", "0"):
+        features.use(features.Platform.portable())
+
+    registry = Registry(settings.flows, settings.files_dir)
+    runner: Runner = DirectRunner()
+    if settings.runner == "prefect":
+        from watcher.server.embedded import EmbeddedOptions
+
+        options = EmbeddedOptions(
+            port=settings.server_port,
+            data_dir=settings.data_dir,
+            ui=settings.ui,
+            history_days=settings.history_days,
+        )
+        runner = PrefectRunner(
+            options,
+            os.environ,
+            on_import=lambda: _route_prefect_console(args.log_format),
+            registry=registry,
+            max_return_bytes=settings.max_return_bytes,
+        )
+    elif settings.runner == "deployment":
+        if not _api_url():
+            print(f"dropflow: {_NO_API_URL}", file=sys.stderr)
+            return EXIT_USAGE
+        from watcher.running.deployment import DeploymentRunner
+
+        runner = DeploymentRunner(
+            settings.deployment,
+            settings.work_pool,
+            max_attempts=settings.max_attempts,
+            start_timeout=settings.start_timeout,
+            lost_run_margin=settings.lost_run_margin,
+            registry=registry,
+        )
+    try:
+        return Service(settings, runner, standby=not args.no_standby, registry=registry).run()
+    except (ServedElsewhere, FolderError) as exc:
+        _fatal(f"dropflow: {exc}", args.log_format)
+        return EXIT_USAGE
+    except RegistryError as exc:
+        _fatal(f"dropflow: bad config: {args.config}: {exc}", args.log_format)
+        return EXIT_USAGE
+    except (RunnerUnavailable, LockError) as exc:
+        _fatal(f"dropflow: cannot start: {exc}", args.log_format)
+        return EXIT_FATAL
+    except OSError as exc:
+        _fatal(f"dropflow: cannot start: {exc}", args.log_format)
+        return EXIT_FATAL
+
+
+def _operator_command(args: argparse.Namespace, settings: Settings) -> int:
+    """The commands beside `run`: they read and write the folders, never Prefect."""
+    out = sys.stdout
+    if args.command == "validate":
+        from watcher.cli.validate import validate
+
+        return validate(args.files, settings, out)
+    if args.command == "schema":
+        from watcher.cli.validate import loaded_registry
+        from watcher.config.registry import RegistryError
+        from watcher.config.schema import job_schema
+
+        flows = {}
+        if set(settings.flows) - {WAIT_FLOW}:
+            try:
+                registry = loaded_registry(settings)
+            except RegistryError as exc:
+                print(f"dropflow: bad config: {args.config}: {exc}", file=sys.stderr)
+                return EXIT_USAGE
+            flows = {flow.name: flow for flow in registry.loaded_flows()}
+        print(json.dumps(job_schema(settings.job_limits, flows), indent=2), file=out)
+        return 0
+    if args.command == "status":
+        from watcher.cli.status import gather, render
+
+        status = gather(settings)
+        if args.json:
+            print(json.dumps(status, indent=2), file=out)
+        else:
+            render(status, out)
+        return 0
+    from watcher.cli.submit import submit
+
+    if args.timeout is not None and not args.wait:
+        print("dropflow: submit: --timeout needs --wait", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        return submit(
+            args.files,
+            settings,
+            wait=args.wait,
+            timeout=args.timeout,
+            as_json=args.json,
+            out=out,
+            live=out.isatty(),
+        )
+    except KeyboardInterrupt:
+        print("\ndropflow: stopped waiting; the submitted jobs go on", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except OSError as exc:
+        print(f"dropflow: cannot submit: {exc}", file=sys.stderr)
+        return EXIT_FATAL

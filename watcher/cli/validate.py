@@ -1,0 +1,146 @@
+"""`dropflow validate`: the service's own checks on job files, before they are dropped.
+
+A file is checked exactly as the service would check it in the inbox (`read_job_bytes` with
+the config's size cap, then `parse_job` with its caps and defaults, then, for a flow other
+than wait, its parameters against the flow's schema: that loads the registry, which imports
+Prefect and the flows), and a problem is told in
+the words of the result file it would get: `<file name>: <problem>`. `dropflow submit` runs
+the same checks first.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import unicodedata
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TextIO
+
+from watcher.config.registry import Registry, RegistryError
+from watcher.config.settings import Settings
+from watcher.defaults import WAIT_FLOW
+from watcher.jobs.model import Job, JobError, parse_job, read_job_bytes
+from watcher.service.inbox import is_job_name
+
+__all__ = ["Checked", "check_file", "one_line", "validate"]
+
+logger = logging.getLogger(__name__)
+
+EXIT_VALID = 0
+EXIT_INVALID = 2
+
+
+@dataclass(frozen=True)
+class Checked:
+    """What the checks made of one file."""
+
+    path: Path
+    job: Job | None
+    problem: str = ""
+    """Empty for a valid job; otherwise what follows `<name>: ` in its result message."""
+    data: bytes = b""
+    """The bytes that were checked (what `submit` drops)."""
+
+    @property
+    def ok(self) -> bool:
+        """Whether the file is a valid job."""
+        return self.job is not None
+
+    @property
+    def message(self) -> str:
+        """The message the file's result would carry, as in a result file."""
+        return f"{self.path.name}: {self.problem}"
+
+
+def check_file(path: Path, settings: Settings) -> Checked:
+    """Check one job file with the service's rules (see the module's docstring)."""
+    if not os.path.lexists(path):
+        return Checked(path, None, "no such file")
+    if not is_job_name(path.name, settings.patterns):
+        patterns = ", ".join(settings.patterns)
+        return Checked(
+            path,
+            None,
+            f"not a job file name: the inbox takes {patterns} (never dotfiles or editor temp "
+            "files), so the service would never see it",
+        )
+    limits = settings.job_limits
+    try:
+        data = read_job_bytes(path, limits.max_bytes)
+    except JobError as exc:
+        return Checked(path, None, str(exc))
+    except OSError as exc:
+        return Checked(path, None, f"could not be read: {exc.strerror or exc}")
+    try:
+        job = parse_job(data, limits)
+        if job.flow != WAIT_FLOW:
+            loaded_registry(settings).parameters(job)
+    except JobError as exc:
+        return Checked(path, None, str(exc), data=data)
+    except RegistryError as exc:
+        return Checked(path, None, f"flow '{job.flow}' cannot be checked: {exc}", data=data)
+    return Checked(path, job, data=data)
+
+
+def loaded_registry(settings: Settings) -> Registry:
+    """The config's registry, loaded (which imports Prefect and every flow) once per process.
+
+    Raises:
+        RegistryError: a flow cannot be loaded.
+    """
+    key = (tuple(settings.flows.items()), settings.files_dir)
+    registry = _registries.get(key)
+    if registry is None:
+        registry = Registry(settings.flows, settings.files_dir)
+        registry.load()
+        _registries[key] = registry
+    return registry
+
+
+_registries: dict[tuple[tuple[tuple[str, str], ...], Path], Registry] = {}
+
+
+def describe(job: Job) -> str:
+    """A job's values in a few words: `timeout 2 s, sleep [0, 3] s, name 'x'`, or for other
+    flows `flow csv_summary, timeout 30 s, parameters path, columns`."""
+    if job.flow != WAIT_FLOW:
+        given = ", ".join(job.parameters or {}) or "none"
+        name = f", name {job.name!r}" if job.name else ""
+        return f"flow {job.flow}, timeout {job.timeout:g} s, parameters {given}{name}"
+    sleep = job.sleep
+    drawn = f"[{sleep[0]:g}, {sleep[1]:g}]" if isinstance(sleep, tuple) else f"{sleep:g}"
+    name = f", name {job.name!r}" if job.name else ""
+    return f"timeout {job.timeout:g} s, sleep {drawn} s{name}"
+
+
+def one_line(text: str) -> str:
+    """`text` safe to print as one line: control characters escaped (a file name may hold a
+    newline), and bytes that are not UTF-8 (a file name may hold those too) as `\\udcff`."""
+    out = []
+    for ch in text:
+        if unicodedata.category(ch) in ("Cc", "Zl", "Zp"):
+            out.append(ch.encode("unicode_escape").decode("ascii"))
+        else:
+            out.append(ch)
+    return "".join(out).encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def shown(checked: Checked, given: str) -> str:
+    """The line `validate` prints for a file given as `given` on the command line."""
+    if checked.ok:
+        assert checked.job is not None
+        return one_line(f"{given}: valid ({describe(checked.job)})")
+    return one_line(f"{given}: {checked.problem}")
+
+
+def validate(files: Sequence[str], settings: Settings, out: TextIO) -> int:
+    """Check each file and print one line for it; 0 if all are valid, 2 otherwise."""
+    status = EXIT_VALID
+    for given in files:
+        checked = check_file(Path(given), settings)
+        print(shown(checked, given), file=out)
+        if not checked.ok:
+            status = EXIT_INVALID
+    return status

