@@ -43,7 +43,9 @@ def embedded_server() -> EmbeddedServer:
 
 
 async def _serve(mode: str, results: Path, concurrency: int) -> None:
-    from watcher.running.in_process import DirectRunner, PrefectRunner, Runner, RunRequest
+    from watcher.running.contract import Runner, RunRequest
+    from watcher.running.direct import DirectRunner
+    from watcher.running.in_process import PrefectRunner
 
     # As `dropflow run` builds it: the embedded server gets the environment with the settings.
     runner: Runner = DirectRunner()

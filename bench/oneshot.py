@@ -13,7 +13,8 @@ import asyncio
 import sys
 from pathlib import Path
 
-from watcher.running.in_process import PrefectRunner, RunOutcome, RunRequest
+from watcher.running.contract import RunOutcome, RunRequest
+from watcher.running.in_process import PrefectRunner
 
 __all__ = ["main"]
 

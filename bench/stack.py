@@ -28,8 +28,8 @@ from bench.report import machine
 from bench.workloads import ResultWatch, Workload, WorkloadRun
 from tests.cluster import Cluster
 from tests.harness import ServiceProcess
-from watcher.cli.deploy import DEPLOYMENT_TAG
 from watcher.defaults import DEPLOYMENT
+from watcher.running.contract import FLOW_RUN_TAG
 
 __all__ = [
     "IN_FLIGHT",
@@ -235,7 +235,7 @@ async def _floor_runs(url: str, specs: Sequence[JobSpec], key: str) -> tuple[flo
                         client=client,
                         parameters={"timeout": s.timeout, "sleep": s.sleep, "name": s.name[:-5]},
                         flow_run_name=s.name[:-5],
-                        tags=[DEPLOYMENT_TAG],
+                        tags=[FLOW_RUN_TAG],
                         idempotency_key=f"{key}-{s.name}",
                         timeout=0,
                     )

@@ -1,5 +1,5 @@
-"""Prefect flows run by dropflow. They stand alone: nothing here imports `watcher`."""
+"""Prefect flows run by dropflow. They stand alone: nothing here imports `watcher`.
 
-from flows.wait import WaitOutcome, draw_sleep, wait
-
-__all__ = ["WaitOutcome", "draw_sleep", "wait"]
+`flows.wait` is the wait flow; `flows.work` is its work without Prefect, so importing this package
+imports no Prefect.
+"""

@@ -11,9 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 from datetime import UTC, datetime
-from typing import Any, Literal, TypedDict
+from typing import Any, TypedDict
 
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
@@ -22,11 +21,11 @@ from prefect.context import FlowRunContext
 from prefect.runtime import flow_run
 from prefect.states import Cancelled, Completed
 
+from flows.work import Outcome, draw_sleep, outcome_message
+
 __all__ = ["WaitOutcome", "draw_sleep", "outcome_message", "sleep_for", "wait"]
 
 logger = logging.getLogger(__name__)
-
-Outcome = Literal["completed", "canceled"]
 
 
 class WaitOutcome(TypedDict):
@@ -38,21 +37,6 @@ class WaitOutcome(TypedDict):
     flow_run_id: str
     flow_run_name: str
     message: str
-
-
-def draw_sleep(sleep: float | tuple[float, float], rng: random.Random | None = None) -> float:
-    """Return the seconds of work: `sleep` itself, or a uniform draw from `[min, max]`."""
-    if isinstance(sleep, tuple | list):
-        low, high = sleep
-        return round((rng or random).uniform(low, high), 3)
-    return float(sleep)
-
-
-def outcome_message(outcome: Outcome, seconds: float, timeout: float) -> str:
-    """The sentence a result gives for an outcome of the wait."""
-    if outcome == "completed":
-        return f"The work ({seconds:g} s) finished within the {timeout:g} s timeout."
-    return f"Canceled: the work ({seconds:g} s) ran past the {timeout:g} s timeout."
 
 
 # NO_CACHE: a cache key hashes the task's source and inputs on every run, and a sleep is never

@@ -216,7 +216,7 @@ def test_registered_flows_run_on_workers_and_are_stopped_at_their_timeout(
     deployed: Callable[..., ServiceProcess], cluster: Cluster, tmp_path: Path
 ) -> None:
     from tests.harness import ROOT
-    from watcher.running.deployment import NO_RETURN
+    from watcher.running.deployment.runner import NO_RETURN
 
     flows = {
         "wait": "flows.wait:wait",

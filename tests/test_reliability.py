@@ -18,7 +18,7 @@ import pytest
 from tests.conftest import ServiceFactory
 from tests.harness import PrefectServer, ServiceProcess, audit, claim_folders, wait_until
 from watcher.config.settings import load_config
-from watcher.running.in_process import DirectRunner
+from watcher.running.direct import DirectRunner
 from watcher.service.loop import Service
 
 

@@ -121,7 +121,8 @@ LOST_RUN_MARGIN = 60.0
 """With `runner: deployment`, a flow run still running this many seconds past its timeout is
 taken as lost with its worker (a machine that died): it is marked Crashed and the job runs again
 on another worker. The wait flow ends itself at its timeout, so only a dead worker reaches this.
-(A run a worker took but never started is lost after `watcher.running.deployment.PENDING_LIMIT`.)"""
+(A run a worker took but never started is lost after
+`watcher.running.deployment.runner.PENDING_LIMIT`.)"""
 
 RESULT_FILE_MODE = 0o644
 """Permissions of result files: the owner writes, everyone may read."""

@@ -1,4 +1,4 @@
-from flows import draw_sleep
+from flows.work import draw_sleep
 
 
 def test_a_number_is_used_as_is() -> None:

@@ -12,8 +12,7 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 from prefect.client.schemas.objects import FlowRun, TaskRun
 
-from flows import wait
-from flows.wait import sleep_for
+from flows.wait import sleep_for, wait
 
 pytestmark = pytest.mark.anyio
 

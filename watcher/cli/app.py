@@ -203,9 +203,9 @@ def _api_url() -> str | None:
 def _deploy(settings: Settings) -> int:
     import asyncio
 
-    from watcher.cli.deploy import deploy
     from watcher.cli.validate import loaded_registry
     from watcher.config.registry import RegistryError
+    from watcher.running.deployment.registration import deploy
 
     if not _api_url():
         print(f"dropflow: {_NO_API_URL}", file=sys.stderr)
@@ -309,7 +309,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     from watcher import features
     from watcher.config.registry import Registry, RegistryError
     from watcher.folders.lock import LockError
-    from watcher.running.in_process import DirectRunner, PrefectRunner, Runner, RunnerUnavailable
+    from watcher.running.contract import Runner, RunnerUnavailable
+    from watcher.running.direct import DirectRunner
+    from watcher.running.in_process import PrefectRunner
     from watcher.service.loop import FolderError, ServedElsewhere, Service
 
     if os.environ.get(features.ENVIRONMENT_VARIABLE, "") not in ("", "0"):
@@ -337,7 +339,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not _api_url():
             print(f"dropflow: {_NO_API_URL}", file=sys.stderr)
             return EXIT_USAGE
-        from watcher.running.deployment import DeploymentRunner
+        from watcher.running.deployment.runner import DeploymentRunner
 
         runner = DeploymentRunner(
             settings.deployment,

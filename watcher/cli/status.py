@@ -23,13 +23,13 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TextIO
 
-from watcher.cli.validate import one_line
 from watcher.config.settings import Settings
 from watcher.folders.claims import STAGED_RESULT
 from watcher.folders.lock import is_held, read_owner
 from watcher.folders.results import read_result
+from watcher.jobs.messages import one_line
 from watcher.jobs.model import JobError, parse_job, read_job_bytes
-from watcher.service.inbox import is_job_name
+from watcher.jobs.names import is_job_name
 
 __all__ = ["gather", "render"]
 

@@ -25,11 +25,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-from watcher.cli.validate import Checked, check_file, one_line, shown
+from watcher.cli.validate import Checked, check_file, shown
 from watcher.config.settings import Settings
 from watcher.folders.durable import fsync_dir, rename_exclusive, write_atomic
 from watcher.folders.lock import is_held
 from watcher.folders.results import read_result, result_names
+from watcher.jobs.messages import one_line
 from watcher.jobs.submission import new_id, tagged
 
 __all__ = ["EXIT_CODES", "submit"]

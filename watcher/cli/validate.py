@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 import os
-import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,8 +20,9 @@ from typing import TextIO
 from watcher.config.registry import Registry, RegistryError
 from watcher.config.settings import Settings
 from watcher.defaults import WAIT_FLOW
+from watcher.jobs.messages import one_line
 from watcher.jobs.model import Job, JobError, parse_job, read_job_bytes
-from watcher.service.inbox import is_job_name
+from watcher.jobs.names import is_job_name
 
 __all__ = ["Checked", "check_file", "one_line", "validate"]
 
@@ -113,18 +113,6 @@ def describe(job: Job) -> str:
     drawn = f"[{sleep[0]:g}, {sleep[1]:g}]" if isinstance(sleep, tuple) else f"{sleep:g}"
     name = f", name {job.name!r}" if job.name else ""
     return f"timeout {job.timeout:g} s, sleep {drawn} s{name}"
-
-
-def one_line(text: str) -> str:
-    """`text` safe to print as one line: control characters escaped (a file name may hold a
-    newline), and bytes that are not UTF-8 (a file name may hold those too) as `\\udcff`."""
-    out = []
-    for ch in text:
-        if unicodedata.category(ch) in ("Cc", "Zl", "Zp"):
-            out.append(ch.encode("unicode_escape").decode("ascii"))
-        else:
-            out.append(ch)
-    return "".join(out).encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def shown(checked: Checked, given: str) -> str:

@@ -5,12 +5,13 @@ from __future__ import annotations
 import datetime
 import difflib
 import reprlib
+import unicodedata
 from collections.abc import Iterable
 from typing import Any
 
 from pydantic import ValidationError
 
-__all__ = ["did_you_mean", "humanize", "show"]
+__all__ = ["did_you_mean", "humanize", "one_line", "show"]
 
 _repr = reprlib.Repr()
 _repr.maxstring = 60
@@ -67,3 +68,15 @@ def humanize(error: ValidationError, known_keys: Iterable[str]) -> list[str]:
             message = f"{message}, got {show(item['input'])}"
         lines.append(f"{loc}: {message}" if loc else message)
     return lines
+
+
+def one_line(text: str) -> str:
+    """`text` safe to print as one line: control characters escaped (a file name may hold a
+    newline), and bytes that are not UTF-8 (a file name may hold those too) as `\\udcff`."""
+    out = []
+    for ch in text:
+        if unicodedata.category(ch) in ("Cc", "Zl", "Zp"):
+            out.append(ch.encode("unicode_escape").decode("ascii"))
+        else:
+            out.append(ch)
+    return "".join(out).encode("utf-8", "backslashreplace").decode("utf-8")

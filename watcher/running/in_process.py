@@ -1,8 +1,7 @@
-"""How a job becomes a flow run and an outcome: the one seam between the watcher and Prefect.
+"""`PrefectRunner`: each job is a flow run in this process, on the service's event loop.
 
-`PrefectRunner` runs the wait flow in this process, on the service's event loop, so many jobs
-share one Prefect client set-up and none blocks another. A runner that hands jobs to a
-Prefect deployment on a work pool fits the same `Runner` protocol.
+Many jobs share one Prefect client set-up and none blocks another. It runs the wait flow itself;
+a registered flow other than wait runs through `watcher.running.registered`.
 """
 
 from __future__ import annotations
@@ -13,13 +12,14 @@ import contextvars
 import dataclasses
 import logging
 from collections.abc import Callable, Coroutine, Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from watcher import defaults
 from watcher.config.registry import Registry
+from watcher.running.api import overloaded
 from watcher.running.child import warm_up
+from watcher.running.contract import RunnerUnavailable, RunOutcome, RunRequest
 from watcher.server.embedded import EmbeddedOptions, EmbeddedServer, EmbeddedServerError
 from watcher.server.prefect_internals import enter_shared_clients, flush_prefect
 
@@ -28,71 +28,9 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 
-__all__ = [
-    "DirectRunner",
-    "PrefectRunner",
-    "RunOutcome",
-    "RunRequest",
-    "Runner",
-    "RunnerUnavailable",
-    "overloaded",
-    "stopped_message",
-]
+__all__ = ["FLUSH_TIMEOUT", "PrefectRunner"]
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class RunRequest:
-    """One job, as the runner sees it."""
-
-    claim_id: str
-    label: str
-    timeout: float
-    sleep: float | tuple[float, float]
-    attempt: int = 1
-    flow: str = defaults.WAIT_FLOW
-    parameters: Mapping[str, Any] = field(default_factory=dict)
-    """Checked already (`Registry.parameters`); empty for the wait flow."""
-
-
-@dataclass(frozen=True)
-class RunOutcome:
-    """What became of a job's run."""
-
-    status: Literal["completed", "canceled", "error"]
-    message: str
-    sleep: float | None = None
-    flow_run_id: str | None = None
-    flow_run_name: str | None = None
-    flow_run_url: str | None = None
-    work_pool: str | None = None
-    worker: str | None = None
-    returned: bool = False
-    """Whether `return_value` holds the flow's return value (flows other than wait)."""
-    return_value: Any = None
-    return_note: str | None = None
-    """Why a flow that returned has no `return_value` in its result (not JSON, too large)."""
-
-
-class RunnerUnavailable(Exception):
-    """The runner cannot run jobs just now (the Prefect API is unreachable); try again later."""
-
-
-class Runner(Protocol):
-    """Turns run requests into outcomes."""
-
-    async def start(self) -> str:
-        """Get ready (connect, warm up); return a one-line description for the log."""
-        ...
-
-    async def run(self, request: RunRequest) -> RunOutcome:
-        """Run one job to its outcome; raise `RunnerUnavailable` to have it retried."""
-        ...
-
-    async def close(self) -> None:
-        """Release what `start` set up; called once no job is running."""
-        ...
 
 
 def _from_outcome(data: WaitOutcome) -> RunOutcome:
@@ -102,23 +40,6 @@ def _from_outcome(data: WaitOutcome) -> RunOutcome:
         sleep=data["sleep"],
         flow_run_id=data["flow_run_id"],
         flow_run_name=data["flow_run_name"],
-    )
-
-
-def stopped_message(flow: str, timeout: float) -> str:
-    """The result message of a registered flow other than wait stopped at its timeout."""
-    return f"Stopped at the timeout: flow '{flow}' ran longer than {timeout:g}s."
-
-
-def overloaded(exc: Exception) -> bool:
-    """An API answer that means "not now" (Prefect's own client retries these first)."""
-    from prefect.exceptions import PrefectHTTPStatusError
-
-    return isinstance(exc, PrefectHTTPStatusError) and exc.response.status_code in (
-        429,
-        502,
-        503,
-        504,
     )
 
 
@@ -326,33 +247,3 @@ class PrefectRunner:
                 return await client.api_healthcheck() is not None
         except Exception:
             return True
-
-
-class DirectRunner:
-    """The same work and timeout without Prefect.
-
-    For measuring the watcher alone (benchmarks, the burst test), never for production use:
-    no flow run is recorded anywhere.
-    """
-
-    async def start(self) -> str:
-        return "no Prefect (direct runner: jobs are not recorded in Prefect)"
-
-    async def close(self) -> None:
-        return None
-
-    async def run(self, request: RunRequest) -> RunOutcome:
-        from flows.wait import draw_sleep, outcome_message
-
-        if request.flow != defaults.WAIT_FLOW:
-            return RunOutcome("error", "runner: direct runs only the wait flow")
-        seconds = draw_sleep(request.sleep)
-        try:
-            await asyncio.wait_for(asyncio.sleep(seconds), request.timeout)
-        except TimeoutError:
-            return RunOutcome(
-                "canceled", outcome_message("canceled", seconds, request.timeout), sleep=seconds
-            )
-        return RunOutcome(
-            "completed", outcome_message("completed", seconds, request.timeout), sleep=seconds
-        )

@@ -16,14 +16,14 @@ from collections.abc import Awaitable, Callable, Coroutine
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from watcher.cli.deploy import DEPLOYMENT_TAG
 from watcher.config.registry import RegisteredFlow
+from watcher.running.api import overloaded
 from watcher.running.child import run_in_child, shape_return
-from watcher.running.in_process import (
+from watcher.running.contract import (
+    FLOW_RUN_TAG,
     RunnerUnavailable,
     RunOutcome,
     RunRequest,
-    overloaded,
     stopped_message,
 )
 from watcher.server.prefect_internals import with_function
@@ -74,7 +74,7 @@ class RegisteredRun:
                 registered.flow.with_options(flow_run_name=lambda: label),
                 stop.wrap(registered.flow.fn),
             )
-            with tags(DEPLOYMENT_TAG):
+            with tags(FLOW_RUN_TAG):
                 # Typed by Prefect as the sync call; for an async flow it is a coroutine.
                 called: Any = flow(**request.parameters, return_state=True)
                 run = asyncio.ensure_future(called)
@@ -150,7 +150,7 @@ class RegisteredRun:
                 registered.flow,
                 name=request.label,
                 parameters=dict(request.parameters),
-                tags=[DEPLOYMENT_TAG],
+                tags=[FLOW_RUN_TAG],
             )
             api_url = str(client.api_url)
         flow_run_id = str(flow_run.id)

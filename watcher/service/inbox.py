@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fnmatch
 import logging
 import os
 import stat
@@ -48,22 +47,11 @@ from watchdog.observers.api import BaseObserver
 from watchdog.observers.polling import PollingObserver
 
 from watcher.defaults import QUIET_SECONDS
+from watcher.jobs.names import is_job_name
 
-__all__ = ["Inbox", "is_job_name"]
+__all__ = ["Inbox"]
 
 logger = logging.getLogger(__name__)
-
-_EDITOR_TEMP_SUFFIXES = ("~", ".swp", ".swx", ".tmp", ".part", ".crdownload", ".partial")
-
-
-def is_job_name(name: str, patterns: Iterable[str]) -> bool:
-    """Whether a file name is a job file: it matches a pattern, case-insensitively, and is
-    neither a dotfile nor an editor or download temp file."""
-    if name.startswith((".", "~", "#")) or name.lower().endswith(_EDITOR_TEMP_SUFFIXES):
-        return False
-    lowered = name.lower()
-    return any(fnmatch.fnmatchcase(lowered, pattern.lower()) for pattern in patterns)
-
 
 _ARRIVAL_GRACE = 0.05
 """Seconds a created file must go without an open event to count as moved in, not written.

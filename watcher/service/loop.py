@@ -32,7 +32,7 @@ from watcher.folders.lock import FolderLock, Owner, read_owner
 from watcher.folders.results import Result, dump, now_iso, publish, read_result
 from watcher.jobs.model import Job, JobError, load_job
 from watcher.jobs.submission import read_submission
-from watcher.running.in_process import Runner, RunnerUnavailable, RunOutcome, RunRequest
+from watcher.running.contract import Runner, RunnerUnavailable, RunOutcome, RunRequest
 from watcher.service.inbox import Inbox
 
 __all__ = ["EXIT_FORCED", "FolderError", "ServedElsewhere", "Service"]

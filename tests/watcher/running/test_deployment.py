@@ -19,7 +19,7 @@ from tests.cluster import Cluster
 from tests.harness import QUIET_PREFECT
 from watcher.cli.app import main
 from watcher.config.settings import ConfigError, load_config
-from watcher.running.in_process import RunnerUnavailable, RunRequest
+from watcher.running.contract import RunnerUnavailable, RunRequest
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -117,8 +117,8 @@ async def test_a_job_no_worker_starts_waits_then_errors_naming_the_pool(
 ) -> None:
     from prefect.client.orchestration import get_client
 
-    from watcher.cli.deploy import deploy
-    from watcher.running.deployment import DeploymentRunner
+    from watcher.running.deployment.registration import deploy
+    from watcher.running.deployment.runner import DeploymentRunner
 
     await asyncio.wait_for(deploy("nobody", "wait/nobody"), 60)
     runner = DeploymentRunner(
@@ -131,7 +131,7 @@ async def test_a_job_no_worker_starts_waits_then_errors_naming_the_pool(
         waiting_log_interval=0.5,
     )
     await asyncio.wait_for(runner.start(), 60)
-    caplog.set_level(logging.INFO, logger="watcher.running.deployment")
+    caplog.set_level(logging.INFO, logger="watcher.running.deployment.runner")
     try:
         request = RunRequest("20261127T000000.000000-aaaaaa", "nobody1", 1, 0)
         outcome = await asyncio.wait_for(runner.run(request), 60)
@@ -152,7 +152,7 @@ async def test_a_job_no_worker_starts_waits_then_errors_naming_the_pool(
 async def test_a_missing_deployment_stops_the_start_with_a_hint(
     cluster: Cluster, cluster_api: str
 ) -> None:
-    from watcher.running.deployment import DeploymentRunner
+    from watcher.running.deployment.runner import DeploymentRunner
 
     runner = DeploymentRunner(
         "wait/never-deployed", "dropflow", max_attempts=1, start_timeout=None, lost_run_margin=1
@@ -172,8 +172,8 @@ async def test_a_finished_run_is_seen_through_events_not_the_slow_check(
     from prefect.client.orchestration import get_client
     from prefect.states import Completed
 
-    from watcher.cli.deploy import deploy
-    from watcher.running.deployment import DeploymentRunner
+    from watcher.running.deployment.registration import deploy
+    from watcher.running.deployment.runner import DeploymentRunner
 
     await asyncio.wait_for(deploy("nobody", "wait/nobody"), 60)
     runner = DeploymentRunner(

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.cluster import Cluster, Worker
-from watcher.running.in_process import RunRequest
+from watcher.running.contract import RunRequest
 from watcher.running.worker import IN_PROCESS_POOL_TYPE
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(240)]
@@ -35,8 +35,8 @@ async def test_the_in_process_worker_runs_deployment_runs_without_a_process_each
     from prefect.client.orchestration import get_client
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    from watcher.cli.deploy import deploy
-    from watcher.running.deployment import DeploymentRunner
+    from watcher.running.deployment.registration import deploy
+    from watcher.running.deployment.runner import DeploymentRunner
 
     with temporary_settings({PREFECT_API_URL: cluster.url}):
         async with get_client() as client:
@@ -83,7 +83,7 @@ async def test_a_freed_slot_is_filled_without_waiting_for_the_next_poll(
     from prefect.deployments import arun_deployment
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    from watcher.cli.deploy import deploy
+    from watcher.running.deployment.registration import deploy
 
     with temporary_settings({PREFECT_API_URL: cluster.url}):
         async with get_client() as client:

@@ -172,7 +172,7 @@ async def test_flow_run_state_events_of_a_deployment_name_the_run_and_its_state_
     from prefect.events.clients import get_events_subscriber
     from prefect.states import Completed, Running
 
-    from watcher.cli.deploy import deploy
+    from watcher.running.deployment.registration import deploy
 
     deployed = await asyncio.wait_for(deploy("internals", "wait/internals"), 60)
     deployment_id = uuid.UUID(deployed.deployments[0].deployment_id)
@@ -267,7 +267,7 @@ def test_the_module_entrypoint_type_registers_the_flow_by_its_module_path() -> N
 async def test_a_deployed_flow_run_loads_and_runs_in_this_event_loop(prefect_api: str) -> None:
     from prefect.client.orchestration import get_client
 
-    from watcher.cli.deploy import deploy
+    from watcher.running.deployment.registration import deploy
 
     deployed = await asyncio.wait_for(deploy("internals", "wait/internals"), 60)
     async with get_client() as client:

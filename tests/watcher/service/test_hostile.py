@@ -821,7 +821,7 @@ def test_validate_prints_the_messages_of_the_result_files(scene: Scene, tmp_path
     `dropflow validate` run with the scene's config: each line is the message the entry's
     result file carries (its control characters escaped, so that a file name holding a
     newline is still one line), or says the file is valid where its job completed."""
-    from watcher.cli.validate import one_line
+    from watcher.jobs.messages import one_line
 
     folder = tmp_path / "check"
     folder.mkdir()

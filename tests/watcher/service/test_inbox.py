@@ -12,7 +12,8 @@ from typing import Any
 
 import pytest
 
-from watcher.service.inbox import Inbox, is_job_name
+from watcher.jobs.names import is_job_name
+from watcher.service.inbox import Inbox
 
 pytestmark = pytest.mark.anyio
 

@@ -34,9 +34,15 @@ from uuid import UUID
 
 from flows.wait import draw_sleep
 from watcher import defaults
-from watcher.cli.deploy import DEPLOYMENT_TAG, deployment_name
 from watcher.config.registry import Registry
-from watcher.running.in_process import RunnerUnavailable, RunOutcome, RunRequest, stopped_message
+from watcher.running.contract import (
+    FLOW_RUN_TAG,
+    RunnerUnavailable,
+    RunOutcome,
+    RunRequest,
+    stopped_message,
+)
+from watcher.running.deployment.registration import deployment_name
 from watcher.server import prefect_internals as internals
 
 if TYPE_CHECKING:
@@ -192,7 +198,7 @@ class DeploymentRunner:
                 deployment_id,
                 parameters=parameters,
                 name=request.label,
-                tags=[DEPLOYMENT_TAG],
+                tags=[FLOW_RUN_TAG],
                 idempotency_key=key,
             )
             flow_run, verdict = await self._wait(flow_run, request.timeout, stop=not wait)

@@ -17,13 +17,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from watcher.config.registry import RegisteredFlow
+from watcher.running.contract import FLOW_RUN_TAG
 
-__all__ = ["DEPLOYMENT_TAG", "Deployed", "DeployedFlow", "deploy", "deployment_name"]
+__all__ = ["Deployed", "DeployedFlow", "deploy", "deployment_name"]
 
 logger = logging.getLogger(__name__)
-
-DEPLOYMENT_TAG = "dropflow"
-"""The tag of the deployment and of every flow run dropflow creates."""
 
 
 @dataclass(frozen=True)
@@ -112,7 +110,7 @@ async def deploy(
                 name=name,
                 work_pool_name=work_pool,
                 entrypoint_type=file_entrypoint_type() if by_file else module_entrypoint_type(),
-                tags=[DEPLOYMENT_TAG],
+                tags=[FLOW_RUN_TAG],
                 description=(
                     f"dropflow's {flow.name} flow: one flow run per job file (see dropflow's "
                     "README)."
