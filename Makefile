@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 CONFIG ?= config.yaml
 PYTEST_ARGS ?=
 
-.PHONY: install run lint test bench bench-startup fuzz chaos clean
+.PHONY: install run lint test docs bench bench-startup fuzz chaos clean
 
 # Reinstalls when the dependencies or their pins change.
 $(VENV)/.installed: pyproject.toml constraints.txt
@@ -24,8 +24,12 @@ lint: install
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 
-test: lint
+test: lint docs
 	$(BIN)/pytest $(PYTEST_ARGS)
+
+# The documentation site (mkdocs.yml, docs/), built into build/site; a broken link fails it.
+docs: install
+	$(BIN)/mkdocs build --strict
 
 bench: install
 	$(BIN)/python -m bench
