@@ -126,3 +126,8 @@ on another worker. The wait flow ends itself at its timeout, so only a dead work
 
 RESULT_FILE_MODE = 0o644
 """Permissions of result files: the owner writes, everyone may read."""
+
+EXIT_INTERRUPTED = 130
+"""Exit status when stopped by a signal rather than finished: 128 + SIGINT, the shell's convention.
+`dropflow run` exits with it after a second SIGINT/SIGTERM (stopped at once, running jobs left
+claimed), `dropflow submit --wait` when Ctrl-C stops its waiting."""

@@ -12,7 +12,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from watcher import __version__
+from watcher import __version__, defaults
 from watcher.config.settings import ConfigError, Settings, load_config
 from watcher.defaults import WAIT_FLOW
 from watcher.server.settings import embedded_environment, service_environment
@@ -23,7 +23,6 @@ logger = logging.getLogger("watcher")
 
 EXIT_USAGE = 2
 EXIT_FATAL = 1
-EXIT_INTERRUPTED = 130
 
 
 _EXAMPLES = {
@@ -413,7 +412,7 @@ def _operator_command(args: argparse.Namespace, settings: Settings) -> int:
         )
     except KeyboardInterrupt:
         print("\ndropflow: stopped waiting; the submitted jobs go on", file=sys.stderr)
-        return EXIT_INTERRUPTED
+        return defaults.EXIT_INTERRUPTED
     except OSError as exc:
         print(f"dropflow: cannot submit: {exc}", file=sys.stderr)
         return EXIT_FATAL

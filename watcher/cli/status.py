@@ -17,27 +17,24 @@ It works whether or not a service runs, and changes nothing (the only lock it to
 from __future__ import annotations
 
 import os
-import re
 from dataclasses import asdict
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TextIO
 
 from watcher.config.settings import Settings
-from watcher.folders.claims import STAGED_RESULT
+from watcher.folders.claims import CLAIM_FOLDER, STAGED_RESULT
 from watcher.folders.lock import is_held, read_owner
 from watcher.folders.results import read_result
 from watcher.jobs.messages import one_line
 from watcher.jobs.model import JobError, parse_job, read_job_bytes
-from watcher.jobs.names import is_job_name
+from watcher.jobs.names import ID_TIME_FORMAT, is_job_name
 
 __all__ = ["gather", "render"]
 
 NEWEST = 10
 """How many of the newest results `status` shows."""
 STATUSES = ("completed", "canceled", "error")
-_CLAIM = re.compile(r"^(?P<id>(?P<at>\d{8}T\d{6}\.\d{6})-[0-9a-f]{6})\.(?P<attempt>\d+)$")
-"""A claim folder's name (see `watcher.folders.claims.Claim.folder`)."""
 
 
 def _service(settings: Settings) -> dict[str, Any] | None:
@@ -77,7 +74,7 @@ def _inbox(settings: Settings, now: float) -> dict[str, Any]:
 def _in_flight(settings: Settings, now: datetime) -> list[dict[str, Any]]:
     claims: list[dict[str, Any]] = []
     for entry in sorted(_entries(settings.processing), key=lambda e: e.name):
-        match = _CLAIM.match(entry.name)
+        match = CLAIM_FOLDER.match(entry.name)
         if not match or not entry.is_dir(follow_symlinks=False):
             continue
         try:
@@ -85,7 +82,7 @@ def _in_flight(settings: Settings, now: datetime) -> list[dict[str, Any]]:
         except FileNotFoundError:
             continue  # finished meanwhile
         staged = read_result(Path(entry.path) / STAGED_RESULT) or {}
-        claimed = datetime.strptime(match["at"], "%Y%m%dT%H%M%S.%f").replace(tzinfo=UTC)
+        claimed = datetime.strptime(match["at"], ID_TIME_FORMAT).replace(tzinfo=UTC)
         claims.append(
             {
                 "job": names[0] if names else None,

@@ -31,6 +31,7 @@ from watcher.folders.durable import fsync_dir, rename_exclusive, write_atomic
 from watcher.folders.lock import is_held
 from watcher.folders.results import read_result, result_names
 from watcher.jobs.messages import one_line
+from watcher.jobs.names import cut_stem
 from watcher.jobs.submission import new_id, tagged
 
 __all__ = ["EXIT_CODES", "submit"]
@@ -43,7 +44,6 @@ POLL_SECONDS = 0.1
 """How often a waiting `submit` looks at the inbox and the results folder."""
 SWEEP_SECONDS = 2.0
 """How often a waiting `submit` looks through every new result, not only its file name's."""
-_MAX_STEM_BYTES = 200
 
 
 @dataclass
@@ -173,10 +173,7 @@ def unique_name(name: str, token: str) -> str:
     """`<stem>.<token><suffix>`, the stem cut so the name still fits a file system."""
     suffix = Path(name).suffix
     stem = name[: -len(suffix)] if suffix else name
-    raw = stem.encode("utf-8", "surrogateescape")
-    if len(raw) > _MAX_STEM_BYTES:
-        stem = raw[:_MAX_STEM_BYTES].decode("utf-8", "ignore")
-    return f"{stem}.{token}{suffix}"
+    return f"{cut_stem(stem)}.{token}{suffix}"
 
 
 class _Screen:

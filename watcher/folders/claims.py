@@ -26,7 +26,6 @@ import shutil
 import stat
 import threading
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime
 from pathlib import Path
 
 from watcher import features
@@ -40,6 +39,7 @@ from watcher.folders.durable import (
     same_file,
     write_atomic,
 )
+from watcher.jobs.names import cut_stem, timed_id
 
 __all__ = ["Claim", "Processing"]
 
@@ -55,8 +55,8 @@ RETIRED_PREFIX = ".dropflow-done-"
 """A finished claim folder is renamed to this before it is removed."""
 ASIDE_PREFIX = ".dropflow-claimed-"
 """The inbox name a claimed file is renamed to before it is removed from the inbox."""
-_FOLDER = re.compile(r"^(?P<id>\d{8}T\d{6}\.\d{6}-[0-9a-f]{6})\.(?P<attempt>\d+)$")
-_MAX_STEM_BYTES = 200
+CLAIM_FOLDER = re.compile(r"^(?P<id>(?P<at>\d{8}T\d{6}\.\d{6})-[0-9a-f]{6})\.(?P<attempt>\d+)$")
+"""A claim folder's name (`Claim.folder`): `at` is when it was claimed (`ID_TIME_FORMAT`)."""
 
 
 @dataclass(frozen=True)
@@ -85,8 +85,7 @@ class Claim:
 
 
 def _new_id() -> str:
-    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S.%f")
-    return f"{stamp}-{secrets.token_hex(3)}"
+    return timed_id(3)  # CLAIM_FOLDER expects 6 hex digits
 
 
 class LostRace(Exception):
@@ -224,7 +223,7 @@ class Processing:
         for retired in self.root.glob(f"{RETIRED_PREFIX}*"):
             shutil.rmtree(retired, ignore_errors=True)
         for entry in sorted(os.scandir(self.root), key=lambda e: e.name):
-            match = _FOLDER.match(entry.name)
+            match = CLAIM_FOLDER.match(entry.name)
             if not match or not entry.is_dir(follow_symlinks=False):
                 continue
             folder = Path(entry.path)
@@ -310,10 +309,7 @@ class Processing:
         if not os.path.lexists(first) and claim.name not in self._reserved:
             return first
         stem, suffix = _split(claim.name)
-        raw = stem.encode("utf-8", "surrogateescape")
-        if len(raw) > _MAX_STEM_BYTES:
-            stem = raw[:_MAX_STEM_BYTES].decode("utf-8", "ignore")
-        return self.archive_dir / f"{stem}.{claim.id}{suffix}"
+        return self.archive_dir / f"{cut_stem(stem)}.{claim.id}{suffix}"
 
     @staticmethod
     def _journaled(claim: Claim) -> str | None:

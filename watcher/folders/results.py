@@ -21,6 +21,7 @@ import yaml
 
 from watcher import features
 from watcher.folders.durable import NO_LINK, copy_into, fsync_dir, place
+from watcher.jobs.names import cut_stem
 
 __all__ = [
     "Result",
@@ -33,9 +34,6 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 Status = Literal["completed", "canceled", "error"]
-
-# Leaves room below the usual 255-byte file-name limit for `.result.NNNN.yaml` and temp names.
-_MAX_STEM_BYTES = 200
 
 
 class _ResultRequired(TypedDict):
@@ -81,10 +79,7 @@ def dump(result: Result) -> bytes:
 def _safe_stem(job_name: str) -> str:
     stem = Path(job_name).stem if Path(job_name).suffix else job_name
     stem = stem.replace("/", "_").replace("\\", "_").replace("\x00", "_") or "job"
-    raw = stem.encode("utf-8", "surrogateescape")
-    if len(raw) > _MAX_STEM_BYTES:
-        stem = raw[:_MAX_STEM_BYTES].decode("utf-8", "ignore")
-    return stem
+    return cut_stem(stem)
 
 
 def result_names(job_name: str) -> Iterator[str]:

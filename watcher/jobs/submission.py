@@ -12,11 +12,10 @@ carries it too.
 from __future__ import annotations
 
 import re
-import secrets
-from datetime import UTC, datetime
 from pathlib import Path
 
 from watcher.jobs.model import JobError, read_job_bytes
+from watcher.jobs.names import timed_id
 
 __all__ = ["TAG", "new_id", "read_submission", "submission_of", "tagged"]
 
@@ -28,7 +27,7 @@ _LINE = re.compile(rb"^# dropflow-submission: ([0-9A-Za-z._-]{1,64})[ \t]*\r?$",
 
 def new_id() -> str:
     """A fresh submission id: when (UTC, to the microsecond) and 48 random bits."""
-    return f"{datetime.now(UTC).strftime('%Y%m%dT%H%M%S.%f')}-{secrets.token_hex(6)}"
+    return timed_id(6)
 
 
 def tagged(data: bytes, submission: str) -> bytes:

@@ -24,7 +24,6 @@ import logging
 import multiprocessing
 import os
 import threading
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
@@ -55,8 +54,6 @@ class ChildOutcome:
     message: str = ""
     return_value: Any = None
     return_note: str | None = None
-    ran_for: float = 0.0
-    """Seconds from the flow's start to its end (or to the kill)."""
 
 
 def shape_return(value: Any, max_bytes: int) -> tuple[Any, str | None]:
@@ -128,14 +125,13 @@ async def run_in_child(
         ).start()
         message = await messages.get()
         if message[0] != "running":
-            return _ended(message, 0.0)
-        started = time.monotonic()
+            return _ended(message)
         try:
             message = await asyncio.wait_for(messages.get(), timeout)
         except TimeoutError:
             await asyncio.to_thread(_kill, process)
-            return ChildOutcome("timed_out", ran_for=time.monotonic() - started)
-        return _ended(message, time.monotonic() - started)
+            return ChildOutcome("timed_out")
+        return _ended(message)
     finally:
         if process.is_alive():
             await asyncio.shield(asyncio.to_thread(_kill, process))
@@ -143,11 +139,11 @@ async def run_in_child(
             receiver.close()
 
 
-def _ended(message: tuple[Any, ...], ran_for: float) -> ChildOutcome:
+def _ended(message: tuple[Any, ...]) -> ChildOutcome:
     if message[0] == "done":
         _, state_type, state_name, text, value, note = message
-        return ChildOutcome("finished", state_type, state_name, text, value, note, ran_for)
-    return ChildOutcome("died", message=str(message[1]), ran_for=ran_for)
+        return ChildOutcome("finished", state_type, state_name, text, value, note)
+    return ChildOutcome("died", message=str(message[1]))
 
 
 def _kill(process: Any) -> None:

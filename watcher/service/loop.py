@@ -22,7 +22,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from watcher import features
+from watcher import defaults, features
 from watcher.config.registry import Registry
 from watcher.config.settings import Settings
 from watcher.defaults import WAIT_FLOW
@@ -32,15 +32,14 @@ from watcher.folders.lock import FolderLock, Owner, read_owner
 from watcher.folders.results import Result, dump, now_iso, publish, read_result
 from watcher.jobs.model import Job, JobError, load_job
 from watcher.jobs.submission import read_submission
+from watcher.retry import retry
 from watcher.running.contract import Runner, RunnerUnavailable, RunOutcome, RunRequest
 from watcher.service.inbox import Inbox
 
-__all__ = ["EXIT_FORCED", "FolderError", "ServedElsewhere", "Service"]
+__all__ = ["FolderError", "ServedElsewhere", "Service"]
 
 logger = logging.getLogger(__name__)
 
-EXIT_FORCED = 130
-"""Exit status after a second SIGINT/SIGTERM: stopped at once, running jobs left claimed."""
 
 _Handler = Callable[[int, FrameType | None], Any] | int | signal.Handlers | None
 _TICK = 0.1  # seconds between settle checks while files wait to be complete
@@ -96,7 +95,7 @@ class Service:
     def run(self) -> int:
         """Serve until SIGTERM/SIGINT (or `request_stop`); return the exit status.
 
-        0 after a graceful stop, `EXIT_FORCED` after a second signal.
+        0 after a graceful stop, `defaults.EXIT_INTERRUPTED` after a second signal.
         """
         thread = threading.Thread(target=self._thread_main, name="dropflow-service")
         previous = self._install_signal_handlers()
@@ -110,7 +109,7 @@ class Service:
                 signal.signal(signum, handler)
         if self._error is not None:
             raise self._error
-        return EXIT_FORCED if self._forced else 0
+        return defaults.EXIT_INTERRUPTED if self._forced else 0
 
     def _install_signal_handlers(self) -> dict[int, _Handler]:
         previous: dict[int, _Handler] = {}
@@ -437,17 +436,19 @@ class Service:
         return self._result(base, job, outcome, started_at, t0)
 
     async def _run_with_retries(self, claim: Claim, request: RunRequest) -> RunOutcome:
-        delay = _RETRY_FIRST
-        while True:
-            try:
-                return await self.runner.run(request)
-            except RunnerUnavailable as exc:
-                logger.warning("%s: %s; retrying in %gs", claim.name, exc, delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, _RETRY_MAX)
-            except Exception as exc:
-                logger.exception("%s: the runner failed", claim.name)
-                return RunOutcome("error", f"Internal error while running the job: {exc}")
+        try:
+            return await retry(
+                lambda: self.runner.run(request),
+                on=RunnerUnavailable,
+                first=_RETRY_FIRST,
+                most=_RETRY_MAX,
+                before_wait=lambda exc, delay: logger.warning(
+                    "%s: %s; retrying in %gs", claim.name, exc, delay
+                ),
+            )
+        except Exception as exc:
+            logger.exception("%s: the runner failed", claim.name)
+            return RunOutcome("error", f"Internal error while running the job: {exc}")
 
     def _parameters(self, job: Job) -> dict[str, Any]:
         if job.flow != WAIT_FLOW and not self.registry.loaded:
@@ -501,20 +502,18 @@ class Service:
 
     async def _complete(self, claim: Claim, result: Result | None) -> None:
         """Stage, publish and archive; retried with backoff while the disk fails us."""
-        delay = _RETRY_FIRST
-        while True:
-            try:
-                path, status = await asyncio.to_thread(self._complete_sync, claim, result)
-                break
-            except OSError as exc:
-                logger.error(
-                    "%s: cannot write its result (%s); the job stays claimed, retrying in %gs",
-                    claim.name,
-                    exc,
-                    delay,
-                )
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, _RETRY_MAX)
+        path, status = await retry(
+            lambda: asyncio.to_thread(self._complete_sync, claim, result),
+            on=OSError,
+            first=_RETRY_FIRST,
+            most=_RETRY_MAX,
+            before_wait=lambda exc, delay: logger.error(
+                "%s: cannot write its result (%s); the job stays claimed, retrying in %gs",
+                claim.name,
+                exc,
+                delay,
+            ),
+        )
         duration = result.get("duration_s", 0.0) if result else 0.0
         flow_run = result.get("flow_run_name", "-") if result else "-"
         logger.info(

@@ -115,14 +115,15 @@ def test_the_cases_the_schema_cannot_express_are_the_listed_ones(
 
 
 def _readme_jobs() -> list[str]:
-    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    pages = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+    text = "\n".join(page.read_text(encoding="utf-8") for page in pages)
     blocks = re.findall(r"```yaml\n(.*?)```", text, flags=re.DOTALL)
     return [b for b in blocks if b.startswith("# yaml-language-server: $schema=")]
 
 
 def test_the_readme_examples_are_valid_for_both() -> None:
     examples = _readme_jobs()
-    assert examples, "the README shows no job file with the yaml-language-server line"
+    assert examples, "neither the README nor docs/ shows a job file with the yaml-language-server line"
     schema = Draft202012Validator(job_schema())
     for example in examples:
         data = example.encode()

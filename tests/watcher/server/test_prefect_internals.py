@@ -34,9 +34,10 @@ def test_server_app_is_the_factory_prefect_serves() -> None:
 def test_private_final_flag_is_read_by_create_app() -> None:
     from prefect.server.api.server import create_app
 
-    for name in internals.SERVER_PROCESS_ENVIRONMENT:
-        if name.startswith("PREFECT__"):
-            assert name in inspect.getsource(create_app), f"{name} is no longer read"
+    private = [n for n in internals.SERVER_PROCESS_ENVIRONMENT if n.startswith("PREFECT__")]
+    assert private == ["PREFECT__SERVER_FINAL"]
+    for name in private:
+        assert name in inspect.getsource(create_app), f"{name} is no longer read"
 
 
 def _enabled_services(extra_env: dict[str, str]) -> dict[str, bool]:
@@ -90,7 +91,20 @@ async def test_the_engine_reuses_the_shared_client_context(prefect_api: str) -> 
 
 @pytest.mark.anyio
 async def test_flush_prefect_sends_queued_logs(prefect_api: str) -> None:
-    await internals.flush_prefect(5)
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+    from prefect.logging.handlers import APILogHandler
+
+    async with get_client() as client:
+        flow_run = await client.create_flow_run(wait, parameters={"timeout": 1, "sleep": 0})
+        text = f"queued line {uuid.uuid4()}"
+        record = logging.LogRecord("prefect.flow_runs", logging.INFO, __file__, 1, text, (), None)
+        record.flow_run_id = flow_run.id
+        APILogHandler().emit(record)
+        # Prefect's log worker sends in batches every 2 s: without the flush, not yet there.
+        await internals.flush_prefect(5)
+        logs = await client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run.id])))
+    assert text in [log.message for log in logs]
 
 
 def test_configure_prefect_logging_puts_prefects_console_handler_on_root() -> None:
