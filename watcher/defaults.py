@@ -103,7 +103,7 @@ MAX_NAME_CHARS = 100
 RUNNER: Literal["prefect", "deployment", "direct"] = "prefect"
 """`prefect` runs each job as a Prefect flow run in this process. `deployment` creates a flow run
 of a deployment (`DEPLOYMENT`) that workers on the work pool `WORK_POOL` run, on this machine or
-others (see README "Scaling out"). `direct` does the same sleep and timeout with no Prefect at
+others (see docs/scaling-out.md). `direct` does the same sleep and timeout with no Prefect at
 all: only for measuring the watcher itself (benchmarks, burst tests)."""
 
 WORK_POOL = "dropflow"

@@ -1,9 +1,10 @@
-"""Durable file primitives: the only place dropflow creates, links, renames or copies files.
+"""Durable file primitives: fsync a folder, write atomically, link or rename without replacing,
+move across file systems.
 
-Every step of the job lifecycle is built from these, and each is safe to cut at any point:
-a crash leaves either the old state or the new one, plus at most a hidden temp file
-(`TEMP_PREFIX`) that the next start removes. Each primitive takes the fallback path where the
-platform lacks a feature (see `watcher.features`).
+Claims, results, the lock and `submit` build the job lifecycle's steps from these; each is safe
+to cut at any point: a crash leaves either the old state or the new one, plus at most a hidden
+temp file (`TEMP_PREFIX`) that the next start removes. Each primitive takes the fallback path
+where the platform lacks a feature (see `watcher.features`).
 """
 
 from __future__ import annotations

@@ -45,7 +45,7 @@ class _ResultRequired(TypedDict):
 
 
 class Result(_ResultRequired, total=False):
-    """The fields of a result file (see the README for each)."""
+    """The fields of a result file (docs/jobs.md describes each)."""
 
     flow: str
     name: str

@@ -11,7 +11,7 @@ timeout counts: this child reports both through a pipe, so it is written here.
 
 Where the platform has it (Linux, macOS), children are forked from a server process that has
 Prefect and the engine imported already: a child costs a fork instead of a Python start and a
-Prefect import (see the README for the figures). Elsewhere (Windows, and `Platform.portable`
+Prefect import (figures: docs/flows.md). Elsewhere (Windows, and `Platform.portable`
 in the tests) each child is a spawned interpreter.
 """
 

@@ -20,7 +20,7 @@ from watcher.config.registry import Registry
 from watcher.retry import retry
 from watcher.running.api import overloaded
 from watcher.running.child import warm_up
-from watcher.running.contract import RunnerUnavailable, RunOutcome, RunRequest
+from watcher.running.contract import FLOW_RUN_TAG, RunnerUnavailable, RunOutcome, RunRequest
 from watcher.server.embedded import EmbeddedOptions, EmbeddedServer, EmbeddedServerError
 from watcher.server.prefect_internals import enter_shared_clients, flush_prefect
 
@@ -212,13 +212,10 @@ class PrefectRunner:
         from flows.wait import wait
 
         try:
-            # One tag for all runs. Task runs inherit their flow's tags, and Prefect looks up
-            # tag concurrency limits through a service (a thread and a client, kept until exit)
-            # per distinct tag set: per-job tags paid that on every run and leaked a service per
-            # job (bench, 100 runs: client CPU 0.10 -> 0.14-0.17 s a run, wall +30-65 %; 120 runs:
-            # 122 services, 130 threads). The job is the flow run's name; its result file has
-            # the flow run id.
-            with tags("dropflow"):
+            # One tag for all runs: Prefect keeps a tag-concurrency service (a thread and a
+            # client, until exit) per distinct tag set, so per-job tags leak one per job
+            # (docs/performance.md, "Prefect settings"). The job is the flow run's name.
+            with tags(FLOW_RUN_TAG):
                 state = await wait(
                     timeout=request.timeout,
                     sleep=request.sleep,

@@ -213,6 +213,7 @@ def main(options: EmbeddedOptions) -> None:
     import uvicorn
 
     from watcher.server.postgres import PostgresError, start_cluster
+    from watcher.server.prefect_internals import SERVER_APP
 
     logging.basicConfig(level=logging.WARNING, format="embedded server: %(message)s")
     cluster = _Cluster(None)
@@ -232,7 +233,7 @@ def main(options: EmbeddedOptions) -> None:
     watch.start()
     try:
         uvicorn.run(
-            "prefect.server.api.server:create_app",
+            SERVER_APP,
             factory=True,
             host=HOST,
             port=options.port,

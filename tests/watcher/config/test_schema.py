@@ -123,7 +123,7 @@ def _readme_jobs() -> list[str]:
 
 def test_the_readme_examples_are_valid_for_both() -> None:
     examples = _readme_jobs()
-    assert examples, "neither the README nor docs/ shows a job file with the yaml-language-server line"
+    assert examples, "no job file with the yaml-language-server line in the README or docs/"
     schema = Draft202012Validator(job_schema())
     for example in examples:
         data = example.encode()
