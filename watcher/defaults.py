@@ -127,6 +127,12 @@ on another worker. The wait flow ends itself at its timeout, so only a dead work
 RESULT_FILE_MODE = 0o644
 """Permissions of result files: the owner writes, everyone may read."""
 
+EXIT_FATAL = 1
+"""Exit status when a command cannot do its work: the service cannot start, a deploy fails."""
+
+EXIT_USAGE = 2
+"""Exit status for bad use: a bad config, a bad option, folders served by another service."""
+
 EXIT_INTERRUPTED = 130
 """Exit status when stopped by a signal rather than finished: 128 + SIGINT, the shell's convention.
 `dropflow run` exits with it after a second SIGINT/SIGTERM (stopped at once, running jobs left

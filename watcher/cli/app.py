@@ -1,28 +1,23 @@
-"""`dropflow`: the command line. Parses arguments, sets up logging and Prefect, and runs the
-service (`run`) or one of the operator's commands (`submit`, `validate`, `status`, `schema`),
-each of which lives in its own module."""
+"""`dropflow`: the command line. Parses arguments, sets up logging, and hands over to the
+command: `run` (`watcher.cli.run`), `deploy` (`watcher.cli.deploy`), or one of the operator's
+commands (`submit`, `validate`, `status`, `schema`)."""
 
 from __future__ import annotations
 
 import argparse
 import json
-import logging
-import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 from watcher import __version__, defaults
+from watcher.cli.deploy import deploy_command
+from watcher.cli.logs import fatal, setup_logging
+from watcher.cli.run import run
 from watcher.config.settings import ConfigError, Settings, load_config
 from watcher.defaults import WAIT_FLOW
-from watcher.server.settings import embedded_environment, service_environment
 
 __all__ = ["main"]
-
-logger = logging.getLogger("watcher")
-
-EXIT_USAGE = 2
-EXIT_FATAL = 1
 
 
 _EXAMPLES = {
@@ -184,184 +179,22 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-_NO_API_URL = (
-    "runner: deployment needs PREFECT_API_URL: workers on other machines cannot reach an "
-    "embedded server. Start a Prefect server (see README, Scaling out) and set PREFECT_API_URL."
-)
-
-
-def _api_url() -> str | None:
-    # Before Prefect is imported: it reads its settings from the environment then.
-    os.environ.update(service_environment(os.environ))
-    from prefect.settings import get_current_settings
-
-    # From the environment or the Prefect profile.
-    return get_current_settings().api.url
-
-
-def _deploy(settings: Settings) -> int:
-    import asyncio
-
-    from watcher.cli.validate import loaded_registry
-    from watcher.config.registry import RegistryError
-    from watcher.running.deployment.registration import deploy
-
-    if not _api_url():
-        print(f"dropflow: {_NO_API_URL}", file=sys.stderr)
-        return EXIT_USAGE
-    try:
-        flows = list(loaded_registry(settings).loaded_flows())
-    except RegistryError as exc:
-        print(f"dropflow: bad config: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    try:
-        done = asyncio.run(deploy(settings.work_pool, settings.deployment, flows))
-    except Exception as exc:
-        print(f"dropflow: cannot deploy: {exc}", file=sys.stderr)
-        return EXIT_FATAL
-    pool = "created" if done.pool_created else "already there"
-    print(f"work pool {done.work_pool} ({pool})")
-    for deployed in done.deployments:
-        print(
-            f"deployment {deployed.deployment} ({deployed.deployment_id}), entrypoint "
-            f"{deployed.entrypoint}"
-        )
-    print(f"start workers with: prefect worker start --pool {done.work_pool}")
-    return 0
-
-
-def _formatter(log_format: str) -> logging.Formatter:
-    if log_format == "json":
-        from pythonjsonlogger.json import JsonFormatter
-
-        return JsonFormatter(
-            ["levelname", "name", "message"],
-            rename_fields={"levelname": "level", "name": "logger"},
-            timestamp="time",  # ISO 8601, UTC, microseconds
-        )
-    return logging.Formatter(
-        "%(asctime)s.%(msecs)03d | %(levelname)-7s | %(name)s - %(message)s", "%H:%M:%S"
-    )
-
-
-def _setup_logging(level: str, log_format: str) -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(_formatter(log_format))
-    logger.handlers[:] = [handler]
-    logger.setLevel(level)
-    logger.propagate = False
-
-
-def _route_prefect_console(log_format: str) -> None:
-    """Print Prefect's console lines in dropflow's format, without expected-outcome errors.
-
-    Prefect's logging config gives the root logger (and a few of its own) a console handler
-    of its own style; each is replaced by one with dropflow's format and the same level, so
-    `--log-format json` gives JSON only. A job that runs past its timeout is logged by
-    dropflow as one INFO line; the task engine's ERROR and traceback for it are kept off the
-    console (they still reach the API through Prefect's API handler).
-    """
-    from watcher.server.prefect_internals import TimeoutRecordFilter, configure_prefect_logging
-
-    configure_prefect_logging()
-    for name in (None, "prefect._internal", "uvicorn", "fastapi"):
-        target = logging.getLogger(name)
-        for index, old in enumerate(target.handlers):
-            if type(old) is logging.FileHandler or not isinstance(old, logging.StreamHandler):
-                continue
-            new = logging.StreamHandler(sys.stderr)
-            new.setLevel(old.level)
-            new.setFormatter(_formatter(log_format))
-            new.addFilter(TimeoutRecordFilter())
-            target.handlers[index] = new
-
-
-def _fatal(message: str, log_format: str) -> None:
-    # With --log-format json every line is JSON, the last words included.
-    if log_format == "json":
-        logger.critical(message)
-    else:
-        print(message, file=sys.stderr)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Run `dropflow` with `argv` (default: `sys.argv[1:]`); return the exit status."""
     args = _parser().parse_args(argv)
     log_format = getattr(args, "log_format", "text")
-    _setup_logging(getattr(args, "log_level", "WARNING"), log_format)
+    setup_logging(getattr(args, "log_level", "WARNING"), log_format)
     try:
         settings = load_config(args.config)
     except ConfigError as exc:
-        _fatal(f"dropflow: bad config: {exc}", log_format)
-        return EXIT_USAGE
+        fatal(f"dropflow: bad config: {exc}", log_format)
+        return defaults.EXIT_USAGE
     if args.command == "deploy":
-        return _deploy(settings)
+        return deploy_command(settings)
     if args.command != "run":
         return _operator_command(args, settings)
 
-    if settings.runner == "prefect":
-        # Before Prefect is imported (`watcher.running.in_process` imports the flow): it reads its
-        # settings, its logging config among them, from the environment then.
-        os.environ.update(service_environment(os.environ))
-        os.environ.update(embedded_environment(os.environ))
-
-    from watcher import features
-    from watcher.config.registry import Registry, RegistryError
-    from watcher.folders.lock import LockError
-    from watcher.running.contract import Runner, RunnerUnavailable
-    from watcher.running.direct import DirectRunner
-    from watcher.running.in_process import PrefectRunner
-    from watcher.service.loop import FolderError, ServedElsewhere, Service
-
-    if os.environ.get(features.ENVIRONMENT_VARIABLE, "") not in ("", "0"):
-        features.use(features.Platform.portable())
-
-    registry = Registry(settings.flows, settings.files_dir)
-    runner: Runner = DirectRunner()
-    if settings.runner == "prefect":
-        from watcher.server.embedded import EmbeddedOptions
-
-        options = EmbeddedOptions(
-            port=settings.server_port,
-            data_dir=settings.data_dir,
-            ui=settings.ui,
-            history_days=settings.history_days,
-        )
-        runner = PrefectRunner(
-            options,
-            os.environ,
-            on_import=lambda: _route_prefect_console(args.log_format),
-            registry=registry,
-            max_return_bytes=settings.max_return_bytes,
-        )
-    elif settings.runner == "deployment":
-        if not _api_url():
-            print(f"dropflow: {_NO_API_URL}", file=sys.stderr)
-            return EXIT_USAGE
-        from watcher.running.deployment.runner import DeploymentRunner
-
-        runner = DeploymentRunner(
-            settings.deployment,
-            settings.work_pool,
-            max_attempts=settings.max_attempts,
-            start_timeout=settings.start_timeout,
-            lost_run_margin=settings.lost_run_margin,
-            registry=registry,
-        )
-    try:
-        return Service(settings, runner, standby=not args.no_standby, registry=registry).run()
-    except (ServedElsewhere, FolderError) as exc:
-        _fatal(f"dropflow: {exc}", args.log_format)
-        return EXIT_USAGE
-    except RegistryError as exc:
-        _fatal(f"dropflow: bad config: {args.config}: {exc}", args.log_format)
-        return EXIT_USAGE
-    except (RunnerUnavailable, LockError) as exc:
-        _fatal(f"dropflow: cannot start: {exc}", args.log_format)
-        return EXIT_FATAL
-    except OSError as exc:
-        _fatal(f"dropflow: cannot start: {exc}", args.log_format)
-        return EXIT_FATAL
+    return run(args, settings)
 
 
 def _operator_command(args: argparse.Namespace, settings: Settings) -> int:
@@ -382,7 +215,7 @@ def _operator_command(args: argparse.Namespace, settings: Settings) -> int:
                 registry = loaded_registry(settings)
             except RegistryError as exc:
                 print(f"dropflow: bad config: {args.config}: {exc}", file=sys.stderr)
-                return EXIT_USAGE
+                return defaults.EXIT_USAGE
             flows = {flow.name: flow for flow in registry.loaded_flows()}
         print(json.dumps(job_schema(settings.job_limits, flows), indent=2), file=out)
         return 0
@@ -399,7 +232,7 @@ def _operator_command(args: argparse.Namespace, settings: Settings) -> int:
 
     if args.timeout is not None and not args.wait:
         print("dropflow: submit: --timeout needs --wait", file=sys.stderr)
-        return EXIT_USAGE
+        return defaults.EXIT_USAGE
     try:
         return submit(
             args.files,
@@ -415,4 +248,4 @@ def _operator_command(args: argparse.Namespace, settings: Settings) -> int:
         return defaults.EXIT_INTERRUPTED
     except OSError as exc:
         print(f"dropflow: cannot submit: {exc}", file=sys.stderr)
-        return EXIT_FATAL
+        return defaults.EXIT_FATAL
