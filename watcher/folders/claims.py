@@ -16,23 +16,18 @@ state that `recover` can finish:
 from __future__ import annotations
 
 import contextlib
-import errno
-import filecmp
 import logging
 import os
 import re
 import secrets
 import shutil
-import stat
 import threading
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from watcher import features
+from watcher.folders.archive import move_file, same_bytes, split_name
 from watcher.folders.durable import (
-    NO_LINK,
     TEMP_PREFIX,
-    copy_into,
     fsync_dir,
     link_or_rename,
     place,
@@ -169,7 +164,7 @@ class Processing:
     def _restore(self, aside: Path, name: str) -> None:
         """Give a file found at a claimed job's name back to the inbox, as a new job."""
         folder = aside.parent
-        stem, suffix = _split(name)
+        stem, suffix = split_name(name)
         for candidate in (name, f"{stem}.{secrets.token_hex(4)}{suffix}"):
             try:
                 place(aside, folder / candidate)
@@ -308,7 +303,7 @@ class Processing:
         first = self.archive_dir / claim.name
         if not os.path.lexists(first) and claim.name not in self._reserved:
             return first
-        stem, suffix = _split(claim.name)
+        stem, suffix = split_name(claim.name)
         return self.archive_dir / f"{cut_stem(stem)}.{claim.id}{suffix}"
 
     @staticmethod
@@ -330,7 +325,7 @@ class Processing:
         target = self.archive_dir / name
         tmp = self.archive_dir / f"{TEMP_PREFIX}{claim.id}"
         placed = same_file(claim.path, target) or same_file(tmp, target)
-        if placed or (not target.is_symlink() and _same_bytes(claim.path, target)):
+        if placed or (not target.is_symlink() and same_bytes(claim.path, target)):
             # Moved there by an attempt cut short: only the clean-up is left.
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
@@ -339,77 +334,11 @@ class Processing:
         if os.path.lexists(target):
             # Taken by someone else since the journal was written: a fresh name.
             with self._archive_lock:
-                target = self.archive_dir / f"{_split(name)[0]}.{claim.id}{_split(name)[1]}"
+                target = self.archive_dir / f"{split_name(name)[0]}.{claim.id}{split_name(name)[1]}"
                 self._write(claim, ARCHIVE_JOURNAL, os.fsencode(target.name))
                 self._reserved.add(target.name)
-        self._move_file(claim.path, target, tmp)
+        move_file(claim.path, target, tmp)
         return target
-
-    @staticmethod
-    def _move_file(source: Path, target: Path, tmp: Path) -> None:
-        """Link or rename (same file system), or copy to `tmp` and place (another one).
-
-        Never replaces a file at `target`. The claim keeps its own name for the file until the
-        claim is retired, so a cut move is resumed, not lost.
-        """
-        regular = stat.S_ISREG(os.lstat(source).st_mode)
-        if regular and features.current().hard_links:
-            try:
-                os.link(source, target, follow_symlinks=False)
-            except OSError as exc:
-                if exc.errno not in NO_LINK:
-                    raise
-            else:
-                fsync_dir(target.parent)
-                return
-        try:
-            if os.path.lexists(target):
-                raise FileExistsError(errno.EEXIST, "file exists", str(target))
-            os.rename(source, target)
-        except OSError as exc:
-            if exc.errno != errno.EXDEV:
-                raise
-        else:
-            fsync_dir(target.parent)
-            return
-        # Another file system: copy to a temp name there, fsync, then give it its name.
-        if regular:
-            place(copy_into(target.parent, source, tmp.name[len(TEMP_PREFIX) :]), target)
-        else:
-            _copy_special(source, target, tmp)
-
-
-def _copy_special(source: Path, target: Path, tmp: Path) -> None:
-    """Archive what is not a regular file (a hostile job: a link, a folder) on another file
-    system: a symlink is made again, a folder copied without following links; a FIFO, socket
-    or device holds nothing to keep and is only dropped (with the error result it got)."""
-    mode = os.lstat(source).st_mode
-    shutil.rmtree(tmp, ignore_errors=True)
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(tmp)
-    if stat.S_ISLNK(mode):
-        os.symlink(os.readlink(source), tmp)
-    elif stat.S_ISDIR(mode):
-        shutil.copytree(source, tmp, symlinks=True)
-    else:
-        logger.warning("%s: a special file, not archived on another file system", source.name)
-        return
-    if os.path.lexists(target):
-        raise FileExistsError(errno.EEXIST, "file exists", str(target))
-    os.rename(tmp, target)
-    fsync_dir(target.parent)
 
 
 _BOOKKEEPING = frozenset({STAGED_RESULT, PUBLISHED, ARCHIVE_JOURNAL})
-
-
-def _split(name: str) -> tuple[str, str]:
-    path = Path(name)
-    return (path.stem, path.suffix) if path.suffix else (name, "")
-
-
-def _same_bytes(a: Path, b: Path) -> bool:
-    try:
-        return filecmp.cmp(a, b, shallow=False)
-    except OSError:
-        return False

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from watcher import features
-from watcher.folders import claims, durable
+from watcher.folders import archive, claims, durable
 from watcher.folders.claims import Claim, Processing
 from watcher.folders.durable import TEMP_PREFIX, fsync_dir, write_atomic
 from watcher.folders.results import publish
@@ -191,15 +191,15 @@ def test_a_crash_at_any_step_of_a_cross_device_archive_leaves_one_copy(
     claim = _claimed(other_fs, _drop(folders))
     with monkeypatch.context() as patch:
         if step == "journal written":
-            _crash_before(claims, "copy_into", patch)
+            _crash_before(archive, "copy_into", patch)
         elif step == "half copied":
-            patch.setattr(claims, "copy_into", _half_copy)
+            patch.setattr(archive, "copy_into", _half_copy)
         elif step == "copied":
-            _crash_after(claims, "copy_into", patch)
+            _crash_after(archive, "copy_into", patch)
         elif step == "linked, temp not removed":
-            patch.setattr(claims, "place", _link_only)
+            patch.setattr(archive, "place", _link_only)
         elif step == "placed":
-            _crash_after(claims, "place", patch)
+            _crash_after(archive, "place", patch)
         else:
             _crash_before(claims.shutil, "rmtree", patch)
         with pytest.raises(Crash):
@@ -218,7 +218,7 @@ def test_jobs_of_one_name_each_keep_their_archived_copy_across_a_restart(
 ) -> None:
     first = _claimed(other_fs, _drop(folders, text="timeout: 1\n"))
     with monkeypatch.context() as patch:
-        _crash_before(claims, "copy_into", patch)  # journaled as job.yaml, not moved yet
+        _crash_before(archive, "copy_into", patch)  # journaled as job.yaml, not moved yet
         with pytest.raises(Crash):
             other_fs.finish(first)
     restarted = Processing(folders / "processing", other_fs.archive_dir, folders / "inbox")
