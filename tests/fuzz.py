@@ -26,7 +26,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from watcher import defaults
-from watcher.jobs.model import Job, JobError, JobLimits, parse_job
+from watcher.jobs.model import Job, JobError, JobLimits
+from watcher.jobs.reading import parse_job
 
 __all__ = [
     "FRAGMENTS",

@@ -27,8 +27,9 @@ from watcher.folders.claims import CLAIM_FOLDER, STAGED_RESULT
 from watcher.folders.lock import is_held, read_owner
 from watcher.folders.results import read_result
 from watcher.jobs.messages import one_line
-from watcher.jobs.model import JobError, parse_job, read_job_bytes
+from watcher.jobs.model import JobError
 from watcher.jobs.names import ID_TIME_FORMAT, is_job_name
+from watcher.jobs.reading import parse_job, read_job_bytes
 
 __all__ = ["gather", "render"]
 

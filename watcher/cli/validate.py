@@ -21,8 +21,9 @@ from watcher.config.registry import Registry, RegistryError
 from watcher.config.settings import Settings
 from watcher.defaults import WAIT_FLOW
 from watcher.jobs.messages import one_line
-from watcher.jobs.model import Job, JobError, parse_job, read_job_bytes
+from watcher.jobs.model import Job, JobError
 from watcher.jobs.names import is_job_name
+from watcher.jobs.reading import parse_job, read_job_bytes
 
 __all__ = ["Checked", "check_file", "one_line", "validate"]
 

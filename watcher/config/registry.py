@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from watcher import defaults
-from watcher.jobs.messages import did_you_mean, show
+from watcher.jobs.messages import did_you_mean, limit_problems, show
 from watcher.jobs.model import Job, JobError
 from watcher.jobs.paths import PathRefused, confine
 
@@ -32,9 +32,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-
-MAX_PROBLEMS = 5
-"""How many parameter problems an error result lists."""
 
 _TYPES = {
     "string": "text",
@@ -136,10 +133,7 @@ class Registry:
         given = dict(job.parameters or {})
         problems = _problems(flow, given)
         if problems:
-            if len(problems) > MAX_PROBLEMS:
-                more = len(problems) - MAX_PROBLEMS
-                problems = [*problems[:MAX_PROBLEMS], f"and {more} more problem{'s' * (more > 1)}"]
-            raise JobError("; ".join(problems))
+            raise JobError("; ".join(limit_problems(problems)))
         for key in sorted(flow.path_parameters & set(given)):
             if given[key] is None:
                 continue

@@ -13,7 +13,8 @@ from pydantic_core import PydanticCustomError
 from watcher import defaults as builtin
 from watcher.config.registry import split_entrypoint
 from watcher.jobs.messages import humanize, show
-from watcher.jobs.model import FLOW_NAME, JobError, JobLimits, parse_job
+from watcher.jobs.model import FLOW_NAME, JobError, JobLimits
+from watcher.jobs.reading import parse_job
 
 __all__ = ["ConfigError", "JobDefaults", "Settings", "load_config"]
 

@@ -11,7 +11,10 @@ from typing import Any
 
 from pydantic import ValidationError
 
-__all__ = ["did_you_mean", "humanize", "one_line", "show"]
+__all__ = ["MAX_PROBLEMS", "did_you_mean", "humanize", "limit_problems", "one_line", "show"]
+
+MAX_PROBLEMS = 5
+"""How many problems an error message lists before it says how many more there are."""
 
 _repr = reprlib.Repr()
 _repr.maxstring = 60
@@ -68,6 +71,14 @@ def humanize(error: ValidationError, known_keys: Iterable[str]) -> list[str]:
             message = f"{message}, got {show(item['input'])}"
         lines.append(f"{loc}: {message}" if loc else message)
     return lines
+
+
+def limit_problems(problems: list[str]) -> list[str]:
+    """The first `MAX_PROBLEMS` problems, then `and N more problem(s)` if there are more."""
+    if len(problems) <= MAX_PROBLEMS:
+        return problems
+    more = len(problems) - MAX_PROBLEMS
+    return [*problems[:MAX_PROBLEMS], f"and {more} more problem{'s' * (more > 1)}"]
 
 
 def one_line(text: str) -> str:

@@ -14,8 +14,9 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from watcher.jobs.model import JobError, read_job_bytes
+from watcher.jobs.model import JobError
 from watcher.jobs.names import timed_id
+from watcher.jobs.reading import read_job_bytes
 
 __all__ = ["TAG", "new_id", "read_submission", "submission_of", "tagged"]
 

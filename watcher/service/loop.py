@@ -30,7 +30,8 @@ from watcher.folders.claims import Claim, Processing
 from watcher.folders.durable import TEMP_PREFIX
 from watcher.folders.lock import FolderLock, Owner, read_owner
 from watcher.folders.results import Result, dump, now_iso, publish, read_result
-from watcher.jobs.model import Job, JobError, load_job
+from watcher.jobs.model import Job, JobError
+from watcher.jobs.reading import load_job
 from watcher.jobs.submission import read_submission
 from watcher.retry import retry
 from watcher.running.contract import Runner, RunnerUnavailable, RunOutcome, RunRequest

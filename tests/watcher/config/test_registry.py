@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from watcher.config.registry import Registry, RegistryError
-from watcher.jobs.model import JobError, JobLimits, parse_job
+from watcher.jobs.model import JobError, JobLimits
+from watcher.jobs.reading import parse_job
 
 FLOWS = {
     "wait": "flows.wait:wait",

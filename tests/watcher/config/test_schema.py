@@ -23,7 +23,8 @@ from tests.harness import ROOT
 from tests.watcher.service import test_hostile as hostile
 from watcher.config.registry import Registry
 from watcher.config.schema import job_schema
-from watcher.jobs.model import JobError, JobLimits, parse_job, read_document, validate_document
+from watcher.jobs.model import JobError, JobLimits, validate_document
+from watcher.jobs.reading import parse_job, read_document
 
 LIMITS = JobLimits(
     max_timeout=hostile.MAX_TIMEOUT,

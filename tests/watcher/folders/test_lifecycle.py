@@ -17,7 +17,8 @@ from watcher.folders import archive, claims, durable
 from watcher.folders.claims import Claim, Processing
 from watcher.folders.durable import TEMP_PREFIX, fsync_dir, write_atomic
 from watcher.folders.results import publish
-from watcher.jobs.model import JobError, read_job_bytes
+from watcher.jobs.model import JobError
+from watcher.jobs.reading import read_job_bytes
 
 
 @pytest.fixture
@@ -287,7 +288,7 @@ def test_without_nofollow_a_link_swapped_in_before_the_open_is_refused(
         os.symlink(secret, job)
         return real_open(path, flags, *args)
 
-    monkeypatch.setattr("watcher.jobs.model.os.open", swap_then_open)
+    monkeypatch.setattr("watcher.jobs.reading.os.open", swap_then_open)
     with pytest.raises(JobError, match="symbolic link"):
         read_job_bytes(job, 1024)
 

@@ -14,17 +14,9 @@ from typing import Any
 
 import pytest
 
-from watcher.jobs.model import (
-    MAX_DEPTH,
-    MAX_NODES,
-    Job,
-    JobError,
-    JobLimits,
-    _JobLoader,
-    load_job,
-    parse_job,
-)
-from watcher.jobs.model import read_job_bytes as read_capped
+from watcher.jobs.model import Job, JobError, JobLimits
+from watcher.jobs.reading import MAX_DEPTH, MAX_NODES, _JobLoader, load_job, parse_job
+from watcher.jobs.reading import read_job_bytes as read_capped
 
 LIMITS = JobLimits()
 

@@ -10,7 +10,8 @@ from hypothesis import strategies as st
 
 from tests.fuzz import FRAGMENTS, SEEDS, job_problems, message_problems
 from watcher import defaults
-from watcher.jobs.model import Job, JobError, JobLimits, parse_job
+from watcher.jobs.model import Job, JobError, JobLimits
+from watcher.jobs.reading import parse_job
 
 # Hypothesis warns when the global `random` state changes while it draws data. Earlier tests in
 # the session leave background threads behind (Prefect's clients and services), and one that

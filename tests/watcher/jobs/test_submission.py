@@ -12,7 +12,8 @@ from tests.watcher.service.test_hostile import VALID_CASES
 from watcher.cli.submit import Submission, drop, unique_name
 from watcher.cli.validate import Checked
 from watcher.folders.durable import rename_exclusive
-from watcher.jobs.model import JobLimits, parse_job
+from watcher.jobs.model import JobLimits
+from watcher.jobs.reading import parse_job
 from watcher.jobs.submission import new_id, read_submission, submission_of, tagged
 
 LIMITS = JobLimits(max_timeout=60, max_sleep=30, max_bytes=32768 + 100)
