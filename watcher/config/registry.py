@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import sys
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -144,11 +145,24 @@ class Registry:
         return given
 
 
+def _after(before: list[str]) -> None:
+    """Put the folder holding the `watcher` package back at the head of `sys.path` once Prefect
+    has put a flow file's folder (and the working folder) there: the flow keeps its imports, but
+    a `watcher` of the user's (a tests folder beside the flow file, say) can never be imported
+    instead of dropflow, here or in a spawned flow process, which inherits this `sys.path`. An
+    editable install finds dropflow through a finder that Python asks only after `sys.path`."""
+    if sys.path == before:
+        return
+    own = str(Path(__file__).resolve().parents[2])
+    sys.path[:] = [own, *(entry for entry in sys.path if entry != own)]
+
+
 def _load(name: str, entrypoint: str) -> RegisteredFlow:
     from prefect import Flow
     from prefect.flows import load_flow_from_entrypoint
     from prefect.utilities.callables import parameter_schema
 
+    before = list(sys.path)
     try:
         loaded: Flow[..., Any] = load_flow_from_entrypoint(
             prefect_entrypoint(entrypoint), use_placeholder_flow=False
@@ -158,6 +172,8 @@ def _load(name: str, entrypoint: str) -> RegisteredFlow:
         raise RegistryError(
             f"flows: {name}: cannot load {entrypoint}: {type(cause).__name__}: {cause}"
         ) from exc
+    finally:
+        _after(before)
     if not isinstance(loaded, Flow):  # pragma: no cover - Prefect checks this itself
         raise RegistryError(f"flows: {name}: {entrypoint} is not a Prefect flow")
     if loaded.isgenerator:
