@@ -164,7 +164,6 @@ def test_a_sync_flow_is_stopped_without_a_fork_server(
     _stopped_before_its_work(svc, "late.yaml", str(svc.api_url))
     done = svc.wait_result("done.yaml", timeout=60)
     assert done["status"] == "completed" and done["return_value"] == {"slept": 0, "label": "nap"}
-    print("SVCLOG", svc.log())
 
 
 def test_a_bad_entrypoint_stops_the_service_with_exit_2(
