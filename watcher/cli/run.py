@@ -39,7 +39,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         os.environ.update(embedded_environment(os.environ))
 
     from watcher import features
-    from watcher.config.registry import Registry, RegistryError
+    from watcher.config.registry import RegistryError
     from watcher.folders.lock import LockError
     from watcher.running.contract import Runner, RunnerUnavailable
     from watcher.running.direct import DirectRunner
@@ -49,7 +49,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     if os.environ.get(features.ENVIRONMENT_VARIABLE, "") not in ("", "0"):
         features.use(features.Platform.portable())
 
-    registry = Registry(settings.flows, settings.files_dir)
+    registry = settings.registry()
     runner: Runner = DirectRunner()
     if settings.runner == "prefect":
         from watcher.server.embedded import EmbeddedOptions

@@ -94,7 +94,7 @@ def loaded_registry(settings: Settings) -> Registry:
     key = (tuple(settings.flows.items()), settings.files_dir)
     registry = _registries.get(key)
     if registry is None:
-        registry = Registry(settings.flows, settings.files_dir)
+        registry = settings.registry()
         registry.load()
         _registries[key] = registry
     return registry

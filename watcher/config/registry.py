@@ -89,6 +89,11 @@ class Registry:
         self.files_dir = files_dir
         self._loaded: dict[str, RegisteredFlow] = {}
 
+    @classmethod
+    def default(cls) -> Registry:
+        """The registry of a config that registers no flows: wait only, `defaults.FILES_DIR`."""
+        return cls(defaults.FLOWS, Path(defaults.FILES_DIR))
+
     @property
     def names(self) -> tuple[str, ...]:
         """The registered names, in the config's order."""

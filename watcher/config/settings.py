@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pydantic_core import PydanticCustomError
 
 from watcher import defaults as builtin
-from watcher.config.registry import split_entrypoint
+from watcher.config.registry import Registry, split_entrypoint
 from watcher.jobs.messages import humanize, show
 from watcher.jobs.model import FLOW_NAME, JobError, JobLimits
 from watcher.jobs.reading import parse_job
@@ -141,6 +141,10 @@ class Settings(BaseModel):
         except JobError as exc:
             raise ValueError(f"defaults: {exc}") from None
         return self
+
+    def registry(self) -> Registry:
+        """The registry of this config's flows, not loaded yet (`Registry.load` imports them)."""
+        return Registry(self.flows, self.files_dir)
 
     @property
     def job_limits(self) -> JobLimits:

@@ -138,3 +138,39 @@ def test_a_file_entrypoint_loads(tmp_path: Path) -> None:
     registry = Registry({"mine": f"{script}:mine"}, tmp_path)
     registry.load()
     assert registry.get("mine").is_async
+
+
+def test_the_default_registry_and_a_configs_are_built_one_way(tmp_path: Path) -> None:
+    from watcher import defaults
+    from watcher.config.settings import load_config
+
+    default = Registry.default()
+    assert default.entrypoints == defaults.FLOWS
+    assert default.files_dir == Path(defaults.FILES_DIR)
+    config = tmp_path / "config.yaml"
+    config.write_text("flows:\n  wait: flows.wait:wait\n  nap: tests.userflows:nap_async\n")
+    settings = load_config(config)
+    made = settings.registry()
+    assert made.entrypoints == settings.flows
+    assert made.names == ("wait", "nap")
+    assert made.files_dir == settings.files_dir == tmp_path / "files"
+
+
+def test_loading_a_flow_file_leaves_dropflow_first_on_sys_path(tmp_path: Path) -> None:
+    import sys
+
+    import watcher
+
+    # A `watcher` package beside the flow file, as tests/watcher/ is beside tests/userflows.py.
+    (tmp_path / "watcher").mkdir()
+    (tmp_path / "watcher" / "__init__.py").write_text("")
+    script = tmp_path / "mine.py"
+    script.write_text("from prefect import flow\n\n@flow\ndef mine() -> None:\n    pass\n")
+    before = list(sys.path)
+    try:
+        Registry({"mine": f"{script}:mine"}, tmp_path).load()
+        own = str(Path(watcher.__file__).resolve().parents[1])
+        assert sys.path[0] == own
+        assert str(tmp_path) in sys.path  # the flow keeps its own folder for its imports
+    finally:
+        sys.path[:] = before

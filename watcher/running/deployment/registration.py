@@ -74,7 +74,7 @@ async def deploy(
     if flow_name != wait.name:
         raise ValueError(f"deployment {deployment!r} is not a deployment of the {wait.name} flow")
     if flows is None:
-        only_wait = Registry({"wait": "flows.wait:wait"}, Path("."))
+        only_wait = Registry.default()
         only_wait.load()
         flows = list(only_wait.loaded_flows())
     created = False
