@@ -127,7 +127,9 @@ class Service:
     # -- the service proper ----------------------------------------------------------------
 
     async def serve(self) -> None:
-        """Recover, start the runner, watch the inbox, and process jobs until stopped."""
+        """Prepare the folders, take their lock (waiting as a standby if allowed), recover the
+        claims left over, start the runner and the inbox, dispatch jobs until stopped, drain,
+        close the runner."""
         self._loop = asyncio.get_running_loop()
         self._main = asyncio.current_task()
         self._stop = asyncio.Event()
@@ -136,7 +138,7 @@ class Service:
             self._stop.set()
 
         s = self.settings
-        await asyncio.to_thread(self._prepare_folders)
+        await asyncio.to_thread(_prepare_folders, self.settings)
         if not await self._own_folders():
             logger.info("stopped before taking over")
             return
@@ -157,19 +159,6 @@ class Service:
         if self._fatal is not None:
             raise self._fatal
         logger.info("stopped")
-
-    def _prepare_folders(self) -> None:
-        s = self.settings
-        for folder in (s.inbox, s.results, s.archive, s.processing):
-            folder.mkdir(parents=True, exist_ok=True)
-        # A claim is a link (or a rename) from the inbox into processing: atomic only within
-        # one file system. Results and the archive may be anywhere.
-        if os.stat(s.inbox).st_dev != os.stat(s.processing).st_dev:
-            raise FolderError(
-                f"inbox ({s.inbox}) and processing ({s.processing}) are on different file "
-                "systems; a job is claimed by moving it from one to the other, which is atomic "
-                "only within one file system: put processing beside the inbox"
-            )
 
     async def _own_folders(self) -> bool:
         """Take the folders' lock, waiting as a standby while another service holds it."""
@@ -301,3 +290,17 @@ class Service:
             except OSError as exc:
                 logger.error("cannot watch inbox %s: %s; retrying", self.inbox.folder, exc)
                 await asyncio.sleep(RETRY_FIRST)
+
+
+def _prepare_folders(s: Settings) -> None:
+    """Create the folders; the inbox and processing must share a file system."""
+    for folder in (s.inbox, s.results, s.archive, s.processing):
+        folder.mkdir(parents=True, exist_ok=True)
+    # A claim is a link (or a rename) from the inbox into processing: atomic only within
+    # one file system. Results and the archive may be anywhere.
+    if os.stat(s.inbox).st_dev != os.stat(s.processing).st_dev:
+        raise FolderError(
+            f"inbox ({s.inbox}) and processing ({s.processing}) are on different file "
+            "systems; a job is claimed by moving it from one to the other, which is atomic "
+            "only within one file system: put processing beside the inbox"
+        )
