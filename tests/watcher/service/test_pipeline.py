@@ -1,0 +1,191 @@
+"""One job's pipeline in-process: real folders, a runner double, no Prefect."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any, Literal
+
+import pytest
+
+from watcher.config.registry import Registry
+from watcher.config.settings import Settings, load_config
+from watcher.folders.claims import Claim, Processing
+from watcher.folders.results import Result, dump, read_result
+from watcher.running.contract import RunOutcome, RunRequest
+from watcher.service.inbox import Inbox
+from watcher.service.pipeline import JobPipeline
+
+
+class _Runner:
+    """Implements `watcher.running.contract.Runner`; records what it is asked to run."""
+
+    def __init__(self) -> None:
+        self.requests: list[RunRequest] = []
+
+    async def start(self) -> str:
+        return "double"
+
+    async def run(self, request: RunRequest) -> RunOutcome:
+        self.requests.append(request)
+        return RunOutcome("completed", "ran")
+
+    async def close(self) -> None:
+        pass
+
+
+class _Slots(asyncio.Semaphore):
+    """A semaphore that tells when someone starts waiting for it."""
+
+    def __init__(self, value: int) -> None:
+        super().__init__(value)
+        self.entered = asyncio.Event()
+
+    async def acquire(self) -> Literal[True]:
+        self.entered.set()
+        return await super().acquire()
+
+
+def _settings(tmp_path: Path, max_attempts: int = 3) -> Settings:
+    config = tmp_path / "config.yaml"
+    config.write_text(f"max_attempts: {max_attempts}\ndefaults: {{timeout: 5, sleep: 0}}\n")
+    settings = load_config(config)
+    for folder in (settings.inbox, settings.results, settings.archive, settings.processing):
+        folder.mkdir(parents=True, exist_ok=True)
+    return settings
+
+
+def _pipeline(
+    settings: Settings, runner: _Runner, slots: asyncio.Semaphore | None = None
+) -> JobPipeline:
+    pipeline = JobPipeline(
+        settings,
+        runner,
+        Registry(settings.flows, settings.files_dir),
+        Processing(settings.processing, settings.archive, settings.inbox),
+        inbox=Inbox(
+            settings.inbox, settings.patterns, settle_seconds=0.1, polling=True, on_ready=print
+        ),
+        slots=slots or asyncio.Semaphore(1),
+        stop=asyncio.Event(),
+        forced=lambda: False,
+    )
+    pipeline.ready.set()
+    return pipeline
+
+
+def _claim(settings: Settings, name: str = "job.yaml") -> tuple[Processing, Claim]:
+    (settings.inbox / name).write_text("timeout: 5\nsleep: 0\n")
+    processing = Processing(settings.processing, settings.archive, settings.inbox)
+    claim = processing.claim(settings.inbox / name)
+    assert claim is not None
+    return processing, claim
+
+
+def _results(settings: Settings) -> list[dict[str, Any]]:
+    found = [read_result(p) for p in sorted(settings.results.iterdir())]
+    return [r for r in found if r is not None]
+
+
+def test_a_claim_past_the_attempt_cap_gets_an_error_without_running(tmp_path: Path) -> None:
+    settings = _settings(tmp_path, max_attempts=1)
+    processing, _ = _claim(settings)
+    (recovered,) = processing.recover()  # the service died while it ran: attempt 2
+    assert recovered.attempt == 2
+    runner = _Runner()
+
+    async def main() -> None:
+        await _pipeline(settings, runner).handle(recovered)
+
+    asyncio.run(main())
+    assert runner.requests == []
+    (result,) = _results(settings)
+    assert result["status"] == "error"
+    assert "not tried again" in result["message"]
+    assert [p.name for p in settings.archive.iterdir()] == ["job.yaml"]
+
+
+def test_a_staged_result_found_at_recovery_is_published_without_running(tmp_path: Path) -> None:
+    settings = _settings(tmp_path)
+    processing, claim = _claim(settings)
+    staged: Result = {
+        "job": "job.yaml",
+        "status": "completed",
+        "message": "ran before the restart",
+        "claim_id": claim.id,
+        "attempt": claim.attempt,
+    }
+    processing.stage(claim, dump(staged))
+    (recovered,) = processing.recover()
+    runner = _Runner()
+
+    async def main() -> None:
+        await _pipeline(settings, runner).handle(recovered)
+
+    asyncio.run(main())
+    assert runner.requests == []
+    (result,) = _results(settings)
+    assert result["message"] == "ran before the restart"
+    assert [p.name for p in settings.archive.iterdir()] == ["job.yaml"]
+    assert not recovered.folder.exists()
+
+
+def test_a_stop_while_waiting_for_a_slot_leaves_the_job_claimed(tmp_path: Path) -> None:
+    settings = _settings(tmp_path)
+    _, claim = _claim(settings)
+    runner = _Runner()
+
+    async def main() -> None:
+        slots = _Slots(1)
+        pipeline = _pipeline(settings, runner, slots)
+        await slots.acquire()  # another job holds the only slot
+        slots.entered.clear()
+        task = asyncio.create_task(pipeline.handle(claim))
+        await slots.entered.wait()
+        pipeline.stop.set()
+        slots.release()  # the slot frees up after the stop: the job must not start
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(main())
+    assert runner.requests == []
+    assert _results(settings) == []
+    assert list(settings.archive.iterdir()) == []
+    # Released: still claimed, and the interrupted start does not count as an attempt.
+    (left,) = Processing(settings.processing, settings.archive, settings.inbox).recover()
+    assert (left.id, left.attempt, left.name) == (claim.id, 1, "job.yaml")
+
+
+def test_a_failing_result_write_is_retried_until_the_result_appears(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = _settings(tmp_path)
+    _, claim = _claim(settings)
+    runner = _Runner()
+    waits: list[float] = []
+    real_sleep = asyncio.sleep
+
+    async def no_wait(delay: float, *args: Any) -> Any:
+        waits.append(delay)
+        return await real_sleep(0)
+
+    monkeypatch.setattr("watcher.retry.asyncio.sleep", no_wait)
+    failures = [PermissionError(13, "Permission denied"), OSError(28, "No space left")]
+
+    def stage(self: Processing, claim: Claim, data: bytes) -> None:
+        if failures:
+            raise failures.pop(0)
+        original(self, claim, data)
+
+    original = Processing.stage
+    monkeypatch.setattr(Processing, "stage", stage)
+
+    async def main() -> None:
+        await _pipeline(settings, runner).handle(claim)
+
+    asyncio.run(main())
+    assert len(runner.requests) == 1
+    assert waits == [1.0, 2.0]
+    (result,) = _results(settings)
+    assert result["status"] == "completed"
+    assert [p.name for p in settings.archive.iterdir()] == ["job.yaml"]

@@ -1,0 +1,326 @@
+"""One job, from its file to its result: claim, run (or refuse), stage, publish, archive.
+
+`JobPipeline.handle` reads top to bottom:
+
+1. claim the file (a `Claim` found at recovery is already claimed);
+2. a claim whose result is already staged (the service stopped after the run) is only
+   published: it never runs twice;
+3. otherwise run it, or refuse it with an error result: past the attempt cap, a job file that
+   cannot be read or checked, parameters the flow does not take;
+4. stage the result in the claim, publish it to the results folder, archive the job file.
+
+`duration_s` in a result is `finished_at - started_at`: for a job that ran, from the moment it
+got its run slot; for a refused job, from the moment its claim was taken up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from watcher.config.registry import Registry
+from watcher.config.settings import Settings
+from watcher.defaults import WAIT_FLOW
+from watcher.folders.claims import Claim, Processing
+from watcher.folders.results import Result, dump, now_iso, publish, read_result
+from watcher.jobs.model import Job, JobError
+from watcher.jobs.reading import load_job
+from watcher.jobs.submission import read_submission
+from watcher.retry import retry
+from watcher.running.contract import Runner, RunnerUnavailable, RunOutcome, RunRequest
+from watcher.service.inbox import Inbox
+
+__all__ = ["RETRY_FIRST", "RETRY_MAX", "JobPipeline"]
+
+# One logger name for all of the service's lines, as docs/service.md shows them.
+logger = logging.getLogger("watcher.service.loop")
+
+RETRY_FIRST, RETRY_MAX = 1.0, 30.0  # backoff when Prefect or the disk fails us
+_READ_RETRIES = 3  # an unreadable job file is read again this many times, then refused
+
+
+class JobPipeline:
+    """Takes one inbox file (or recovered claim) at a time through to its result."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        runner: Runner,
+        registry: Registry,
+        processing: Processing,
+        *,
+        inbox: Inbox,
+        slots: asyncio.Semaphore,
+        stop: asyncio.Event,
+        forced: Callable[[], bool],
+    ) -> None:
+        """`slots`: one per job allowed to run at once; `stop`: set when the service stops
+        (no flow starts after it); `forced()`: whether the stop is forced (a second signal)."""
+        self.settings = settings
+        self.runner = runner
+        self.registry = registry
+        self.processing = processing
+        self.inbox = inbox
+        self.slots = slots
+        self.stop = stop
+        self.forced = forced
+        self.ready = asyncio.Event()  # set once the runner has started
+        self.waiting: set[asyncio.Task[Any] | None] = set()  # claimed, no run slot yet
+
+    async def handle(self, item: Path | Claim) -> None:
+        """Claim, run or refuse, stage, publish, archive."""
+        claim = await self._claim(item) if isinstance(item, Path) else item
+        if claim is None:
+            return
+        if claim.staged_result.exists():
+            await self._complete(claim, None)
+            return
+        try:
+            outcome = await self._run(claim)
+        except asyncio.CancelledError:
+            if not self.forced():
+                await asyncio.to_thread(self.processing.release, claim)
+                logger.info("%s: interrupted by the stop, left for the next start", claim.name)
+            raise
+        # From here on the outcome is known: finish even if a stop is requested meanwhile.
+        await asyncio.shield(self._complete(claim, outcome))
+
+    # -- claim -----------------------------------------------------------------------------
+
+    async def _claim(self, path: Path) -> Claim | None:
+        try:
+            return await asyncio.to_thread(self.processing.claim, path)
+        except PermissionError as exc:
+            # Windows: the writer still has it open. It stays in the inbox; look again soon.
+            logger.info("%s: not taken yet (%s); retrying", path.name, exc.strerror or exc)
+            self._retry_inbox()
+            return None
+        except OSError as exc:
+            logger.error("cannot claim %s: %s; retrying", path.name, exc)
+            self._retry_inbox()
+            return None
+        finally:
+            self.inbox.done(path)
+
+    def _retry_inbox(self) -> None:
+        loop = asyncio.get_running_loop()
+        loop.call_later(RETRY_FIRST, self.inbox.rescan_needed.set)
+
+    # -- run, or refuse --------------------------------------------------------------------
+
+    async def _run(self, claim: Claim) -> Result:
+        started_at, t0 = now_iso(), time.monotonic()
+        base = await self._base(claim)
+        # A deployment's flow runs live on workers: a restart re-attaches to them instead of
+        # running the job again, so restarts are not attempts there (the runner counts its own).
+        if claim.attempt > self.settings.max_attempts and self.settings.runner != "deployment":
+            outcome = RunOutcome(
+                "error",
+                f"The service stopped while this job was running {claim.attempt - 1} times; "
+                "it is not tried again.",
+            )
+            return result_of(base, None, outcome, started_at, t0)
+        try:
+            job = await self._load(claim)
+        except JobError as exc:
+            outcome = RunOutcome("error", f"{claim.name}: {exc}")
+            return result_of(base, None, outcome, started_at, t0)
+        except Exception as exc:  # a bug must cost one error result, not a stuck claim
+            logger.exception("%s: reading the job failed", claim.name)
+            outcome = RunOutcome("error", f"{claim.name}: internal error reading it: {exc}")
+            return result_of(base, None, outcome, started_at, t0)
+        # A file name need not be valid UTF-8; Prefect's names must be.
+        stem = os.fsencode(Path(claim.name).stem).decode("utf-8", "replace")
+        me = asyncio.current_task()
+        self.waiting.add(me)
+        try:
+            await self.ready.wait()
+            # The runner has loaded the registry: the flow's own parameters are checked now,
+            # before the job waits for a slot.
+            try:
+                parameters = self._parameters(job)
+            except JobError as exc:
+                outcome = RunOutcome("error", f"{claim.name}: {exc}")
+                return result_of(base, job, outcome, started_at, t0)
+            await self.slots.acquire()
+        finally:
+            self.waiting.discard(me)
+        request = RunRequest(
+            claim.id,
+            job.name or stem,
+            job.timeout,
+            job.sleep,
+            claim.attempt,
+            flow=job.flow,
+            parameters=parameters,
+        )
+        if self.stop.is_set():
+            # Stopping: no flow starts now, even for a job that reached its slot just now.
+            self.slots.release()
+            raise asyncio.CancelledError
+        try:
+            started_at, t0 = now_iso(), time.monotonic()  # a job that runs: from its slot
+            logger.info(
+                "job started: %s (claim %s, attempt %d, flow %s, timeout %gs%s)",
+                claim.name,
+                claim.id,
+                claim.attempt,
+                job.flow,
+                job.timeout,
+                f", sleep {job.sleep}" if job.flow == WAIT_FLOW else "",
+            )
+            outcome = await self._run_with_retries(claim, request)
+        finally:
+            self.slots.release()
+        return result_of(base, job, outcome, started_at, t0)
+
+    async def _base(self, claim: Claim) -> Result:
+        """The fields every result of this claim has."""
+        base: Result = {
+            "job": claim.name,
+            "status": "error",
+            "message": "",
+            "claim_id": claim.id,
+            "attempt": claim.attempt,
+        }
+        # `dropflow submit --wait` finds its own result by this id (see watcher.jobs.submission).
+        submission = await asyncio.to_thread(
+            read_submission, claim.path, self.settings.max_job_bytes
+        )
+        if submission:
+            base["submission"] = submission
+        return base
+
+    async def _load(self, claim: Claim) -> Job:
+        """The claim's job; an I/O error (not the file's fault) is retried a few times."""
+        failures = 0
+
+        async def read() -> Job:
+            nonlocal failures
+            try:
+                return await asyncio.to_thread(load_job, claim.path, self.settings.job_limits)
+            except OSError as exc:
+                failures += 1
+                if failures > _READ_RETRIES:
+                    raise JobError(f"could not be read: {exc.strerror or exc}") from exc
+                raise
+
+        return await retry(
+            read,
+            on=OSError,
+            first=RETRY_FIRST,
+            most=RETRY_MAX,
+            before_wait=lambda exc, delay: logger.warning(
+                "%s: cannot read it (%s); retrying in %gs", claim.name, exc, delay
+            ),
+        )
+
+    def _parameters(self, job: Job) -> dict[str, Any]:
+        if job.flow != WAIT_FLOW and not self.registry.loaded:
+            raise JobError(
+                f"flow: runner: {self.settings.runner} runs only the wait flow, not '{job.flow}'"
+            )
+        return self.registry.parameters(job)
+
+    async def _run_with_retries(self, claim: Claim, request: RunRequest) -> RunOutcome:
+        try:
+            return await retry(
+                lambda: self.runner.run(request),
+                on=RunnerUnavailable,
+                first=RETRY_FIRST,
+                most=RETRY_MAX,
+                before_wait=lambda exc, delay: logger.warning(
+                    "%s: %s; retrying in %gs", claim.name, exc, delay
+                ),
+            )
+        except Exception as exc:
+            logger.exception("%s: the runner failed", claim.name)
+            return RunOutcome("error", f"Internal error while running the job: {exc}")
+
+    # -- stage, publish, archive -----------------------------------------------------------
+
+    async def _complete(self, claim: Claim, result: Result | None) -> None:
+        """Stage, publish and archive; retried with backoff while the disk fails us."""
+        path, status = await retry(
+            lambda: asyncio.to_thread(self._complete_sync, claim, result),
+            on=OSError,
+            first=RETRY_FIRST,
+            most=RETRY_MAX,
+            before_wait=lambda exc, delay: logger.error(
+                "%s: cannot write its result (%s); the job stays claimed, retrying in %gs",
+                claim.name,
+                exc,
+                delay,
+            ),
+        )
+        duration = result.get("duration_s", 0.0) if result else 0.0
+        flow_run = result.get("flow_run_name", "-") if result else "-"
+        logger.info(
+            "job finished: %s %s in %.2fs (flow run %s) -> %s",
+            claim.name,
+            status,
+            duration,
+            flow_run,
+            path.name,
+        )
+
+    def _complete_sync(self, claim: Claim, result: Result | None) -> tuple[Path, str]:
+        """Stage, publish, archive: each step done once, each safe to repeat after a failure.
+
+        Publishing is recorded in the claim (`Processing.mark_published`), so a failure while
+        archiving (a full or missing archive disk) is retried without publishing again.
+        """
+        fresh = result is not None and not claim.staged_result.exists()
+        if fresh:
+            assert result is not None
+            self.processing.stage(claim, dump(result))
+        staged = read_result(claim.staged_result) or {}
+        path = self.processing.published_as(claim, self.settings.results)
+        if path is None:
+            path = publish(
+                self.settings.results,
+                claim.staged_result,
+                claim.name or str(staged.get("job", "job")),
+                claim.id,
+                recovering=not fresh,
+            )
+            self.processing.mark_published(claim, path)
+        self.processing.finish(claim)
+        return path, str(staged.get("status", "?"))
+
+
+def result_of(
+    base: Result, job: Job | None, outcome: RunOutcome, started_at: str, t0: float
+) -> Result:
+    """The result file's fields; `t0` is the monotonic clock at `started_at`."""
+    result: Result = {**base, "status": outcome.status, "message": outcome.message}
+    if job is not None:
+        result["flow"] = job.flow
+        if job.name:
+            result["name"] = job.name
+        if outcome.sleep is not None:
+            result["sleep"] = outcome.sleep
+        result["timeout"] = job.timeout
+    result["started_at"] = started_at
+    result["finished_at"] = now_iso()
+    result["duration_s"] = round(time.monotonic() - t0, 3)
+    if outcome.flow_run_id:
+        result["flow_run_id"] = outcome.flow_run_id
+    if outcome.flow_run_name:
+        result["flow_run_name"] = outcome.flow_run_name
+    if outcome.flow_run_url:
+        result["flow_run_url"] = outcome.flow_run_url
+    if outcome.work_pool:
+        result["work_pool"] = outcome.work_pool
+    if outcome.worker:
+        result["worker"] = outcome.worker
+    if outcome.returned:
+        result["return_value"] = outcome.return_value
+    elif outcome.return_note:
+        result["return_note"] = outcome.return_note
+    return result
