@@ -10,10 +10,15 @@ from watcher.running.deployment.verdict import Limits, RunView, verdict
 LIMITS = Limits(start_timeout=10.0, lost_run_margin=5.0, pending_limit=PENDING_LIMIT)
 
 
-def _run(state: str | None, **kw: object) -> RunView:
-    fields: dict[str, object] = {"since": 100.0, "created": 100.0, "timeout": 20.0}
-    fields.update(kw)
-    return RunView(state, **fields)  # type: ignore[arg-type]
+def _run(
+    state: str | None,
+    *,
+    since: float = 100.0,
+    start_timeout: bool = True,
+    stop_at_timeout: bool = False,
+) -> RunView:
+    """A run created at 100 s with a 20 s timeout, in `state` since `since`."""
+    return RunView(state, since, 100.0, 20.0, start_timeout, stop_at_timeout)
 
 
 @pytest.mark.parametrize("state", ["COMPLETED", "FAILED", "CANCELLED", "CRASHED"])
