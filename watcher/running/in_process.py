@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from watcher import defaults
 from watcher.config.registry import Registry
 from watcher.retry import retry
-from watcher.running.api import overloaded
+from watcher.running.api import api_down, overloaded, unavailable
 from watcher.running.child import warm_up
 from watcher.running.contract import FLOW_RUN_TAG, RunnerUnavailable, RunOutcome, RunRequest
 from watcher.server.embedded import EmbeddedOptions, EmbeddedServer, EmbeddedServerError
@@ -204,7 +204,7 @@ class PrefectRunner:
                 ui_url=self._ui_url,
                 max_return_bytes=self._max_return_bytes,
                 finishing=self._finishing,
-                api_down=self._api_down,
+                api_down=api_down,
             )
             return await registered.run()
         from prefect import tags
@@ -225,28 +225,18 @@ class PrefectRunner:
         except Exception as exc:
             # Prefect reports an unreachable API in several shapes (httpx errors, a
             # RuntimeError "Failed to reach API", 503s after its own retries): ask the API.
-            if overloaded(exc) or await self._api_down():
-                raise RunnerUnavailable(f"Prefect API unavailable ({exc})") from exc
+            if overloaded(exc) or await api_down():
+                raise unavailable(exc) from exc
             raise
         if state.is_completed() or state.is_cancelled():
             data = await state.aresult(raise_on_failure=False)
             if isinstance(data, dict) and data.get("outcome") in ("completed", "canceled"):
                 return _from_outcome(data)
-        if await self._api_down():
-            raise RunnerUnavailable(f"Prefect API unavailable (flow run ended {state.name})")
+        if await api_down():
+            raise unavailable(f"flow run ended {state.name}")
         message = state.message or f"the flow run ended in state {state.name}"
         return RunOutcome(
             status="error",
             message=f"The flow run ended in {state.name}: {message}",
             flow_run_id=str(state.state_details.flow_run_id or "") or None,
         )
-
-    @staticmethod
-    async def _api_down() -> bool:
-        from prefect.client.orchestration import get_client
-
-        try:
-            async with get_client() as client:
-                return await client.api_healthcheck() is not None
-        except Exception:
-            return True

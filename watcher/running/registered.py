@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from watcher.config.registry import RegisteredFlow
-from watcher.running.api import overloaded
+from watcher.running.api import overloaded, unavailable
 from watcher.running.child import run_in_child, shape_return
 from watcher.running.contract import (
     FLOW_RUN_TAG,
@@ -99,7 +99,7 @@ class RegisteredRun:
             raise
         except Exception as exc:
             if overloaded(exc) or await self.api_down():
-                raise RunnerUnavailable(f"Prefect API unavailable ({exc})") from exc
+                raise unavailable(exc) from exc
             raise
         flow_run_id = str(state.state_details.flow_run_id or "") or None
         value, note = None, None
@@ -107,7 +107,7 @@ class RegisteredRun:
             returned = await state.aresult(raise_on_failure=False)
             value, note = shape_return(returned, self.max_return_bytes)
         elif not state.is_cancelled() and await self.api_down():
-            raise RunnerUnavailable(f"Prefect API unavailable (flow run ended {state.name})")
+            raise unavailable(f"flow run ended {state.name}")
         return self._ended(
             flow_run_id, state.type.value, str(state.name), state.message or "", value, note
         )
@@ -176,7 +176,7 @@ class RegisteredRun:
             return self._ended(flow_run_id, "CANCELLED", "Cancelled", message)
         if child.kind == "died":
             if await self.api_down():
-                raise RunnerUnavailable(f"Prefect API unavailable ({child.message})")
+                raise unavailable(child.message)
             await set_state(flow_run_id, Crashed(message=child.message))
             message = f"The flow run crashed: {child.message}"
             return RunOutcome(

@@ -7,13 +7,11 @@ re-attaches to the runs it had created instead of starting new ones. A run that 
 crashes is run again under the next key (`<claim id>.2`, `.3`, ...), up to `max_attempts` runs,
 and those keys too are found again after a restart: the keys depend on the claim only.
 
-Waiting: one event subscription (the flow-run events of the deployment) gives each run's state
-as it changes; a run is read when its event says it finished, or when a deadline timed from
-those states may be due. While the subscription is down, one query for every run in flight asks
-every `FINISHED_POLL` which have finished. A full read every `CHECK_INTERVAL` catches whatever
-the events missed. Measured on a PostgreSQL-backed server (2 cores, 200 runs in flight, none
-changing, 30 s windows): the server used 2.1 % of a core with no watcher, 2.5 % with the
-subscription, 5.1 % polling every 0.25 s for finished runs.
+Waiting is `tracker.Tracker`'s (events, with polling while they are down), and what a run in
+flight calls for is `verdict.verdict`'s answer; the state writes are `states`'. Measured on a
+PostgreSQL-backed server (2 cores, 200 runs in flight, none changing, 30 s windows): the server
+used 2.1 % of a core with no watcher, 2.5 % with the subscription, 5.1 % polling every 0.25 s
+for finished runs.
 
 The outcome comes from the final state alone: with results not persisted, a flow's return
 value cannot be read from another process, and the wait flow puts its sentence in the state's
@@ -26,8 +24,7 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
-import time
-from dataclasses import dataclass, field
+from collections.abc import Collection
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 from uuid import UUID
@@ -35,6 +32,7 @@ from uuid import UUID
 from flows.wait import draw_sleep
 from watcher import defaults
 from watcher.config.registry import Registry
+from watcher.running.api import api_down, unavailable
 from watcher.running.contract import (
     FLOW_RUN_TAG,
     RunnerUnavailable,
@@ -42,7 +40,10 @@ from watcher.running.contract import (
     RunRequest,
     stopped_message,
 )
+from watcher.running.deployment import states
 from watcher.running.deployment.registration import deployment_name
+from watcher.running.deployment.tracker import FINISHED_POLL, Tracker, Watch
+from watcher.running.deployment.verdict import Limits
 from watcher.server import prefect_internals as internals
 
 if TYPE_CHECKING:
@@ -52,16 +53,13 @@ if TYPE_CHECKING:
 __all__ = [
     "CHECK_INTERVAL",
     "FINISHED_POLL",
+    "NO_RETURN",
     "PENDING_LIMIT",
     "WAITING_LOG_INTERVAL",
     "DeploymentRunner",
 ]
 
 logger = logging.getLogger(__name__)
-
-FINISHED_POLL = 0.25
-"""While the event subscription is down: seconds between the queries that ask which runs in
-flight have finished (one query for all of them, answered with the finished ones only)."""
 
 CHECK_INTERVAL = 30.0
 """Seconds between full reads of the runs in flight: what the events missed, and, while they
@@ -76,29 +74,11 @@ PENDING_LIMIT = 300.0
 before it is taken as lost with its worker. Starting the process takes seconds, more on a busy
 machine (up to 24 s measured with 8 at once on 2 cores): far below this."""
 
-_PAGE = 200  # flow run ids per query
-_FINAL = ("COMPLETED", "FAILED", "CANCELLED", "CRASHED")
-_Verdict = Literal["final", "not_started", "lost", "timed_out"]
 NO_RETURN = (
     "not readable with runner: deployment: the flow ran on a worker, and its result is not "
     "persisted"
 )
 """The result's `return_note` for a completed flow run of a flow other than wait."""
-
-
-@dataclass
-class _Watch:
-    """One flow run the runner waits for."""
-
-    timeout: float
-    created: float
-    done: asyncio.Future[tuple[FlowRun, _Verdict]]
-    state: str | None = None
-    since: float = field(default_factory=time.monotonic)
-    start_timeout: bool = True
-    stop_at_timeout: bool = False
-    """The flow does not end itself at its timeout (any flow but wait): the runner cancels
-    it, counting from the run's start."""
 
 
 class DeploymentRunner:
@@ -133,17 +113,24 @@ class DeploymentRunner:
         self.max_attempts = max_attempts
         self.start_timeout = start_timeout
         self.lost_run_margin = lost_run_margin
-        self._check_interval = check_interval
-        self._waiting_log_interval = waiting_log_interval
         self._deployment_ids: dict[str, UUID] = {}  # by registered flow name
-        self._watched: dict[UUID, _Watch] = {}
         self._clients = contextlib.AsyncExitStack()
         self._client: PrefectClient | None = None
-        self._poller: asyncio.Task[None] | None = None
-        self._subscriber: asyncio.Task[None] | None = None
-        self._subscribed = False
-        self._wake = asyncio.Event()
-        self._named: set[UUID] = set()  # runs the events said finished, to read
+        self._tracker = Tracker(
+            self._api,
+            self._deployments,
+            Limits(start_timeout, lost_run_margin, PENDING_LIMIT),
+            work_pool=work_pool,
+            check_interval=check_interval,
+            waiting_log_interval=waiting_log_interval,
+            log=logger,
+        )
+        self._watched: dict[UUID, Watch] = self._tracker.watched  # read by the tests
+
+    @property
+    def _subscribed(self) -> bool:
+        """Whether the flow-run events come (read by the tests)."""
+        return self._tracker.subscribed
 
     async def start(self) -> str:
         from prefect.client.orchestration import get_client
@@ -156,17 +143,12 @@ class DeploymentRunner:
             await self._find_deployment(self.registry.names[0])
         else:
             logger.warning("Prefect API at %s is not answering yet; jobs will wait", url)
-        self._poller = asyncio.create_task(self._poll())
-        self._subscriber = asyncio.create_task(self._subscribe())
+        self._tracker.start()
         return f"deployment {self.deployment} on work pool {self.work_pool}, Prefect API at {url}"
 
     async def close(self) -> None:
         # Runs on workers go on: a restart re-attaches to them through their keys.
-        for task in (self._poller, self._subscriber):
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+        await self._tracker.close()
         await self._clients.aclose()
 
     async def run(self, request: RunRequest) -> RunOutcome:
@@ -175,8 +157,8 @@ class DeploymentRunner:
         except (RunnerUnavailable, asyncio.CancelledError):
             raise
         except Exception as exc:
-            if await self._api_down():
-                raise RunnerUnavailable(f"Prefect API unavailable ({exc!r})") from exc
+            if self._client is None or await api_down(self._client):
+                raise unavailable(repr(exc)) from exc
             raise
 
     async def _run(self, request: RunRequest) -> RunOutcome:
@@ -201,10 +183,12 @@ class DeploymentRunner:
                 tags=[FLOW_RUN_TAG],
                 idempotency_key=key,
             )
-            flow_run, verdict = await self._wait(flow_run, request.timeout, stop=not wait)
+            flow_run, verdict = await self._tracker.wait(
+                flow_run, request.timeout, stop=not wait, cancel_unstarted=self._cancel_unstarted
+            )
             if verdict == "timed_out":
                 message = stopped_message(request.flow, request.timeout)
-                await self._cancel(flow_run, message)
+                await states.cancel(client, flow_run, message)
                 worker = await self._find_worker(flow_run)
                 return self._outcome(flow_run, "canceled", message, worker)
             if verdict == "not_started":
@@ -223,7 +207,7 @@ class DeploymentRunner:
                     flow_run.id,
                     self.lost_run_margin,
                 )
-                failed = await self._mark_crashed(flow_run)
+                failed = await states.mark_crashed(client, flow_run, self.lost_run_margin)
                 continue
             state = flow_run.state
             assert state is not None
@@ -272,178 +256,6 @@ class DeploymentRunner:
             worker=worker,
         )
 
-    # -- waiting ---------------------------------------------------------------------------
-
-    async def _wait(
-        self, flow_run: FlowRun, timeout: float, *, stop: bool = False
-    ) -> tuple[FlowRun, _Verdict]:
-        if flow_run.state is not None and flow_run.state.is_final():
-            return flow_run, "final"
-        watch = _Watch(
-            timeout=timeout,
-            created=time.monotonic(),
-            done=asyncio.get_running_loop().create_future(),
-            state=flow_run.state.type.value if flow_run.state else None,
-            stop_at_timeout=stop,
-        )
-        self._watched[flow_run.id] = watch
-        try:
-            while True:
-                flow_run, verdict = await asyncio.shield(watch.done)
-                if verdict != "not_started" or await self._cancel_unstarted(flow_run):
-                    break
-                # A worker took it just now: wait for it like any other.
-                watch.start_timeout = False
-                watch.done = asyncio.get_running_loop().create_future()
-        finally:
-            del self._watched[flow_run.id]
-        return flow_run, verdict
-
-    async def _poll(self) -> None:
-        from prefect.client.schemas.filters import (
-            FlowRunFilter,
-            FlowRunFilterId,
-            FlowRunFilterState,
-            FlowRunFilterStateType,
-        )
-        from prefect.client.schemas.objects import StateType
-
-        finals = FlowRunFilterState(
-            type=FlowRunFilterStateType(any_=[StateType(t) for t in _FINAL])
-        )
-        next_check = time.monotonic()
-        next_log = time.monotonic() + self._waiting_log_interval
-        failing = False
-        while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), FINISHED_POLL)
-            self._wake.clear()
-            now = time.monotonic()
-            live = [i for i, w in self._watched.items() if not w.done.done()]
-            named, self._named = self._named, set()
-            state: FlowRunFilterState | None = None
-            if not live:
-                continue
-            if now >= next_check:
-                ids = live  # everything, in full: missed events, the waiting count
-            elif self._subscribed:
-                # The events said which runs finished; the clock says which may be due.
-                due = {i for i in live if self._due(self._watched[i], now)}
-                ids = [i for i in live if i in named or i in due]
-            else:
-                ids, state = live, finals
-            if not ids:
-                continue
-            try:
-                for start in range(0, len(ids), _PAGE):
-                    page = ids[start : start + _PAGE]
-                    runs = await self._api().read_flow_runs(
-                        flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=page), state=state),
-                        limit=len(page),
-                    )
-                    for run in runs:
-                        self._observe(run, time.monotonic())
-            except Exception as exc:
-                if not failing:
-                    logger.warning("cannot read flow runs (%r); retrying", exc)
-                failing = True
-                self._named |= named
-                continue
-            failing = False
-            if ids is live and state is None:
-                next_check = now + self._check_interval
-            if now >= next_log:
-                next_log = now + self._waiting_log_interval
-                self._log_waiting()
-
-    def _due(self, watch: _Watch, now: float) -> bool:
-        """Whether, by the states the events gave, a verdict may be due for this run."""
-        if watch.state == "SCHEDULED":
-            return (
-                watch.start_timeout
-                and self.start_timeout is not None
-                and now - watch.created > self.start_timeout
-            )
-        if watch.state == "RUNNING" and watch.stop_at_timeout:
-            return now - watch.since >= watch.timeout
-        if watch.state in ("RUNNING", "CANCELLING"):
-            return now - watch.since > watch.timeout + self.lost_run_margin
-        return watch.state == "PENDING" and now - watch.since > PENDING_LIMIT
-
-    async def _subscribe(self) -> None:
-        from prefect.events.clients import get_events_subscriber
-
-        while True:
-            try:
-                for flow in self.registry.names:
-                    # A flow not deployed yet is subscribed to once a job finds it.
-                    with contextlib.suppress(RunnerUnavailable):
-                        await self._find_deployment(flow)
-                if not self._deployment_ids:
-                    raise RunnerUnavailable("no deployment of the registered flows found")
-                events = get_events_subscriber(
-                    filter=internals.flow_run_events(*self._deployment_ids.values())
-                )
-                async with events:
-                    self._subscribed = True
-                    self._named |= set(self._watched)  # whatever changed before
-                    self._wake.set()
-                    async for event in events:
-                        self._saw(event.resource.id, event.payload)
-            except Exception as exc:
-                logger.warning("no flow-run events (%r): polling until they come back", exc)
-            finally:
-                self._subscribed = False
-            await asyncio.sleep(FINISHED_POLL * 20)
-
-    def _saw(self, resource: str, payload: dict[str, Any]) -> None:
-        """A flow-run state event: note the run's state; a final one is read at once."""
-        run_id = internals.event_flow_run_id(resource)
-        state = internals.event_state_type(payload)
-        if run_id is None or state is None or run_id not in self._watched:
-            return
-        watch = self._watched[run_id]
-        if state != watch.state:
-            watch.state, watch.since = state, time.monotonic()
-            if state == "RUNNING" and watch.stop_at_timeout:
-                # Read the run at its deadline, not at the next poll.
-                asyncio.get_running_loop().call_later(watch.timeout, self._wake.set)
-        if state in _FINAL:
-            self._named.add(run_id)
-            self._wake.set()
-
-    def _observe(self, run: FlowRun, now: float) -> None:
-        watch = self._watched.get(run.id)
-        if watch is None or watch.done.done() or run.state is None:
-            return
-        state = run.state
-        if state.type.value != watch.state:
-            watch.state, watch.since = state.type.value, now
-        if state.is_final():
-            watch.done.set_result((run, "final"))
-        elif state.is_scheduled():
-            if (
-                watch.start_timeout
-                and self.start_timeout is not None
-                and now - watch.created > self.start_timeout
-            ):
-                watch.done.set_result((run, "not_started"))
-        elif state.is_running() and watch.stop_at_timeout:
-            # Counted on this machine's clock from when the run was seen running (its event),
-            # never early whatever the server's clock says.
-            if now - watch.since >= watch.timeout:
-                watch.done.set_result((run, "timed_out"))
-        elif state.is_running() or state.is_cancelling():
-            if now - watch.since > watch.timeout + self.lost_run_margin:
-                watch.done.set_result((run, "lost"))
-        elif state.is_pending() and now - watch.since > PENDING_LIMIT:
-            watch.done.set_result((run, "lost"))
-
-    def _log_waiting(self) -> None:
-        waiting = sum(1 for w in self._watched.values() if w.state == "SCHEDULED")
-        if waiting:
-            logger.info("%d job(s) wait for a worker on work pool '%s'", waiting, self.work_pool)
-
     # -- API calls -------------------------------------------------------------------------
 
     def _api(self) -> PrefectClient:
@@ -471,44 +283,22 @@ class DeploymentRunner:
                     "run `dropflow deploy --config <this config>` first"
                 ) from None
             found_id = self._deployment_ids[flow] = found.id
-            if self._subscribed and self._subscriber is not None:
-                # Its runs' events too: subscribe again, with every deployment found.
-                self._subscriber.cancel()
-                self._subscriber = asyncio.create_task(self._subscribe())
+            self._tracker.resubscribe()
         return found_id
 
-    async def _cancel(self, flow_run: FlowRun, message: str) -> None:
-        """Ask Prefect to cancel a run: its worker then stops the run's process."""
-        from prefect.states import Cancelling
-
-        state: Any = Cancelling(message=message)
-        try:
-            await self._api().set_flow_run_state(flow_run.id, state, force=True)
-        except Exception as exc:
-            if await self._api_down():
-                raise RunnerUnavailable(f"Prefect API unavailable ({exc!r})") from exc
-            raise
+    async def _deployments(self) -> Collection[UUID]:
+        """Every registered flow's deployment found (`RunnerUnavailable` if none is)."""
+        for flow in self.registry.names:
+            # A flow not deployed yet is subscribed to once a job finds it.
+            with contextlib.suppress(RunnerUnavailable):
+                await self._find_deployment(flow)
+        if not self._deployment_ids:
+            raise RunnerUnavailable("no deployment of the registered flows found")
+        return list(self._deployment_ids.values())
 
     async def _cancel_unstarted(self, flow_run: FlowRun) -> bool:
-        """Cancel a run no worker took in time; False if a worker took it meanwhile."""
-        from prefect.client.schemas.responses import SetStateStatus
-        from prefect.states import Cancelled
-
-        state: Any = Cancelled(
-            message=f"dropflow: no worker started it within {self.start_timeout:g} s"
-        )
-        result = await self._api().set_flow_run_state(flow_run.id, state)
-        return bool(result.status == SetStateStatus.ACCEPT)
-
-    async def _mark_crashed(self, flow_run: FlowRun) -> FlowRun:
-        from prefect.states import Crashed
-
-        state: Any = Crashed(
-            message=f"dropflow: no final state {self.lost_run_margin:g} s past its timeout; "
-            "its worker is taken as lost"
-        )
-        await self._api().set_flow_run_state(flow_run.id, state, force=True)
-        return flow_run.model_copy(update={"state": state})
+        assert self.start_timeout is not None  # only a start timeout leaves a run unstarted
+        return await states.cancel_unstarted(self._api(), flow_run, self.start_timeout)
 
     async def _find_worker(self, flow_run: FlowRun) -> str | None:
         """The worker that Prefect's events say submitted the run, if they say it."""
@@ -520,9 +310,3 @@ class DeploymentRunner:
             logger.debug("cannot read the events of flow run %s: %r", flow_run.id, exc)
             return None
         return internals.submitting_worker(page.events[0]) if page.events else None
-
-    async def _api_down(self) -> bool:
-        try:
-            return await self._api().api_healthcheck() is not None
-        except Exception:
-            return True
