@@ -12,7 +12,6 @@ import contextvars
 import dataclasses
 import logging
 from collections.abc import Callable, Coroutine, Mapping
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from watcher import defaults
@@ -70,7 +69,7 @@ class PrefectRunner:
         `environ`: its environment. `on_import`: called once Prefect is imported (in a worker
         thread, before any flow runs), for the CLI to set up Prefect's logging. `registry`:
         the flows jobs may name, imported at start (default: only wait)."""
-        self.registry = registry or Registry(defaults.FLOWS, Path(defaults.FILES_DIR))
+        self.registry = registry or Registry.default()
         self._max_return_bytes = max_return_bytes
         self._embedded = embedded
         self._environ = dict(environ or {})

@@ -25,7 +25,6 @@ import contextlib
 import dataclasses
 import logging
 from collections.abc import Collection
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 from uuid import UUID
 
@@ -107,7 +106,7 @@ class DeploymentRunner:
         waiting_log_interval: float = WAITING_LOG_INTERVAL,
         registry: Registry | None = None,
     ) -> None:
-        self.registry = registry or Registry(defaults.FLOWS, Path(defaults.FILES_DIR))
+        self.registry = registry or Registry.default()
         self.deployment = deployment
         self.work_pool = work_pool
         self.max_attempts = max_attempts
