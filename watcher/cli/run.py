@@ -89,9 +89,6 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     except RegistryError as exc:
         fatal(f"dropflow: bad config: {args.config}: {exc}", args.log_format)
         return defaults.EXIT_USAGE
-    except (RunnerUnavailable, LockError) as exc:
-        fatal(f"dropflow: cannot start: {exc}", args.log_format)
-        return defaults.EXIT_FATAL
-    except OSError as exc:
+    except (RunnerUnavailable, LockError, OSError) as exc:
         fatal(f"dropflow: cannot start: {exc}", args.log_format)
         return defaults.EXIT_FATAL
