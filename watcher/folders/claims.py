@@ -36,7 +36,7 @@ from watcher.folders.durable import (
 )
 from watcher.jobs.names import cut_stem, timed_id
 
-__all__ = ["Claim", "Processing"]
+__all__ = ["Claim", "ClaimStore"]
 
 logger = logging.getLogger(__name__)
 
@@ -87,7 +87,7 @@ class LostRace(Exception):
     """Another claimer took the file first (only possible without the folder lock)."""
 
 
-class Processing:
+class ClaimStore:
     """Claims, recovery and archiving over the processing and archive folders."""
 
     def __init__(self, root: Path, archive: Path, inbox: Path | None = None) -> None:

@@ -21,7 +21,7 @@ from pathlib import Path
 from watcher import defaults, features
 from watcher.config.registry import Registry
 from watcher.config.settings import Settings
-from watcher.folders.claims import Claim, Processing
+from watcher.folders.claims import Claim, ClaimStore
 from watcher.folders.durable import TEMP_PREFIX
 from watcher.folders.lock import FolderLock, Owner, read_owner
 from watcher.folders.results import now_iso
@@ -69,7 +69,7 @@ class Service:
         self.registry = registry or settings.registry()
         self.standby = standby
         self.lock = FolderLock(settings.inbox, settings.processing)
-        self.processing = Processing(settings.processing, settings.archive, settings.inbox)
+        self.processing = ClaimStore(settings.processing, settings.archive, settings.inbox)
         self.started = threading.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop: asyncio.Event | None = None

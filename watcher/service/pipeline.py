@@ -26,7 +26,7 @@ from typing import Any
 from watcher.config.registry import Registry
 from watcher.config.settings import Settings
 from watcher.defaults import WAIT_FLOW
-from watcher.folders.claims import Claim, Processing
+from watcher.folders.claims import Claim, ClaimStore
 from watcher.folders.results import Result, dump, now_iso, publish, read_result
 from watcher.jobs.model import Job, JobError
 from watcher.jobs.reading import load_job
@@ -52,7 +52,7 @@ class JobPipeline:
         settings: Settings,
         runner: Runner,
         registry: Registry,
-        processing: Processing,
+        processing: ClaimStore,
         *,
         inbox: Inbox,
         slots: asyncio.Semaphore,
@@ -272,7 +272,7 @@ class JobPipeline:
     def _complete_sync(self, claim: Claim, result: Result | None) -> tuple[Path, str]:
         """Stage, publish, archive: each step done once, each safe to repeat after a failure.
 
-        Publishing is recorded in the claim (`Processing.mark_published`), so a failure while
+        Publishing is recorded in the claim (`ClaimStore.mark_published`), so a failure while
         archiving (a full or missing archive disk) is retried without publishing again.
         """
         fresh = result is not None and not claim.staged_result.exists()

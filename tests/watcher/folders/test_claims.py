@@ -5,14 +5,14 @@ from pathlib import Path
 
 import pytest
 
-from watcher.folders.claims import Processing
+from watcher.folders.claims import ClaimStore
 
 
 @pytest.fixture
-def processing(tmp_path: Path) -> Processing:
+def processing(tmp_path: Path) -> ClaimStore:
     for name in ("inbox", "processing", "archive"):
         (tmp_path / name).mkdir()
-    return Processing(tmp_path / "processing", tmp_path / "archive", tmp_path / "inbox")
+    return ClaimStore(tmp_path / "processing", tmp_path / "archive", tmp_path / "inbox")
 
 
 def _drop(tmp_path: Path, name: str = "job.yaml") -> Path:
@@ -21,7 +21,7 @@ def _drop(tmp_path: Path, name: str = "job.yaml") -> Path:
     return path
 
 
-def test_claim_moves_the_file_out_of_the_inbox(tmp_path: Path, processing: Processing) -> None:
+def test_claim_moves_the_file_out_of_the_inbox(tmp_path: Path, processing: ClaimStore) -> None:
     source = _drop(tmp_path)
     claim = processing.claim(source)
     assert claim is not None and claim.attempt == 1
@@ -30,12 +30,12 @@ def test_claim_moves_the_file_out_of_the_inbox(tmp_path: Path, processing: Proce
     assert claim.folder.name == f"{claim.id}.1"
 
 
-def test_a_vanished_file_is_not_claimed(tmp_path: Path, processing: Processing) -> None:
+def test_a_vanished_file_is_not_claimed(tmp_path: Path, processing: ClaimStore) -> None:
     assert processing.claim(tmp_path / "inbox" / "gone.yaml") is None
     assert list(processing.root.iterdir()) == []
 
 
-def test_recovery_counts_attempts(tmp_path: Path, processing: Processing) -> None:
+def test_recovery_counts_attempts(tmp_path: Path, processing: ClaimStore) -> None:
     claim = processing.claim(_drop(tmp_path))
     assert claim is not None
     (recovered,) = processing.recover()
@@ -44,7 +44,7 @@ def test_recovery_counts_attempts(tmp_path: Path, processing: Processing) -> Non
     assert again.attempt == 3 and again.path.exists()
 
 
-def test_a_staged_result_is_not_run_again(tmp_path: Path, processing: Processing) -> None:
+def test_a_staged_result_is_not_run_again(tmp_path: Path, processing: ClaimStore) -> None:
     claim = processing.claim(_drop(tmp_path))
     assert claim is not None
     processing.stage(claim, b"status: completed\n")
@@ -53,7 +53,7 @@ def test_a_staged_result_is_not_run_again(tmp_path: Path, processing: Processing
 
 
 def test_release_does_not_count_the_interrupted_start(
-    tmp_path: Path, processing: Processing
+    tmp_path: Path, processing: ClaimStore
 ) -> None:
     claim = processing.claim(_drop(tmp_path))
     assert claim is not None
@@ -63,7 +63,7 @@ def test_release_does_not_count_the_interrupted_start(
 
 
 def test_recovery_removes_empty_claims_and_temp_files(
-    tmp_path: Path, processing: Processing
+    tmp_path: Path, processing: ClaimStore
 ) -> None:
     (processing.root / "20260101T000000.000000-abcdef.1").mkdir()
     claim = processing.claim(_drop(tmp_path))
@@ -75,7 +75,7 @@ def test_recovery_removes_empty_claims_and_temp_files(
     assert len(list(processing.root.iterdir())) == 1
 
 
-def test_archive_keeps_every_file_of_a_reused_name(tmp_path: Path, processing: Processing) -> None:
+def test_archive_keeps_every_file_of_a_reused_name(tmp_path: Path, processing: ClaimStore) -> None:
     archived = []
     for _ in range(3):
         claim = processing.claim(_drop(tmp_path))
@@ -87,7 +87,7 @@ def test_archive_keeps_every_file_of_a_reused_name(tmp_path: Path, processing: P
     assert list(processing.root.iterdir()) == []
 
 
-def test_a_claim_is_a_link_then_an_unlink(tmp_path: Path, processing: Processing) -> None:
+def test_a_claim_is_a_link_then_an_unlink(tmp_path: Path, processing: ClaimStore) -> None:
     source = _drop(tmp_path)
     inode = source.stat().st_ino
     claim = processing.claim(source)
@@ -96,7 +96,7 @@ def test_a_claim_is_a_link_then_an_unlink(tmp_path: Path, processing: Processing
 
 
 def test_recovery_finishes_a_claim_cut_between_link_and_unlink(
-    tmp_path: Path, processing: Processing
+    tmp_path: Path, processing: ClaimStore
 ) -> None:
     source = _drop(tmp_path)
     folder = processing.root / "20260101T000000.000000-abcdef.1"
@@ -108,7 +108,7 @@ def test_recovery_finishes_a_claim_cut_between_link_and_unlink(
 
 
 def test_recovery_leaves_a_new_file_of_the_same_name_alone(
-    tmp_path: Path, processing: Processing
+    tmp_path: Path, processing: ClaimStore
 ) -> None:
     source = _drop(tmp_path)
     folder = processing.root / "20260101T000000.000000-abcdef.1"

@@ -14,7 +14,7 @@ import pytest
 
 from watcher import features
 from watcher.folders import archive, claims, durable
-from watcher.folders.claims import Claim, Processing
+from watcher.folders.claims import Claim, ClaimStore
 from watcher.folders.durable import TEMP_PREFIX, fsync_dir, write_atomic
 from watcher.folders.results import publish
 from watcher.jobs.model import JobError
@@ -29,8 +29,8 @@ def folders(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def processing(folders: Path) -> Processing:
-    return Processing(folders / "processing", folders / "archive", folders / "inbox")
+def processing(folders: Path) -> ClaimStore:
+    return ClaimStore(folders / "processing", folders / "archive", folders / "inbox")
 
 
 @pytest.fixture
@@ -46,7 +46,7 @@ def _drop(folders: Path, name: str = "job.yaml", text: str = "timeout: 1\n") -> 
     return path
 
 
-def _claimed(processing: Processing, source: Path) -> Claim:
+def _claimed(processing: ClaimStore, source: Path) -> Claim:
     claim = processing.claim(source)
     assert claim is not None
     return claim
@@ -56,14 +56,14 @@ def _claimed(processing: Processing, source: Path) -> Claim:
 
 
 def test_two_claimers_at_once_make_exactly_one_claim(folders: Path) -> None:
-    first = Processing(folders / "processing", folders / "archive", folders / "inbox")
-    second = Processing(folders / "processing", folders / "archive", folders / "inbox")
+    first = ClaimStore(folders / "processing", folders / "archive", folders / "inbox")
+    second = ClaimStore(folders / "processing", folders / "archive", folders / "inbox")
     for round_ in range(40):
         source = _drop(folders, f"race{round_}.yaml")
         barrier = threading.Barrier(2)
         got: list[Claim | None] = []
 
-        def take(p: Processing, source: Path, barrier: threading.Barrier, got: list[Any]) -> None:
+        def take(p: ClaimStore, source: Path, barrier: threading.Barrier, got: list[Any]) -> None:
             barrier.wait()
             got.append(p.claim(source))
 
@@ -82,7 +82,7 @@ def test_two_claimers_at_once_make_exactly_one_claim(folders: Path) -> None:
 
 
 def test_a_file_replacing_the_job_while_it_is_claimed_is_a_new_job(
-    folders: Path, processing: Processing, monkeypatch: pytest.MonkeyPatch
+    folders: Path, processing: ClaimStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     source = _drop(folders, text="timeout: 1\n")
     replaced = threading.Event()
@@ -104,7 +104,7 @@ def test_a_file_replacing_the_job_while_it_is_claimed_is_a_new_job(
 
 
 def test_recovery_restores_a_replacement_renamed_aside_by_a_crash(
-    folders: Path, processing: Processing
+    folders: Path, processing: ClaimStore
 ) -> None:
     claim = _claimed(processing, _drop(folders))
     # The crash came after the inbox name was renamed aside, and what was there was a new file.
@@ -119,7 +119,7 @@ def test_recovery_restores_a_replacement_renamed_aside_by_a_crash(
 
 
 def test_an_archive_folder_removed_at_run_time_is_recreated(
-    folders: Path, processing: Processing
+    folders: Path, processing: ClaimStore
 ) -> None:
     claim = _claimed(processing, _drop(folders))
     (folders / "archive").rmdir()
@@ -130,13 +130,13 @@ def test_an_archive_folder_removed_at_run_time_is_recreated(
 
 
 @pytest.fixture
-def other_fs(folders: Path, tmpfs: Callable[[Path], Path]) -> Processing:
+def other_fs(folders: Path, tmpfs: Callable[[Path], Path]) -> ClaimStore:
     archive = tmpfs(folders / "archive-disk")
     assert os.stat(archive).st_dev != os.stat(folders / "processing").st_dev
-    return Processing(folders / "processing", archive, folders / "inbox")
+    return ClaimStore(folders / "processing", archive, folders / "inbox")
 
 
-def test_archive_on_another_file_system(folders: Path, other_fs: Processing) -> None:
+def test_archive_on_another_file_system(folders: Path, other_fs: ClaimStore) -> None:
     claim = _claimed(other_fs, _drop(folders))
     archived = other_fs.finish(claim)
     assert archived is not None and archived.read_text() == "timeout: 1\n"
@@ -187,7 +187,7 @@ def _link_only(tmp: Path, target: Path) -> None:
     ],
 )
 def test_a_crash_at_any_step_of_a_cross_device_archive_leaves_one_copy(
-    step: str, folders: Path, other_fs: Processing, monkeypatch: pytest.MonkeyPatch
+    step: str, folders: Path, other_fs: ClaimStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     claim = _claimed(other_fs, _drop(folders))
     with monkeypatch.context() as patch:
@@ -205,7 +205,7 @@ def test_a_crash_at_any_step_of_a_cross_device_archive_leaves_one_copy(
             _crash_before(claims.shutil, "rmtree", patch)
         with pytest.raises(Crash):
             other_fs.finish(claim)
-    restarted = Processing(folders / "processing", other_fs.archive_dir, folders / "inbox")
+    restarted = ClaimStore(folders / "processing", other_fs.archive_dir, folders / "inbox")
     for again in restarted.recover():
         assert again.id == claim.id and again.attempt == 2  # not staged: run again
         restarted.finish(again)
@@ -215,14 +215,14 @@ def test_a_crash_at_any_step_of_a_cross_device_archive_leaves_one_copy(
 
 
 def test_jobs_of_one_name_each_keep_their_archived_copy_across_a_restart(
-    folders: Path, other_fs: Processing, monkeypatch: pytest.MonkeyPatch
+    folders: Path, other_fs: ClaimStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     first = _claimed(other_fs, _drop(folders, text="timeout: 1\n"))
     with monkeypatch.context() as patch:
         _crash_before(archive, "copy_into", patch)  # journaled as job.yaml, not moved yet
         with pytest.raises(Crash):
             other_fs.finish(first)
-    restarted = Processing(folders / "processing", other_fs.archive_dir, folders / "inbox")
+    restarted = ClaimStore(folders / "processing", other_fs.archive_dir, folders / "inbox")
     (first,) = restarted.recover()
     second = _claimed(restarted, _drop(folders, text="timeout: 2\n"))
     restarted.finish(second)  # must not take job.yaml, which the first one reserved
@@ -249,7 +249,7 @@ def test_results_on_another_file_system(folders: Path, tmpfs: Callable[[Path], P
 
 @pytest.mark.usefixtures("portable_mode")
 def test_portable_claim_is_a_rename_and_publish_a_copy(
-    folders: Path, processing: Processing
+    folders: Path, processing: ClaimStore
 ) -> None:
     source = _drop(folders)
     inode = source.stat().st_ino
@@ -295,7 +295,7 @@ def test_without_nofollow_a_link_swapped_in_before_the_open_is_refused(
 
 @pytest.mark.usefixtures("portable_mode")
 def test_a_file_open_by_its_writer_cannot_be_claimed_as_on_windows(
-    folders: Path, processing: Processing
+    folders: Path, processing: ClaimStore
 ) -> None:
     source = folders / "inbox" / "open.yaml"
     with open(source, "w") as writer:
@@ -315,7 +315,7 @@ def _remove_the_staged_result_only(folder: Path, ignore_errors: bool = False) ->
 
 
 def test_a_crash_while_removing_a_finished_claim_never_runs_it_again(
-    folders: Path, processing: Processing, monkeypatch: pytest.MonkeyPatch
+    folders: Path, processing: ClaimStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     claim = _claimed(processing, _drop(folders))
     processing.stage(claim, b"status: completed\n")
@@ -324,13 +324,13 @@ def test_a_crash_while_removing_a_finished_claim_never_runs_it_again(
         patch.setattr(claims.shutil, "rmtree", _remove_the_staged_result_only)
         with pytest.raises(Crash):
             processing.finish(claim)
-    restarted = Processing(folders / "processing", folders / "archive", folders / "inbox")
+    restarted = ClaimStore(folders / "processing", folders / "archive", folders / "inbox")
     assert restarted.recover() == []
     assert [p.name for p in (folders / "archive").iterdir()] == ["job.yaml"]
     assert list((folders / "processing").iterdir()) == []
 
 
-def _claim_entry(folders: Path, processing: Processing, kind: str) -> Claim:
+def _claim_entry(folders: Path, processing: ClaimStore, kind: str) -> Claim:
     entry = folders / "inbox" / f"{kind}.yaml"
     if kind == "dir":
         entry.mkdir()
@@ -342,7 +342,7 @@ def _claim_entry(folders: Path, processing: Processing, kind: str) -> Claim:
 
 @pytest.mark.parametrize("kind", ["dir", "symlink"])
 def test_an_entry_that_is_no_regular_file_is_archived(
-    kind: str, folders: Path, processing: Processing, other_fs: Processing
+    kind: str, folders: Path, processing: ClaimStore, other_fs: ClaimStore
 ) -> None:
     for p in (processing, other_fs):
         claim = _claim_entry(folders, p, kind)
@@ -357,7 +357,7 @@ def test_an_entry_that_is_no_regular_file_is_archived(
 
 @pytest.mark.usefixtures("portable_mode")
 def test_a_failure_after_a_rename_claim_keeps_the_only_copy(
-    folders: Path, processing: Processing, monkeypatch: pytest.MonkeyPatch
+    folders: Path, processing: ClaimStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     source = _drop(folders)
 

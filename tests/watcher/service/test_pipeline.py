@@ -10,7 +10,7 @@ import pytest
 
 from watcher.config.registry import Registry
 from watcher.config.settings import Settings, load_config
-from watcher.folders.claims import Claim, Processing
+from watcher.folders.claims import Claim, ClaimStore
 from watcher.folders.results import Result, dump, read_result
 from watcher.running.contract import RunOutcome, RunRequest
 from watcher.service.inbox import Inbox
@@ -62,7 +62,7 @@ def _pipeline(
         settings,
         runner,
         Registry(settings.flows, settings.files_dir),
-        Processing(settings.processing, settings.archive, settings.inbox),
+        ClaimStore(settings.processing, settings.archive, settings.inbox),
         inbox=Inbox(
             settings.inbox, settings.patterns, settle_seconds=0.1, polling=True, on_ready=print
         ),
@@ -74,9 +74,9 @@ def _pipeline(
     return pipeline
 
 
-def _claim(settings: Settings, name: str = "job.yaml") -> tuple[Processing, Claim]:
+def _claim(settings: Settings, name: str = "job.yaml") -> tuple[ClaimStore, Claim]:
     (settings.inbox / name).write_text("timeout: 5\nsleep: 0\n")
-    processing = Processing(settings.processing, settings.archive, settings.inbox)
+    processing = ClaimStore(settings.processing, settings.archive, settings.inbox)
     claim = processing.claim(settings.inbox / name)
     assert claim is not None
     return processing, claim
@@ -152,7 +152,7 @@ def test_a_stop_while_waiting_for_a_slot_leaves_the_job_claimed(tmp_path: Path) 
     assert _results(settings) == []
     assert list(settings.archive.iterdir()) == []
     # Released: still claimed, and the interrupted start does not count as an attempt.
-    (left,) = Processing(settings.processing, settings.archive, settings.inbox).recover()
+    (left,) = ClaimStore(settings.processing, settings.archive, settings.inbox).recover()
     assert (left.id, left.attempt, left.name) == (claim.id, 1, "job.yaml")
 
 
@@ -172,13 +172,13 @@ def test_a_failing_result_write_is_retried_until_the_result_appears(
     monkeypatch.setattr("watcher.retry.asyncio.sleep", no_wait)
     failures = [PermissionError(13, "Permission denied"), OSError(28, "No space left")]
 
-    def stage(self: Processing, claim: Claim, data: bytes) -> None:
+    def stage(self: ClaimStore, claim: Claim, data: bytes) -> None:
         if failures:
             raise failures.pop(0)
         original(self, claim, data)
 
-    original = Processing.stage
-    monkeypatch.setattr(Processing, "stage", stage)
+    original = ClaimStore.stage
+    monkeypatch.setattr(ClaimStore, "stage", stage)
 
     async def main() -> None:
         await _pipeline(settings, runner).handle(claim)
