@@ -26,6 +26,7 @@ from watcher.folders.durable import TEMP_PREFIX
 from watcher.folders.lock import FolderLock, Owner, read_owner
 from watcher.folders.results import now_iso
 from watcher.running.contract import Runner
+from watcher.service.gate import RunGate
 from watcher.service.inbox import Inbox
 from watcher.service.pipeline import RETRY_FIRST, JobPipeline
 from watcher.service.signals import StopSignals
@@ -195,8 +196,7 @@ class Service:
             self.registry,
             self.processing,
             inbox=self.inbox,
-            slots=asyncio.Semaphore(s.max_concurrent_jobs),
-            stop=self._stop,
+            gate=RunGate(s.max_concurrent_jobs, self._stop),
             forced=lambda: self.signals.forced,
         )
         for claim in recovered:
@@ -239,7 +239,7 @@ class Service:
         except OSError as exc:  # only the owner's description: no reason to stop serving
             logger.warning("cannot record the runner in the folders' lock: %s", exc)
         assert self._pipeline is not None
-        self._pipeline.ready.set()
+        self._pipeline.gate.ready.set()
 
     async def _dispatch(self) -> None:
         # Every file is claimed and read at once; only running its flow waits for a slot, so
@@ -258,7 +258,7 @@ class Service:
 
     async def _drain(self) -> None:
         # Jobs still waiting for a run slot do not start now: they go back at once.
-        waiting = self._pipeline.waiting if self._pipeline is not None else set()
+        waiting = self._pipeline.gate.waiting if self._pipeline is not None else set()
         for task in list(waiting):
             if task is not None:
                 task.cancel()

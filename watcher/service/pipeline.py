@@ -33,6 +33,7 @@ from watcher.jobs.reading import load_job
 from watcher.jobs.submission import read_submission
 from watcher.retry import retry
 from watcher.running.contract import Runner, RunnerUnavailable, RunOutcome, RunRequest
+from watcher.service.gate import RunGate
 from watcher.service.inbox import Inbox
 
 __all__ = ["RETRY_FIRST", "RETRY_MAX", "JobPipeline"]
@@ -55,22 +56,18 @@ class JobPipeline:
         processing: ClaimStore,
         *,
         inbox: Inbox,
-        slots: asyncio.Semaphore,
-        stop: asyncio.Event,
+        gate: RunGate,
         forced: Callable[[], bool],
     ) -> None:
-        """`slots`: one per job allowed to run at once; `stop`: set when the service stops
-        (no flow starts after it); `forced()`: whether the stop is forced (a second signal)."""
+        """`gate`: the runner's readiness, the run slots and the stop; `forced()`: whether the
+        stop is forced (a second signal)."""
         self.settings = settings
         self.runner = runner
         self.registry = registry
         self.processing = processing
         self.inbox = inbox
-        self.slots = slots
-        self.stop = stop
+        self.gate = gate
         self.forced = forced
-        self.ready = asyncio.Event()  # set once the runner has started
-        self.waiting: set[asyncio.Task[Any] | None] = set()  # claimed, no run slot yet
 
     async def handle(self, item: Path | Claim) -> None:
         """Claim, run or refuse, stage, publish, archive."""
@@ -84,13 +81,19 @@ class JobPipeline:
             outcome = await self._run(claim)
         except asyncio.CancelledError:
             if not self.forced():
-                await asyncio.to_thread(self.processing.release, claim)
-                logger.info("%s: interrupted by the stop, left for the next start", claim.name)
+                await self._leave_claimed(claim)
             raise
+        if outcome is None:
+            await self._leave_claimed(claim)
+            return
         # From here on the outcome is known: finish even if a stop is requested meanwhile.
         await asyncio.shield(self._complete(claim, outcome))
 
     # -- claim -----------------------------------------------------------------------------
+
+    async def _leave_claimed(self, claim: Claim) -> None:
+        await asyncio.to_thread(self.processing.release, claim)
+        logger.info("%s: interrupted by the stop, left for the next start", claim.name)
 
     async def _claim(self, path: Path) -> Claim | None:
         try:
@@ -113,7 +116,8 @@ class JobPipeline:
 
     # -- run, or refuse --------------------------------------------------------------------
 
-    async def _run(self, claim: Claim) -> Result:
+    async def _run(self, claim: Claim) -> Result | None:
+        """The job's result, or None when the service stopped before its flow could start."""
         started_at, t0 = now_iso(), time.monotonic()
         base = await self._base(claim)
         # A deployment's flow runs live on workers: a restart re-attaches to them instead of
@@ -137,9 +141,9 @@ class JobPipeline:
         # A file name need not be valid UTF-8; Prefect's names must be.
         stem = os.fsencode(Path(claim.name).stem).decode("utf-8", "replace")
         me = asyncio.current_task()
-        self.waiting.add(me)
+        self.gate.waiting.add(me)
         try:
-            await self.ready.wait()
+            await self.gate.ready.wait()
             # The runner has loaded the registry: the flow's own parameters are checked now,
             # before the job waits for a slot.
             try:
@@ -147,9 +151,11 @@ class JobPipeline:
             except JobError as exc:
                 outcome = RunOutcome("error", f"{claim.name}: {exc}")
                 return result_of(base, job, outcome, started_at, t0)
-            await self.slots.acquire()
+            # Stopping: no flow starts now, even for a job that reached its slot just now.
+            if not await self.gate.take_slot():
+                return None
         finally:
-            self.waiting.discard(me)
+            self.gate.waiting.discard(me)
         request = RunRequest(
             claim.id,
             job.name or stem,
@@ -159,10 +165,6 @@ class JobPipeline:
             flow=job.flow,
             parameters=parameters,
         )
-        if self.stop.is_set():
-            # Stopping: no flow starts now, even for a job that reached its slot just now.
-            self.slots.release()
-            raise asyncio.CancelledError
         try:
             started_at, t0 = now_iso(), time.monotonic()  # a job that runs: from its slot
             logger.info(
@@ -176,7 +178,7 @@ class JobPipeline:
             )
             outcome = await self._run_with_retries(claim, request)
         finally:
-            self.slots.release()
+            self.gate.leave()
         return result_of(base, job, outcome, started_at, t0)
 
     async def _base(self, claim: Claim) -> Result:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import pytest
 
@@ -13,6 +13,7 @@ from watcher.config.settings import Settings, load_config
 from watcher.folders.claims import Claim, ClaimStore
 from watcher.folders.results import Result, dump, read_result
 from watcher.running.contract import RunOutcome, RunRequest
+from watcher.service.gate import RunGate
 from watcher.service.inbox import Inbox
 from watcher.service.pipeline import JobPipeline
 
@@ -34,16 +35,16 @@ class _Runner:
         pass
 
 
-class _Slots(asyncio.Semaphore):
-    """A semaphore that tells when someone starts waiting for it."""
+class _Gate(RunGate):
+    """A gate that tells when a job starts waiting for a run slot."""
 
-    def __init__(self, value: int) -> None:
-        super().__init__(value)
+    def __init__(self, slots: int) -> None:
+        super().__init__(slots, asyncio.Event())
         self.entered = asyncio.Event()
 
-    async def acquire(self) -> Literal[True]:
+    async def take_slot(self) -> bool:
         self.entered.set()
-        return await super().acquire()
+        return await super().take_slot()
 
 
 def _settings(tmp_path: Path, max_attempts: int = 3) -> Settings:
@@ -55,9 +56,8 @@ def _settings(tmp_path: Path, max_attempts: int = 3) -> Settings:
     return settings
 
 
-def _pipeline(
-    settings: Settings, runner: _Runner, slots: asyncio.Semaphore | None = None
-) -> JobPipeline:
+def _pipeline(settings: Settings, runner: _Runner, gate: RunGate | None = None) -> JobPipeline:
+    gate = gate or RunGate(1, asyncio.Event())
     pipeline = JobPipeline(
         settings,
         runner,
@@ -66,11 +66,10 @@ def _pipeline(
         inbox=Inbox(
             settings.inbox, settings.patterns, settle_seconds=0.1, polling=True, on_ready=print
         ),
-        slots=slots or asyncio.Semaphore(1),
-        stop=asyncio.Event(),
+        gate=gate,
         forced=lambda: False,
     )
-    pipeline.ready.set()
+    gate.ready.set()
     return pipeline
 
 
@@ -136,16 +135,15 @@ def test_a_stop_while_waiting_for_a_slot_leaves_the_job_claimed(tmp_path: Path) 
     runner = _Runner()
 
     async def main() -> None:
-        slots = _Slots(1)
-        pipeline = _pipeline(settings, runner, slots)
-        await slots.acquire()  # another job holds the only slot
-        slots.entered.clear()
+        gate = _Gate(1)
+        pipeline = _pipeline(settings, runner, gate)
+        assert await gate.take_slot()  # another job holds the only slot
+        gate.entered.clear()
         task = asyncio.create_task(pipeline.handle(claim))
-        await slots.entered.wait()
-        pipeline.stop.set()
-        slots.release()  # the slot frees up after the stop: the job must not start
-        with pytest.raises(asyncio.CancelledError):
-            await task
+        await gate.entered.wait()
+        gate.stop.set()
+        gate.leave()  # the slot frees up after the stop: the job must not start
+        await task  # it ends, without an exception
 
     asyncio.run(main())
     assert runner.requests == []
