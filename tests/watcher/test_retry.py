@@ -51,3 +51,25 @@ def test_an_exception_not_named_propagates_at_once() -> None:
     with pytest.raises(ValueError, match="not a retry"):
         asyncio.run(retry(call, on=OSError, first=0.0, most=0.0, before_wait=lambda e, d: None))
     assert calls == 1
+
+
+def test_with_a_limit_the_last_tries_exception_propagates(monkeypatch: pytest.MonkeyPatch) -> None:
+    waits: list[float] = []
+
+    async def no_wait(seconds: float) -> None:
+        waits.append(seconds)
+
+    monkeypatch.setattr(retry_module.asyncio, "sleep", no_wait)
+    calls = 0
+
+    async def call() -> None:
+        nonlocal calls
+        calls += 1
+        raise OSError(f"try {calls}")
+
+    with pytest.raises(OSError, match="try 4"):
+        asyncio.run(
+            retry(call, on=OSError, first=1.0, most=8.0, before_wait=lambda e, d: None, tries=4)
+        )
+    assert calls == 4
+    assert waits == [1.0, 2.0, 4.0]

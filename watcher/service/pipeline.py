@@ -200,27 +200,19 @@ class JobPipeline:
 
     async def _load(self, claim: Claim) -> Job:
         """The claim's job; an I/O error (not the file's fault) is retried a few times."""
-        failures = 0
-
-        async def read() -> Job:
-            nonlocal failures
-            try:
-                return await asyncio.to_thread(load_job, claim.path, self.settings.job_limits)
-            except OSError as exc:
-                failures += 1
-                if failures > _READ_RETRIES:
-                    raise JobError(f"could not be read: {exc.strerror or exc}") from exc
-                raise
-
-        return await retry(
-            read,
-            on=OSError,
-            first=RETRY_FIRST,
-            most=RETRY_MAX,
-            before_wait=lambda exc, delay: logger.warning(
-                "%s: cannot read it (%s); retrying in %gs", claim.name, exc, delay
-            ),
-        )
+        try:
+            return await retry(
+                lambda: asyncio.to_thread(load_job, claim.path, self.settings.job_limits),
+                on=OSError,
+                first=RETRY_FIRST,
+                most=RETRY_MAX,
+                before_wait=lambda exc, delay: logger.warning(
+                    "%s: cannot read it (%s); retrying in %gs", claim.name, exc, delay
+                ),
+                tries=1 + _READ_RETRIES,
+            )
+        except OSError as exc:
+            raise JobError(f"could not be read: {exc.strerror or exc}") from exc
 
     def _parameters(self, job: Job) -> dict[str, Any]:
         if job.flow != WAIT_FLOW and not self.registry.loaded:

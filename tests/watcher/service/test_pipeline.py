@@ -187,3 +187,33 @@ def test_a_failing_result_write_is_retried_until_the_result_appears(
     (result,) = _results(settings)
     assert result["status"] == "completed"
     assert [p.name for p in settings.archive.iterdir()] == ["job.yaml"]
+
+
+def test_a_job_file_that_cannot_be_read_is_tried_four_times_then_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = _settings(tmp_path)
+    _, claim = _claim(settings)
+    runner = _Runner()
+    waits: list[float] = []
+    real_sleep = asyncio.sleep
+
+    async def no_wait(delay: float, *args: Any) -> Any:
+        waits.append(delay)
+        return await real_sleep(0)
+
+    monkeypatch.setattr("watcher.retry.asyncio.sleep", no_wait)
+    reads: list[Path] = []
+
+    def unreadable(path: Path, limits: Any) -> Any:
+        reads.append(path)
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr("watcher.service.pipeline.load_job", unreadable)
+    asyncio.run(_pipeline(settings, runner).handle(claim))
+    assert len(reads) == 4
+    assert waits == [1.0, 2.0, 4.0]
+    assert runner.requests == []
+    (result,) = _results(settings)
+    assert result["status"] == "error"
+    assert result["message"] == "job.yaml: could not be read: Input/output error"
