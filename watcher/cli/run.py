@@ -40,7 +40,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
 
     from watcher import features
     from watcher.config.registry import RegistryError
-    from watcher.folders.lock import LockError
+    from watcher.folders.lock import DataDirLock, DataDirTaken, LockError
     from watcher.running.contract import Runner, RunnerUnavailable
     from watcher.running.direct import DirectRunner
     from watcher.running.in_process import PrefectRunner
@@ -51,6 +51,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
 
     registry = settings.registry()
     runner: Runner = DirectRunner()
+    data_lock = None
     if settings.runner == "prefect":
         from watcher.server.embedded import EmbeddedOptions
 
@@ -60,9 +61,13 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             ui=settings.ui,
             history_days=settings.history_days,
         )
+        if not os.environ.get("PREFECT_API_URL"):
+            # The embedded default: one service per data_dir (its PostgreSQL and history).
+            data_lock = DataDirLock(settings.data_dir)
         runner = PrefectRunner(
             options,
             os.environ,
+            inherit_fds=data_lock.fds if data_lock is not None else None,
             on_import=lambda: route_prefect_console(args.log_format),
             registry=registry,
             max_return_bytes=settings.max_return_bytes,
@@ -82,8 +87,10 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             registry=registry,
         )
     try:
-        return Service(settings, runner, standby=not args.no_standby, registry=registry).run()
-    except (ServedElsewhere, FolderError) as exc:
+        return Service(
+            settings, runner, standby=not args.no_standby, registry=registry, data_lock=data_lock
+        ).run()
+    except (ServedElsewhere, FolderError, DataDirTaken) as exc:
         fatal(f"dropflow: {exc}", args.log_format)
         return defaults.EXIT_USAGE
     except RegistryError as exc:

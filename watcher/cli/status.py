@@ -43,7 +43,14 @@ def _service(settings: Settings) -> dict[str, Any] | None:
         return None
     owner = read_owner(settings.processing)
     if owner is None:
-        return {"pid": None, "host": None, "since": None, "runner": None, "api": None}
+        return {
+            "pid": None,
+            "host": None,
+            "since": None,
+            "runner": None,
+            "api": None,
+            "runner_down": None,
+        }
     return asdict(owner)
 
 
@@ -182,6 +189,8 @@ def render(status: dict[str, Any], out: TextIO) -> None:
             f"{service['since']}"
         )
         lines.append(f"            runner {service['runner'] or '?'}: {service['api'] or '?'}")
+        if service.get("runner_down"):
+            lines.append(f"            runner DOWN: {service['runner_down']}; jobs wait")
     oldest = f", oldest {inbox['oldest_age_s']:g} s" if inbox["backlog"] else ""
     lines.append(f"inbox:      {inbox['backlog']} waiting in {inbox['folder']}{oldest}")
     lines.extend(f"              {name}" for name in inbox["files"])

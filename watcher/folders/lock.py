@@ -27,6 +27,7 @@ import logging
 import os
 import socket
 import threading
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -34,12 +35,22 @@ from filelock import FileLock, Timeout
 
 from watcher.folders.durable import fsync_dir, write_atomic
 
-__all__ = ["FolderLock", "LockError", "Owner", "is_held", "read_owner"]
+__all__ = [
+    "DataDirLock",
+    "DataDirTaken",
+    "FolderLock",
+    "LockError",
+    "Owner",
+    "is_held",
+    "read_owner",
+]
 
 logger = logging.getLogger(__name__)
 
 LOCK_NAME = ".dropflow.lock"
 OWNER_NAME = ".dropflow-owner.json"
+DATA_DIR_WAIT = 30.0
+"""Seconds a service waits for a dead predecessor's embedded server to let `data_dir` go."""
 POLL_SECONDS = 0.1
 """How often a standby tries the lock: its takeover comes at most this long after the
 owner's death (plus its own start-up)."""
@@ -47,6 +58,10 @@ owner's death (plus its own start-up)."""
 
 class LockError(Exception):
     """The folders cannot be locked at all (no lock support, no permission)."""
+
+
+class DataDirTaken(Exception):
+    """Another service uses the embedded default's `data_dir`."""
 
 
 @dataclass(frozen=True)
@@ -58,6 +73,8 @@ class Owner:
     since: str
     runner: str = ""
     api: str = ""
+    runner_down: str = ""
+    """Why the runner cannot run jobs, and since when; empty while it can."""
 
     def describe(self) -> str:
         """One line naming the owner: pid, host and since when."""
@@ -70,10 +87,12 @@ class Owner:
 
 
 def read_owner(processing: Path) -> Owner | None:
-    """The owner recorded for the folders, or None if there is no readable record."""
+    """The owner recorded for the folders (or a `data_dir`), or None if there is no readable
+    record."""
     try:
         data = json.loads((processing / OWNER_NAME).read_text(encoding="utf-8"))
-        return Owner(**{k: data[k] for k in ("pid", "host", "since", "runner", "api")})
+        fields = {k: data[k] for k in ("pid", "host", "since", "runner", "api")}
+        return Owner(**fields, runner_down=str(data.get("runner_down", "")))
     except (OSError, ValueError, KeyError, TypeError):
         return None
 
@@ -102,6 +121,11 @@ class _FolderFlock:
     @property
     def is_locked(self) -> bool:
         return self._fd is not None
+
+    @property
+    def fd(self) -> int | None:
+        """The locked descriptor, while locked."""
+        return self._fd
 
     def acquire(self, blocking: bool = False) -> None:
         import fcntl
@@ -162,20 +186,91 @@ class FolderLock:
 
     def record(self, owner: Owner) -> None:
         """Write the owner record (atomically: a reader never sees half of it)."""
-        target = self.processing / OWNER_NAME
-        tmp = write_atomic(self.processing, json.dumps(asdict(owner)).encode("utf-8"))
-        try:
-            os.replace(tmp, target)
-        except OSError:
-            os.unlink(tmp)
-            raise
-        fsync_dir(self.processing)
+        _record(self.processing, owner)
 
     def release(self) -> None:
         """Give the folders up (a standby may take them at once)."""
         for lock in reversed(self._locks):
             if lock.is_locked:
                 lock.release()
+
+
+def _record(folder: Path, owner: Owner) -> None:
+    tmp = write_atomic(folder, json.dumps(asdict(owner)).encode("utf-8"))
+    try:
+        os.replace(tmp, folder / OWNER_NAME)
+    except OSError:
+        os.unlink(tmp)
+        raise
+    fsync_dir(folder)
+
+
+class DataDirLock:
+    """The embedded default's `data_dir` (its PostgreSQL cluster and the Prefect history), for
+    one service at a time: two services on one cluster stop it under each other.
+
+    A flock on the folder itself, like the inbox's. On POSIX the embedded server process
+    inherits the locked descriptor (`fds`), so the folder stays locked until that process
+    too has gone, having stopped PostgreSQL: a service that takes over (a standby, or systemd's
+    restart) never starts a cluster that its predecessor's server is still stopping. Windows
+    has no such inheritance: there a lock file `<data_dir>/.dropflow.lock` is held by the
+    service alone.
+    """
+
+    def __init__(self, data_dir: Path) -> None:
+        self.data_dir = data_dir
+        self._lock: FileLock | _FolderFlock = (
+            _lock(data_dir) if os.name == "nt" else _FolderFlock(data_dir)
+        )
+
+    def acquire(self, me: Owner, stop: threading.Event, wait: float = DATA_DIR_WAIT) -> None:
+        """Take the lock and record `me` as its owner. A lock held by a service that has died
+        (its embedded server still stopping) is waited for, up to `wait` seconds.
+
+        Raises:
+            DataDirTaken: a live service holds it (or a dead one's server never let it go).
+            LockError: the folder cannot be locked.
+        """
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        deadline = time.monotonic() + wait
+        while True:
+            try:
+                self._lock.acquire(blocking=False)
+                break
+            except Timeout:
+                owner = read_owner(self.data_dir)
+                alive = owner is not None and _alive(owner)
+                if alive or time.monotonic() >= deadline or stop.is_set():
+                    who = owner.describe() if owner else "owner unknown"
+                    state = "" if alive else " (its embedded server has not stopped)"
+                    raise DataDirTaken(
+                        f"data_dir {self.data_dir} is used by another dropflow ({who}){state}; "
+                        "give each service a data_dir of its own"
+                    ) from None
+                stop.wait(POLL_SECONDS)
+            except (OSError, NotImplementedError) as exc:
+                raise LockError(f"cannot lock data_dir {self.data_dir}: {exc}") from exc
+        _record(self.data_dir, me)
+
+    def fds(self) -> tuple[int, ...]:
+        """The descriptors that hold the lock, for the embedded server process to inherit."""
+        lock = self._lock
+        if isinstance(lock, _FolderFlock) and lock.fd is not None:
+            return (lock.fd,)
+        return ()
+
+    def release(self) -> None:
+        if self._lock.is_locked:
+            self._lock.release()
+
+
+def _alive(owner: Owner) -> bool:
+    """Whether the owner's process runs (an owner on another host counts as alive)."""
+    import psutil
+
+    if owner.host != socket.gethostname():
+        return True
+    return bool(psutil.pid_exists(owner.pid))
 
 
 def is_held(inbox: Path, processing: Path) -> bool:

@@ -5,7 +5,9 @@ runner.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import asyncio
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
@@ -16,6 +18,7 @@ __all__ = [
     "RunOutcome",
     "RunRequest",
     "Runner",
+    "RunnerHealth",
     "RunnerUnavailable",
     "stopped_message",
 ]
@@ -61,8 +64,62 @@ class RunnerUnavailable(Exception):
     """The runner cannot run jobs just now (the Prefect API is unreachable); try again later."""
 
 
+class RunnerHealth:
+    """Whether the runner can run jobs now. The runner marks it; the service's jobs wait on
+    `up` before they run, so a job never spends an attempt, or gets an error, while what the
+    runner needs (the embedded Prefect server, its PostgreSQL) is being healed.
+
+    Used from the service's event loop only.
+    """
+
+    def __init__(self) -> None:
+        self.up = asyncio.Event()
+        """Set while the runner can run jobs."""
+        self.reason = "starting"
+        """Why it is down (empty while up)."""
+        self.down_since: float | None = time.time()
+        """When it went down (wall clock), None while up."""
+        self.listeners: list[Callable[[RunnerHealth], None]] = []
+        """Called after each change (the service records it for `dropflow status`)."""
+        self._changed = asyncio.Event()
+
+    def mark_up(self) -> None:
+        if self.up.is_set():
+            return
+        self.reason, self.down_since = "", None
+        self.up.set()
+        self._change()
+
+    def mark_down(self, reason: str) -> None:
+        if not self.up.is_set() and self.reason == reason:
+            return
+        if self.up.is_set():
+            self.down_since = time.time()
+        self.reason = reason
+        self.up.clear()
+        self._change()
+
+    async def changed(self, timeout: float) -> bool:
+        """Wait up to `timeout` seconds for the next change; whether one came."""
+        try:
+            await asyncio.wait_for(self._changed.wait(), timeout)
+        except TimeoutError:
+            return False
+        return True
+
+    def _change(self) -> None:
+        # Wake every waiter once, then arm the event for the next change.
+        self._changed.set()
+        self._changed = asyncio.Event()
+        for listener in self.listeners:
+            listener(self)
+
+
 class Runner(Protocol):
     """Turns run requests into outcomes."""
+
+    health: RunnerHealth
+    """Set up by the runner; marked up by `start` at the latest."""
 
     async def start(self) -> str:
         """Get ready (connect, warm up); return a one-line description for the log."""

@@ -7,7 +7,7 @@ import asyncio
 
 from flows.work import draw_sleep, outcome_message
 from watcher import defaults
-from watcher.running.contract import RunOutcome, RunRequest
+from watcher.running.contract import RunnerHealth, RunOutcome, RunRequest
 
 __all__ = ["DirectRunner"]
 
@@ -18,6 +18,9 @@ class DirectRunner:
     For measuring the watcher alone (benchmarks, the burst test), never for production use:
     no flow run is recorded anywhere.
     """
+
+    def __init__(self) -> None:
+        self.health = RunnerHealth()
 
     async def start(self) -> str:
         return "no Prefect (direct runner: jobs are not recorded in Prefect)"

@@ -19,9 +19,16 @@ from watcher.config.registry import Registry
 from watcher.retry import retry
 from watcher.running.api import api_down, overloaded, unavailable
 from watcher.running.child import warm_up
-from watcher.running.contract import FLOW_RUN_TAG, RunnerUnavailable, RunOutcome, RunRequest
+from watcher.running.contract import (
+    FLOW_RUN_TAG,
+    RunnerHealth,
+    RunnerUnavailable,
+    RunOutcome,
+    RunRequest,
+)
 from watcher.server.embedded import EmbeddedOptions, EmbeddedServer, EmbeddedServerError
 from watcher.server.prefect_internals import enter_shared_clients, flush_prefect
+from watcher.server.supervisor import Supervisor
 
 if TYPE_CHECKING:
     from flows.wait import WaitOutcome
@@ -64,22 +71,28 @@ class PrefectRunner:
         on_import: Callable[[], None] | None = None,
         registry: Registry | None = None,
         max_return_bytes: int = defaults.MAX_RETURN_BYTES,
+        inherit_fds: Callable[[], tuple[int, ...]] | None = None,
     ) -> None:
         """`embedded`: the embedded server to start when Prefect's settings give no API URL.
         `environ`: its environment. `on_import`: called once Prefect is imported (in a worker
         thread, before any flow runs), for the CLI to set up Prefect's logging. `registry`:
-        the flows jobs may name, imported at start (default: only wait)."""
+        the flows jobs may name, imported at start (default: only wait). `inherit_fds`: the
+        descriptors the embedded server process keeps open (the `data_dir` lock)."""
         self.registry = registry or Registry.default()
         self._max_return_bytes = max_return_bytes
         self._embedded = embedded
         self._environ = dict(environ or {})
         self._on_import = on_import
+        self._inherit_fds = inherit_fds
         self._server: EmbeddedServer | None = None
         self._settings = contextlib.ExitStack()
         self._clients = contextlib.AsyncExitStack()
         self._context: contextvars.Context | None = None
         self._ui_url: str | None = None
         self._finishing: set[asyncio.Future[Any]] = set()  # flow runs stopped, still recording
+        self.health = RunnerHealth()
+        self._supervisor: Supervisor | None = None  # the embedded server's, once it serves
+        self._supervising: asyncio.Task[None] | None = None
 
     async def start(self) -> str:
         # Everything `start` enters (settings, clients) lives in a context of its own: `run`
@@ -104,7 +117,9 @@ class PrefectRunner:
         if self._embedded is not None and not get_current_settings().api.url:
             # No API URL in the environment, a .env or prefect.toml file, or the Prefect
             # profile: the embedded default.
-            self._server = EmbeddedServer(self._embedded, self._environ)
+            self._server = EmbeddedServer(
+                self._embedded, self._environ, inherit_fds=self._inherit_fds
+            )
             logger.info("no PREFECT_API_URL: starting Prefect's embedded server")
             try:
                 url = await asyncio.to_thread(self._server.start)
@@ -146,9 +161,36 @@ class PrefectRunner:
                 delay,
             ),
         )
+        if self._server is not None:
+            self._supervisor = Supervisor(
+                self._server, on_down=self.health.mark_down, on_up=self._served_again
+            )
+            self._supervising = asyncio.create_task(self._supervisor.watch())
         return f"Prefect API at {url} ({mode})"
 
+    async def _served_again(self) -> None:
+        self.health.mark_up()
+
+    def _restarts(self) -> int:
+        return self._supervisor.restarts if self._supervisor is not None else 0
+
+    async def _lost(self, restarts: int) -> bool:
+        """Whether a run that began after `restarts` restarts of the embedded server ended
+        badly because of the server, not the job: the API is down, or the server failed or
+        was restarted meanwhile. Such a run is run again once the server serves."""
+        down = await api_down()  # Prefect's client may retry for seconds meanwhile
+        failing = self._supervisor is not None and (
+            not self.health.up.is_set() or await self._supervisor.problem() is not None
+        )
+        # Last, after the waits above: the server may have been restarted during them.
+        return down or failing or self._restarts() != restarts
+
     async def close(self) -> None:
+        if self._supervising is not None:
+            self._supervising.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._supervising
+            self._supervising = None
         if self._finishing:
             # Flow runs stopped at their timeout, whose Cancelled state Prefect still records.
             await asyncio.wait(set(self._finishing), timeout=FLUSH_TIMEOUT)
@@ -166,6 +208,19 @@ class PrefectRunner:
         if self._server is not None:
             await asyncio.to_thread(self._server.stop)
             self._server = None
+
+    async def _crashed(self, flow_run_id: str) -> None:
+        """Mark a run the server lost Crashed (once it serves again), unless it ended."""
+        from prefect.states import Crashed
+
+        from watcher.running.registered import set_state
+
+        await self.health.up.wait()
+        await set_state(
+            flow_run_id,
+            Crashed(message="The embedded Prefect server failed during this run; run again."),
+            unless_final=True,
+        )
 
     def _import_prefect(self) -> None:
         import flows.wait  # noqa: F401  (Prefect itself, the flow, the engine)
@@ -194,6 +249,7 @@ class PrefectRunner:
         return dataclasses.replace(outcome, flow_run_url=url) if url else outcome
 
     async def _run(self, request: RunRequest) -> RunOutcome:
+        restarts = self._restarts()
         if request.flow != defaults.WAIT_FLOW:
             from watcher.running.registered import RegisteredRun
 
@@ -203,7 +259,7 @@ class PrefectRunner:
                 ui_url=self._ui_url,
                 max_return_bytes=self._max_return_bytes,
                 finishing=self._finishing,
-                api_down=api_down,
+                api_down=lambda: self._lost(restarts),
             )
             return await registered.run()
         from prefect import tags
@@ -224,14 +280,17 @@ class PrefectRunner:
         except Exception as exc:
             # Prefect reports an unreachable API in several shapes (httpx errors, a
             # RuntimeError "Failed to reach API", 503s after its own retries): ask the API.
-            if overloaded(exc) or await api_down():
+            if overloaded(exc) or await self._lost(restarts):
                 raise unavailable(exc) from exc
             raise
         if state.is_completed() or state.is_cancelled():
             data = await state.aresult(raise_on_failure=False)
             if isinstance(data, dict) and data.get("outcome") in ("completed", "canceled"):
                 return _from_outcome(data)
-        if await api_down():
+        if await self._lost(restarts):
+            flow_run_id = state.state_details.flow_run_id
+            if flow_run_id is not None:
+                await self._crashed(str(flow_run_id))
             raise unavailable(f"flow run ended {state.name}")
         message = state.message or f"the flow run ended in state {state.name}"
         return RunOutcome(

@@ -192,13 +192,18 @@ class RegisteredRun:
         )
 
 
-async def set_state(flow_run_id: str, state: State[Any]) -> None:
+async def set_state(flow_run_id: str, state: State[Any], *, unless_final: bool = False) -> None:
+    """Force the flow run into `state` (with `unless_final`: only if it has not ended)."""
     from uuid import UUID
 
     from prefect.client.orchestration import get_client
 
     try:
         async with get_client() as client:
+            if unless_final:
+                current = (await client.read_flow_run(UUID(flow_run_id))).state
+                if current is not None and current.is_final():
+                    return
             await client.set_flow_run_state(UUID(flow_run_id), state, force=True)
     except Exception as exc:  # the result file still tells the outcome
         logger.warning("could not mark flow run %s %s: %s", flow_run_id, state.name, exc)

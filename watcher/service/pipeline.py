@@ -222,19 +222,29 @@ class JobPipeline:
         return self.registry.parameters(job)
 
     async def _run_with_retries(self, claim: Claim, request: RunRequest) -> RunOutcome:
-        try:
-            return await retry(
-                lambda: self.runner.run(request),
-                on=RunnerUnavailable,
-                first=RETRY_FIRST,
-                most=RETRY_MAX,
-                before_wait=lambda exc, delay: logger.warning(
-                    "%s: %s; retrying in %gs", claim.name, exc, delay
-                ),
-            )
-        except Exception as exc:
-            logger.exception("%s: the runner failed", claim.name)
-            return RunOutcome("error", f"Internal error while running the job: {exc}")
+        """Run the job until the runner gives an outcome. While the runner is down (its server
+        being healed) the job waits for it, and runs again at once when it is back; other
+        unavailability backs off (`RETRY_FIRST` doubling to `RETRY_MAX`). Not `retry`: the
+        wait must end early when the runner's health changes."""
+        delay = RETRY_FIRST
+        while True:
+            if not self.gate.ready.is_set():
+                logger.warning(
+                    "%s: waiting for the runner: %s", claim.name, self.gate.health.reason
+                )
+                await self.gate.ready.wait()
+                delay = RETRY_FIRST
+            try:
+                return await self.runner.run(request)
+            except RunnerUnavailable as exc:
+                if not self.gate.ready.is_set():
+                    continue  # down meanwhile: wait for it above
+                logger.warning("%s: %s; retrying in %gs", claim.name, exc, delay)
+                await self.gate.health.changed(delay)  # going down ends the wait early
+                delay = min(delay * 2, RETRY_MAX)
+            except Exception as exc:
+                logger.exception("%s: the runner failed", claim.name)
+                return RunOutcome("error", f"Internal error while running the job: {exc}")
 
     # -- stage, publish, archive -----------------------------------------------------------
 

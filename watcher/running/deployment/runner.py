@@ -34,6 +34,7 @@ from watcher.config.registry import Registry
 from watcher.running.api import api_down, unavailable
 from watcher.running.contract import (
     FLOW_RUN_TAG,
+    RunnerHealth,
     RunnerUnavailable,
     RunOutcome,
     RunRequest,
@@ -112,6 +113,7 @@ class DeploymentRunner:
         self.max_attempts = max_attempts
         self.start_timeout = start_timeout
         self.lost_run_margin = lost_run_margin
+        self.health = RunnerHealth()
         self._deployment_ids: dict[str, UUID] = {}  # by registered flow name
         self._clients = contextlib.AsyncExitStack()
         self._client: PrefectClient | None = None
