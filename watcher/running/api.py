@@ -5,12 +5,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from watcher.running.contract import RunnerUnavailable
+from watcher.running.contract import FLOW_RUN_TAG, RunnerUnavailable
 
 if TYPE_CHECKING:
     from prefect.client.orchestration import PrefectClient
 
-__all__ = ["api_down", "overloaded", "unavailable"]
+__all__ = ["api_down", "crash_leftovers", "overloaded", "unavailable"]
 
 
 def overloaded(exc: Exception) -> bool:
@@ -41,3 +41,34 @@ async def api_down(client: PrefectClient | None = None) -> bool:
 def unavailable(cause: object) -> RunnerUnavailable:
     """The error that has a job wait and retry: `Prefect API unavailable (<cause>)`."""
     return RunnerUnavailable(f"Prefect API unavailable ({cause})")
+
+
+async def crash_leftovers(message: str) -> int:
+    """Mark Crashed, with `message`, every dropflow flow run the API still has as scheduled,
+    pending or running; return how many. Only for a server no other service uses (the
+    embedded default, whose `data_dir` is locked): at its start, none of them can still run."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import (
+        FlowRunFilter,
+        FlowRunFilterState,
+        FlowRunFilterStateType,
+        FlowRunFilterTags,
+    )
+    from prefect.client.schemas.objects import StateType
+    from prefect.states import Crashed
+
+    left = FlowRunFilter(
+        tags=FlowRunFilterTags(all_=[FLOW_RUN_TAG]),
+        state=FlowRunFilterState(
+            type=FlowRunFilterStateType(
+                any_=[StateType.SCHEDULED, StateType.PENDING, StateType.RUNNING]
+            )
+        ),
+    )
+    marked = 0
+    async with get_client() as client:
+        while runs := await client.read_flow_runs(flow_run_filter=left, limit=200):
+            for run in runs:
+                await client.set_flow_run_state(run.id, Crashed(message=message), force=True)
+            marked += len(runs)
+    return marked

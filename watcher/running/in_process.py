@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from watcher import defaults
 from watcher.config.registry import Registry
 from watcher.retry import retry
-from watcher.running.api import api_down, overloaded, unavailable
+from watcher.running.api import api_down, crash_leftovers, overloaded, unavailable
 from watcher.running.child import warm_up
 from watcher.running.contract import (
     FLOW_RUN_TAG,
@@ -162,6 +162,14 @@ class PrefectRunner:
             ),
         )
         if self._server is not None:
+            # This service alone uses the embedded server (its data_dir is locked): a run still
+            # "running" there was left so by an earlier stop that could not record its end
+            # (kill -9, power loss). Its job, still claimed, runs again.
+            left = await crash_leftovers("The dropflow service stopped during this run.")
+            if left:
+                logger.warning(
+                    "marked Crashed %d flow run(s) left running by an earlier stop", left
+                )
             self._supervisor = Supervisor(
                 self._server, on_down=self.health.mark_down, on_up=self._served_again
             )

@@ -189,3 +189,35 @@ def test_a_full_data_dir_is_said_once_jobs_wait_and_status_says_down(
         assert svc.stop(signal.SIGTERM) == 0
     finally:
         subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+@pytest.mark.embedded
+def test_runs_left_running_by_a_kill_9_are_marked_crashed_at_the_next_start(
+    embedded_service: ServiceFactory,
+) -> None:
+    svc = embedded_service()
+    data_dir = Path(svc.config["data_dir"])
+    svc.wait_for_log("runner: ", 90)
+    _drop_running(svc, ["cut.yaml"], "timeout: 60\nsleep: 8\n")
+    wait_until(lambda: _active_runs(svc), 30, interval=0.2)
+    [left] = _active_runs(svc)
+    # A power cut: the service, its server and PostgreSQL all killed at once.
+    assert svc.proc is not None
+    victims = [_postmaster(data_dir), *psutil.Process(svc.proc.pid).children(recursive=True)]
+    for proc in victims:
+        proc.kill()
+    svc.kill()
+    psutil.wait_procs(victims, timeout=10)
+
+    svc = embedded_service()
+    svc.wait_for_log("marked Crashed 1 flow run(s) left running by an earlier stop", 90)
+    port = svc.config["server_port"]
+    with urllib.request.urlopen(
+        f"http://127.0.0.1:{port}/api/flow_runs/{left['id']}", timeout=10
+    ) as response:
+        assert json.loads(response.read())["state"]["type"] == "CRASHED"
+    # Its job, still claimed, runs again: a second attempt.
+    result = svc.wait_result("cut.yaml", timeout=90)
+    assert result["status"] == "completed" and result["attempt"] == 2
+    assert not _active_runs(svc)
+    assert svc.stop() == 0
