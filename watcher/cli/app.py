@@ -96,7 +96,8 @@ def _parser() -> argparse.ArgumentParser:
         "run",
         "run the service in the foreground until SIGTERM or SIGINT",
         "Run the service in the foreground. SIGTERM or SIGINT stops it gracefully "
-        "(running jobs get `shutdown_grace` seconds); a second one stops it at once. Without "
+        "(running jobs get `shutdown_grace` seconds); a second one stops it at once. SIGHUP, "
+        "SIGUSR1 and SIGUSR2 are logged and ignored (a config change needs a restart). Without "
         "PREFECT_API_URL, Prefect's embedded server is started; with it, runs go to that server.",
     )
     run.add_argument(

@@ -197,6 +197,37 @@ def test_sigterm_stops_gracefully_with_exit_0(service: ServiceFactory) -> None:
     assert "stopped" in svc.log()
 
 
+@pytest.mark.skipif(not hasattr(signal, "SIGHUP"), reason="POSIX signals")
+def test_sighup_and_sigusr_are_logged_and_ignored(service: ServiceFactory) -> None:
+    svc = service({"shutdown_grace": 10})
+    svc.drop("inflight.yaml", "timeout: 10\nsleep: 3\n")
+    svc.wait_for_log("job started: inflight.yaml")
+    assert svc.proc is not None
+
+    def logged(times: int) -> bool:
+        assert svc.proc is not None and svc.proc.poll() is None, f"exited:\n{svc.log()}"
+        return svc.log().count("received SIGHUP: ignored") == times
+
+    for times in (1, 2, 3):
+        svc.send(signal.SIGHUP)
+        wait_until(lambda n=times: logged(n), 10)
+    svc.send(signal.SIGUSR1)
+    svc.wait_for_log("received SIGUSR1: ignored", 10)
+    svc.send(signal.SIGUSR2)
+    svc.wait_for_log("received SIGUSR2: ignored", 10)
+    assert not svc.result_path("inflight.yaml").exists()  # all sent while the job ran
+
+    result = svc.wait_result("inflight.yaml")
+    assert result["status"] == "completed" and result["attempt"] == 1
+    assert svc.proc.poll() is None
+    assert svc.stop(signal.SIGTERM) == 0
+    assert (
+        "INFO    | watcher.service.loop - received SIGHUP: ignored (dropflow does not reload "
+        "its config; restart it to apply changes)"
+    ) in svc.log()
+    assert svc.log().count("job started:") == 1
+
+
 def test_a_stop_starts_no_queued_job(service: ServiceFactory) -> None:
     svc = service({"shutdown_grace": 20, "max_concurrent_jobs": 1})
     for name in ("first.yaml", "second.yaml", "third.yaml"):
