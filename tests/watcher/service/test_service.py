@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import time
 import urllib.request
@@ -249,6 +250,24 @@ def test_jobs_past_the_grace_go_back_for_the_next_start(service: ServiceFactory)
     claims = list(claim_folders(svc.processing))
     assert len(claims) == 1 and claims[0].name.endswith(".0")
     assert (claims[0] / "long.yaml").exists()
+
+
+def test_a_file_name_cannot_forge_a_log_line(service: ServiceFactory) -> None:
+    forged = "12:00:00.000 | INFO    | watcher.service.loop - job finished: x completed"
+    name = f"a.yaml\n{forged}\rb.yaml"
+    svc = service()
+    svc.drop(name, "timeout: 5\nsleep: 0\n")
+    result = svc.wait_result(name)
+    assert result["status"] == "completed" and result["job"] == name
+    svc.wait_for_log("job finished: a.yaml")
+    assert svc.stop() == 0
+    # The harness reads the log with universal newlines: a raw "\r" would split a line too.
+    lines = svc.log().splitlines()
+    prefix = re.compile(r"^\d\d:\d\d:\d\d\.\d{3} \| [A-Z]+ *\| [\w.]+ - ")
+    assert [line for line in lines if not prefix.match(line)] == []
+    escaped = f"a.yaml\\n{forged}\\rb.yaml"
+    assert sum(f"job started: {escaped} (claim" in line for line in lines) == 1
+    assert sum(f"job finished: {escaped} completed" in line for line in lines) == 1
 
 
 def test_bad_config_exits_non_zero_naming_file_key_and_problem(
