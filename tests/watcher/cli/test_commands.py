@@ -353,6 +353,62 @@ def test_status_before_during_and_after_a_batch(svc: ServiceProcess) -> None:
     assert "batch0.result.yaml" in text.split("results:")[1]
 
 
+# -- a reader that goes away ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("status",),
+        ("status", "--json"),
+        ("schema",),
+        ("validate", "ok.yaml"),
+        ("submit", "ok.yaml"),
+        ("submit", "--json", "ok.yaml"),
+    ],
+    ids=" ".join,
+)
+def test_output_into_a_closed_pipe_ends_quietly(idle: Path, args: tuple[str, ...]) -> None:
+    job_file(idle, "ok.yaml", "timeout: 5\n")
+    read, write = os.pipe()
+    os.close(read)  # the reader is gone before the first line is written
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "watcher", args[0], "-c", "config.yaml", *args[1:]],
+            cwd=idle,
+            stdout=write,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=90,
+        )
+    finally:
+        os.close(write)
+    assert done.stderr == ""
+    assert done.returncode == 141
+
+
+def test_a_reader_that_reads_one_line_then_closes(idle: Path) -> None:
+    """`dropflow validate jobs/*.yaml | head -1`: far more output than the pipe holds."""
+    names = [f"job{i:04d}.yaml" for i in range(4000)]
+    for name in names:
+        job_file(idle / "jobs", name, "timeout: 5\n")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "watcher", "validate", "-c", "../config.yaml", *names],
+        cwd=idle / "jobs",
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    first = proc.stdout.readline()
+    proc.stdout.close()
+    error = proc.stderr.read()
+    proc.stderr.close()
+    assert proc.wait(timeout=60) == 141
+    assert first.startswith("job0000.yaml: valid (timeout 5 s")
+    assert error == ""
+
+
 # -- validate and registered flows ---------------------------------------------------------
 
 
