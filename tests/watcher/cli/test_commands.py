@@ -101,6 +101,33 @@ def test_bad_use_is_a_clear_error(idle: Path) -> None:
     assert config.stderr == "dropflow: bad config: nowhere.yaml: config file not found\n"
 
 
+@pytest.mark.parametrize(
+    ("command", "config", "message"),
+    [
+        (
+            "validate",
+            "max_attempts: 3\ndefaults:\n  timeout: 2\n  timeout: 5\n",
+            "the key 'timeout' appears twice (line 4)",
+        ),
+        (
+            "run",  # the direct runner: were the config taken, nothing but the service starts
+            "runner: direct\nmax_concurrent_jobs: true\n",
+            "max_concurrent_jobs: Input should be a valid integer, got true",
+        ),
+    ],
+)
+def test_a_duplicate_key_or_a_boolean_number_in_the_config_exits_2(
+    tmp_path: Path, command: str, config: str, message: str
+) -> None:
+    (tmp_path / "config.yaml").write_text(config)
+    job_file(tmp_path, "a.yaml", "timeout: 1\n")
+    files = ("a.yaml",) if command == "validate" else ()
+    done = dropflow(command, "-c", "config.yaml", *files, cwd=tmp_path, timeout=30)
+    assert done.returncode == 2
+    assert done.stderr == f"dropflow: bad config: config.yaml: {message}\n"
+    assert done.stdout == ""
+
+
 # -- no service ----------------------------------------------------------------------------
 
 
