@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ import pytest
 import yaml
 
 from tests.harness import ROOT, PrefectServer, ServiceProcess, wait_until
+from watcher.jobs.names import ID_TIME_FORMAT
 
 CONFIG: dict[str, Any] = {
     "settle_seconds": 0.2,
@@ -378,6 +380,24 @@ def test_status_before_during_and_after_a_batch(svc: ServiceProcess) -> None:
     flight = text.split("in flight:")[1].split("results:")[0]
     assert not any(name in flight for name in batch), text
     assert "batch0.result.yaml" in text.split("results:")[1]
+
+
+def test_ages_of_files_dated_in_the_future_show_as_0(idle: Path) -> None:
+    """An inbox file whose time is a day ahead (a writer's clock, a copy keeping its time) and a
+    claim made by a machine whose clock is a day ahead."""
+    ahead = datetime.now(UTC) + timedelta(days=1)
+    path = job_file(idle / "inbox", "future.yaml", "timeout: 1\n")
+    os.utime(path, (ahead.timestamp(), ahead.timestamp()))
+    job_file(idle / "processing" / f"{ahead.strftime(ID_TIME_FORMAT)}-abcdef.1", "x.yaml", "{}\n")
+
+    done = dropflow("status", "-c", "config.yaml", "--json", cwd=idle)
+    assert done.returncode == 0, done.stderr
+    data = json.loads(done.stdout)
+    assert data["inbox"]["backlog"] == 1 and data["inbox"]["oldest_age_s"] == 0
+    assert [(c["job"], c["age_s"]) for c in data["in_flight"]] == [("x.yaml", 0)]
+    text = dropflow("status", "-c", "config.yaml", cwd=idle).stdout
+    assert "1 waiting in " in text and text.count(", oldest 0 s\n") == 1
+    assert "  x.yaml  attempt 1  age 0 s  claimed" in text
 
 
 # -- a reader that goes away ---------------------------------------------------------------
