@@ -137,3 +137,7 @@ EXIT_INTERRUPTED = 130
 """Exit status when stopped by a signal rather than finished: 128 + SIGINT, the shell's convention.
 `dropflow run` exits with it after a second SIGINT/SIGTERM (stopped at once, running jobs left
 claimed), `dropflow submit --wait` when Ctrl-C stops its waiting."""
+
+EXIT_BROKEN_PIPE = 141
+"""Exit status when the reader of a command's output went away (`dropflow status | head -1`):
+128 + SIGPIPE, what a program the shell sees killed by SIGPIPE exits with; nothing is printed."""

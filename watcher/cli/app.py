@@ -5,7 +5,9 @@ commands (`submit`, `validate`, `status`, `schema`)."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -96,7 +98,8 @@ def _parser() -> argparse.ArgumentParser:
         "run",
         "run the service in the foreground until SIGTERM or SIGINT",
         "Run the service in the foreground. SIGTERM or SIGINT stops it gracefully "
-        "(running jobs get `shutdown_grace` seconds); a second one stops it at once. Without "
+        "(running jobs get `shutdown_grace` seconds); a second one stops it at once. SIGHUP, "
+        "SIGUSR1 and SIGUSR2 are logged and ignored (a config change needs a restart). Without "
         "PREFECT_API_URL, Prefect's embedded server is started; with it, runs go to that server.",
     )
     run.add_argument(
@@ -181,6 +184,25 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run `dropflow` with `argv` (default: `sys.argv[1:]`); return the exit status."""
+    try:
+        try:
+            return _main(argv)
+        finally:
+            # A reader that went away (`dropflow status | head -1`) shows here at the latest,
+            # not in the interpreter's last flush, which would print a traceback of its own.
+            if sys.stdout is not None:  # None under pythonw
+                sys.stdout.flush()
+    except BrokenPipeError:
+        # As the Python docs advise (signal module, "Note on SIGPIPE"): no traceback, and
+        # stdout pointed at devnull so that the flush at exit has nowhere to fail.
+        with contextlib.suppress(OSError, ValueError):
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            os.close(devnull)
+        return defaults.EXIT_BROKEN_PIPE
+
+
+def _main(argv: Sequence[str] | None) -> int:
     args = _parser().parse_args(argv)
     log_format = getattr(args, "log_format", "text")
     setup_logging(getattr(args, "log_level", "WARNING"), log_format)
@@ -246,6 +268,8 @@ def _operator_command(args: argparse.Namespace, settings: Settings) -> int:
     except KeyboardInterrupt:
         print("\ndropflow: stopped waiting; the submitted jobs go on", file=sys.stderr)
         return defaults.EXIT_INTERRUPTED
+    except BrokenPipeError:
+        raise  # the reader of our output went away: `main` ends quietly
     except OSError as exc:
         print(f"dropflow: cannot submit: {exc}", file=sys.stderr)
         return defaults.EXIT_FATAL

@@ -62,6 +62,12 @@ def _entries(folder: Path) -> list[os.DirEntry[str]]:
         return []
 
 
+def _age(seconds: float) -> float:
+    """An age to show: never below 0, though a file's time or a claim's (written by another
+    machine, or before the clock was set back) may be in the future."""
+    return max(0.0, round(seconds, 1))
+
+
 def _inbox(settings: Settings, now: float) -> dict[str, Any]:
     waiting: list[tuple[float, str]] = []
     for entry in _entries(settings.inbox):
@@ -74,7 +80,7 @@ def _inbox(settings: Settings, now: float) -> dict[str, Any]:
     return {
         "folder": str(settings.inbox),
         "backlog": len(waiting),
-        "oldest_age_s": round(now - waiting[0][0], 1) if waiting else None,
+        "oldest_age_s": _age(now - waiting[0][0]) if waiting else None,
         "files": [name for _, name in waiting[:NEWEST]],
     }
 
@@ -96,7 +102,7 @@ def _in_flight(settings: Settings, now: datetime) -> list[dict[str, Any]]:
                 "job": names[0] if names else None,
                 "claim_id": match["id"],
                 "attempt": int(match["attempt"]),
-                "age_s": round((now - claimed).total_seconds(), 1),
+                "age_s": _age((now - claimed).total_seconds()),
                 "state": "finishing" if staged else "claimed",
                 "flow_run_id": staged.get("flow_run_id"),
                 "flow_run_name": staged.get("flow_run_name")

@@ -7,14 +7,24 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_core import PydanticCustomError
 
 from watcher import defaults as builtin
 from watcher.config.registry import Registry, split_entrypoint
 from watcher.jobs.messages import humanize, show
 from watcher.jobs.model import FLOW_NAME, JobError, JobLimits
-from watcher.jobs.reading import parse_job
+from watcher.jobs.reading import DuplicateKeyError, UniqueKeyLoader, parse_job
 
 __all__ = ["ConfigError", "JobDefaults", "Settings", "load_config"]
 
@@ -28,12 +38,16 @@ class JobDefaults(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    timeout: float = Field(builtin.JOB_TIMEOUT, gt=0, allow_inf_nan=False)
-    sleep: float | tuple[float, float] = builtin.JOB_SLEEP
+    timeout: StrictFloat = Field(builtin.JOB_TIMEOUT, gt=0, allow_inf_nan=False)
+    sleep: StrictFloat | tuple[StrictFloat, StrictFloat] = builtin.JOB_SLEEP
 
 
 class Settings(BaseModel):
-    """Everything `dropflow run` needs; `watcher.defaults` says what each key means."""
+    """Everything `dropflow run` needs; `watcher.defaults` says what each key means.
+
+    Numbers and booleans are strict, as a job file's are: `true` is not 1, and neither 1 nor
+    "yes" is true (YAML's own `yes` is).
+    """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -41,30 +55,34 @@ class Settings(BaseModel):
     results: Path = Path(builtin.RESULTS)
     archive: Path = Path(builtin.ARCHIVE)
     processing: Path = Path(builtin.PROCESSING)
-    max_concurrent_jobs: int = Field(builtin.MAX_CONCURRENT_JOBS, ge=1, le=1000)
+    max_concurrent_jobs: StrictInt = Field(builtin.MAX_CONCURRENT_JOBS, ge=1, le=1000)
     defaults: JobDefaults = JobDefaults(timeout=builtin.JOB_TIMEOUT, sleep=builtin.JOB_SLEEP)
     patterns: tuple[str, ...] = Field(builtin.PATTERNS, min_length=1)
-    polling: bool = builtin.POLLING
-    settle_seconds: float = Field(builtin.SETTLE_SECONDS, ge=0, le=3600, allow_inf_nan=False)
-    rescan_interval: float = Field(builtin.RESCAN_INTERVAL, gt=0, le=86400, allow_inf_nan=False)
-    shutdown_grace: float = Field(builtin.SHUTDOWN_GRACE, ge=0, le=86400, allow_inf_nan=False)
-    max_attempts: int = Field(builtin.MAX_ATTEMPTS, ge=1, le=100)
-    max_timeout: float = Field(builtin.MAX_TIMEOUT, gt=0, allow_inf_nan=False)
-    max_sleep: float = Field(builtin.MAX_SLEEP, ge=0, allow_inf_nan=False)
-    max_job_bytes: int = Field(builtin.MAX_JOB_BYTES, ge=64, le=16 * 1024 * 1024)
+    polling: StrictBool = builtin.POLLING
+    settle_seconds: StrictFloat = Field(builtin.SETTLE_SECONDS, ge=0, le=3600, allow_inf_nan=False)
+    rescan_interval: StrictFloat = Field(
+        builtin.RESCAN_INTERVAL, gt=0, le=86400, allow_inf_nan=False
+    )
+    shutdown_grace: StrictFloat = Field(builtin.SHUTDOWN_GRACE, ge=0, le=86400, allow_inf_nan=False)
+    max_attempts: StrictInt = Field(builtin.MAX_ATTEMPTS, ge=1, le=100)
+    max_timeout: StrictFloat = Field(builtin.MAX_TIMEOUT, gt=0, allow_inf_nan=False)
+    max_sleep: StrictFloat = Field(builtin.MAX_SLEEP, ge=0, allow_inf_nan=False)
+    max_job_bytes: StrictInt = Field(builtin.MAX_JOB_BYTES, ge=64, le=16 * 1024 * 1024)
     flows: dict[str, str] = Field(default_factory=lambda: dict(builtin.FLOWS), min_length=1)
     files_dir: Path = Path(builtin.FILES_DIR)
-    max_return_bytes: int = Field(builtin.MAX_RETURN_BYTES, ge=0, le=16 * 1024 * 1024)
+    max_return_bytes: StrictInt = Field(builtin.MAX_RETURN_BYTES, ge=0, le=16 * 1024 * 1024)
     runner: Literal["prefect", "deployment", "direct"] = builtin.RUNNER
     work_pool: str = Field(builtin.WORK_POOL, min_length=1, max_length=200)
     deployment: str = builtin.DEPLOYMENT
-    start_timeout: float | None = Field(builtin.START_TIMEOUT, gt=0, allow_inf_nan=False)
-    lost_run_margin: float = Field(builtin.LOST_RUN_MARGIN, gt=0, le=86400, allow_inf_nan=False)
+    start_timeout: StrictFloat | None = Field(builtin.START_TIMEOUT, gt=0, allow_inf_nan=False)
+    lost_run_margin: StrictFloat = Field(
+        builtin.LOST_RUN_MARGIN, gt=0, le=86400, allow_inf_nan=False
+    )
     data_dir: Path = Path(builtin.DATA_DIR)
-    server_port: int = Field(builtin.SERVER_PORT, ge=1, le=65535)
-    ui: bool = builtin.UI
+    server_port: StrictInt = Field(builtin.SERVER_PORT, ge=1, le=65535)
+    ui: StrictBool = builtin.UI
     # Prefect's retention cannot go below one hour.
-    history_days: float = Field(builtin.HISTORY_DAYS, allow_inf_nan=False)
+    history_days: StrictFloat = Field(builtin.HISTORY_DAYS, allow_inf_nan=False)
 
     @field_validator("history_days")
     @classmethod
@@ -184,9 +202,14 @@ def load_config(path: Path | None) -> Settings:
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: cannot read config file: {exc}") from None
     try:
-        data = yaml.safe_load(text)
+        # A safe loader (`yaml.safe_load`'s), which also refuses a key given twice.
+        data = yaml.load(text, Loader=UniqueKeyLoader)
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    except DuplicateKeyError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+    except (ValueError, OverflowError) as exc:  # e.g. a date such as 2001-13-45
+        raise ConfigError(f"{path}: a value that cannot be read: {exc}") from None
     if data is None:
         data = {}
     if not isinstance(data, dict):

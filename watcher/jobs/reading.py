@@ -25,6 +25,8 @@ from watcher.jobs.model import Job, JobError, JobLimits, validate_document
 __all__ = [
     "MAX_DEPTH",
     "MAX_NODES",
+    "DuplicateKeyError",
+    "UniqueKeyLoader",
     "load_job",
     "parse_job",
     "read_document",
@@ -44,7 +46,30 @@ _YAML_TAG_PREFIX = "tag:yaml.org,2002:"
 _SYMLINK = "a symbolic link, not a job file; put the job file itself in the inbox"
 
 
-class _JobLoader(yaml.SafeLoader):
+class DuplicateKeyError(ValueError):
+    """A mapping gives the same key twice; the message names the key and its second line."""
+
+
+class UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing a key given twice in one mapping, at any depth (PyYAML
+    would keep the last one silently). The config file is read with it too."""
+
+    def construct_mapping(self, node: Any, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            if not isinstance(key_node, yaml.ScalarNode):
+                continue
+            key = key_node.value
+            if key in seen:
+                raise DuplicateKeyError(
+                    f"the key '{show(key)[1:-1]}' appears twice (line "
+                    f"{key_node.start_mark.line + 1})"
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+class _JobLoader(UniqueKeyLoader):
     """PyYAML's safe loader, minus tags, anchors, aliases, duplicate keys, deep nesting and
     more than a few values."""
 
@@ -90,7 +115,6 @@ class _JobLoader(yaml.SafeLoader):
             self._depth -= 1
 
     def construct_mapping(self, node: Any, deep: bool = False) -> dict[Any, Any]:
-        seen: set[Any] = set()
         for key_node, _ in node.value:
             if not isinstance(key_node, yaml.ScalarNode):
                 kind = "list" if isinstance(key_node, yaml.SequenceNode) else "mapping"
@@ -98,14 +122,10 @@ class _JobLoader(yaml.SafeLoader):
                     f"a {kind} used as a key (line {key_node.start_mark.line + 1}); keys are "
                     "names such as 'timeout'"
                 )
-            key = key_node.value
-            if key in seen:
-                raise JobError(
-                    f"the key '{show(key)[1:-1]}' appears twice (line "
-                    f"{key_node.start_mark.line + 1})"
-                )
-            seen.add(key)
-        return super().construct_mapping(node, deep=deep)
+        try:
+            return super().construct_mapping(node, deep=deep)
+        except DuplicateKeyError as exc:
+            raise JobError(str(exc)) from None
 
 
 # YAML 1.1 (PyYAML) reads `1e3` as text; people mean a number, as YAML 1.2 says.

@@ -250,7 +250,7 @@ class JobPipeline:
 
     async def _complete(self, claim: Claim, result: Result | None) -> None:
         """Stage, publish and archive; retried with backoff while the disk fails us."""
-        path, status = await retry(
+        path, staged = await retry(
             lambda: asyncio.to_thread(self._complete_sync, claim, result),
             on=OSError,
             first=RETRY_FIRST,
@@ -262,18 +262,27 @@ class JobPipeline:
                 delay,
             ),
         )
-        duration = result.get("duration_s", 0.0) if result else 0.0
-        flow_run = result.get("flow_run_name", "-") if result else "-"
+        status = staged.get("status", "?")
+        if result is None:  # its run ended before the service stopped: nothing ran now
+            flow_run = staged.get("flow_run_name")
+            logger.info(
+                "job finished: %s %s (published a result staged before the restart%s) -> %s",
+                claim.name,
+                status,
+                f"; flow run {flow_run}" if flow_run else "",
+                path.name,
+            )
+            return
         logger.info(
             "job finished: %s %s in %.2fs (flow run %s) -> %s",
             claim.name,
             status,
-            duration,
-            flow_run,
+            result.get("duration_s", 0.0),
+            result.get("flow_run_name", "-"),
             path.name,
         )
 
-    def _complete_sync(self, claim: Claim, result: Result | None) -> tuple[Path, str]:
+    def _complete_sync(self, claim: Claim, result: Result | None) -> tuple[Path, dict[str, Any]]:
         """Stage, publish, archive: each step done once, each safe to repeat after a failure.
 
         Publishing is recorded in the claim (`ClaimStore.mark_published`), so a failure while
@@ -295,7 +304,7 @@ class JobPipeline:
             )
             self.processing.mark_published(claim, path)
         self.processing.finish(claim)
-        return path, str(staged.get("status", "?"))
+        return path, staged
 
 
 def result_of(

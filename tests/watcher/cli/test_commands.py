@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ import pytest
 import yaml
 
 from tests.harness import ROOT, PrefectServer, ServiceProcess, wait_until
+from watcher.jobs.names import ID_TIME_FORMAT
 
 CONFIG: dict[str, Any] = {
     "settle_seconds": 0.2,
@@ -99,6 +101,33 @@ def test_bad_use_is_a_clear_error(idle: Path) -> None:
     config = dropflow("status", "--config", "nowhere.yaml", cwd=idle)
     assert config.returncode == 2
     assert config.stderr == "dropflow: bad config: nowhere.yaml: config file not found\n"
+
+
+@pytest.mark.parametrize(
+    ("command", "config", "message"),
+    [
+        (
+            "validate",
+            "max_attempts: 3\ndefaults:\n  timeout: 2\n  timeout: 5\n",
+            "the key 'timeout' appears twice (line 4)",
+        ),
+        (
+            "run",  # the direct runner: were the config taken, nothing but the service starts
+            "runner: direct\nmax_concurrent_jobs: true\n",
+            "max_concurrent_jobs: Input should be a valid integer, got true",
+        ),
+    ],
+)
+def test_a_duplicate_key_or_a_boolean_number_in_the_config_exits_2(
+    tmp_path: Path, command: str, config: str, message: str
+) -> None:
+    (tmp_path / "config.yaml").write_text(config)
+    job_file(tmp_path, "a.yaml", "timeout: 1\n")
+    files = ("a.yaml",) if command == "validate" else ()
+    done = dropflow(command, "-c", "config.yaml", *files, cwd=tmp_path, timeout=30)
+    assert done.returncode == 2
+    assert done.stderr == f"dropflow: bad config: config.yaml: {message}\n"
+    assert done.stdout == ""
 
 
 # -- no service ----------------------------------------------------------------------------
@@ -351,6 +380,80 @@ def test_status_before_during_and_after_a_batch(svc: ServiceProcess) -> None:
     flight = text.split("in flight:")[1].split("results:")[0]
     assert not any(name in flight for name in batch), text
     assert "batch0.result.yaml" in text.split("results:")[1]
+
+
+def test_ages_of_files_dated_in_the_future_show_as_0(idle: Path) -> None:
+    """An inbox file whose time is a day ahead (a writer's clock, a copy keeping its time) and a
+    claim made by a machine whose clock is a day ahead."""
+    ahead = datetime.now(UTC) + timedelta(days=1)
+    path = job_file(idle / "inbox", "future.yaml", "timeout: 1\n")
+    os.utime(path, (ahead.timestamp(), ahead.timestamp()))
+    job_file(idle / "processing" / f"{ahead.strftime(ID_TIME_FORMAT)}-abcdef.1", "x.yaml", "{}\n")
+
+    done = dropflow("status", "-c", "config.yaml", "--json", cwd=idle)
+    assert done.returncode == 0, done.stderr
+    data = json.loads(done.stdout)
+    assert data["inbox"]["backlog"] == 1 and data["inbox"]["oldest_age_s"] == 0
+    assert [(c["job"], c["age_s"]) for c in data["in_flight"]] == [("x.yaml", 0)]
+    text = dropflow("status", "-c", "config.yaml", cwd=idle).stdout
+    assert "1 waiting in " in text and text.count(", oldest 0 s\n") == 1
+    assert "  x.yaml  attempt 1  age 0 s  claimed" in text
+
+
+# -- a reader that goes away ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("status",),
+        ("status", "--json"),
+        ("schema",),
+        ("validate", "ok.yaml"),
+        ("submit", "ok.yaml"),
+        ("submit", "--json", "ok.yaml"),
+    ],
+    ids=" ".join,
+)
+def test_output_into_a_closed_pipe_ends_quietly(idle: Path, args: tuple[str, ...]) -> None:
+    job_file(idle, "ok.yaml", "timeout: 5\n")
+    read, write = os.pipe()
+    os.close(read)  # the reader is gone before the first line is written
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "watcher", args[0], "-c", "config.yaml", *args[1:]],
+            cwd=idle,
+            stdout=write,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=90,
+        )
+    finally:
+        os.close(write)
+    assert done.stderr == ""
+    assert done.returncode == 141
+
+
+def test_a_reader_that_reads_one_line_then_closes(idle: Path) -> None:
+    """`dropflow validate jobs/*.yaml | head -1`: far more output than the pipe holds."""
+    names = [f"job{i:04d}.yaml" for i in range(4000)]
+    for name in names:
+        job_file(idle / "jobs", name, "timeout: 5\n")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "watcher", "validate", "-c", "../config.yaml", *names],
+        cwd=idle / "jobs",
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    first = proc.stdout.readline()
+    proc.stdout.close()
+    error = proc.stderr.read()
+    proc.stderr.close()
+    assert proc.wait(timeout=60) == 141
+    assert first.startswith("job0000.yaml: valid (timeout 5 s")
+    assert error == ""
 
 
 # -- validate and registered flows ---------------------------------------------------------

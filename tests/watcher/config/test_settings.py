@@ -146,3 +146,81 @@ def test_flows_and_their_entrypoints(tmp_path: Path) -> None:
 def test_bad_flows(tmp_path: Path, text: str, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         load_config(_write(tmp_path, text))
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (
+            "max_concurrent_jobs: true\n",
+            "max_concurrent_jobs: Input should be a valid integer, got true",
+        ),
+        ("max_attempts: false\n", "max_attempts: Input should be a valid integer, got false"),
+        ("server_port: true\n", "server_port: Input should be a valid integer, got true"),
+        ("max_job_bytes: true\n", "max_job_bytes: Input should be a valid integer, got true"),
+        ("shutdown_grace: true\n", "shutdown_grace: Input should be a valid number, got true"),
+        ("settle_seconds: false\n", "settle_seconds: Input should be a valid number, got false"),
+        ("start_timeout: true\n", "start_timeout: Input should be a valid number, got true"),
+        ("history_days: true\n", "history_days: Input should be a valid number, got true"),
+        (
+            "defaults: {timeout: true}\n",
+            "defaults.timeout: Input should be a valid number, got true",
+        ),
+        ("defaults: {sleep: [true, 3]}\n", "defaults.sleep.tuple[float, float].0: Input should be"),
+        ("defaults: {sleep: true}\n", "defaults.sleep.float: Input should be a valid number"),
+        (
+            "max_concurrent_jobs: '8'\n",
+            "max_concurrent_jobs: Input should be a valid integer, got '8'",
+        ),
+        ("polling: 1\n", "polling: Input should be a valid boolean, got 1"),
+        ("ui: 0\n", "ui: Input should be a valid boolean, got 0"),
+        ("ui: 'yes'\n", "ui: Input should be a valid boolean, got 'yes'"),
+    ],
+)
+def test_a_boolean_is_not_a_number_nor_a_number_a_boolean(
+    tmp_path: Path, text: str, expected: str
+) -> None:
+    path = _write(tmp_path, text)
+    with pytest.raises(ConfigError) as raised:
+        load_config(path)
+    message = str(raised.value)
+    assert message.startswith(f"{path}: ") and expected in message
+
+
+def test_numbers_and_booleans_as_yaml_writes_them(tmp_path: Path) -> None:
+    settings = load_config(
+        _write(tmp_path, "shutdown_grace: 5\nstart_timeout: 30\npolling: yes\nui: off\n")
+    )
+    assert (settings.shutdown_grace, settings.start_timeout) == (5.0, 30.0)
+    assert (settings.polling, settings.ui) == (True, False)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (
+            "max_attempts: 3\ninbox: in\nmax_attempts: 5\n",
+            "the key 'max_attempts' appears twice (line 3)",
+        ),
+        (
+            "defaults:\n  timeout: 2\n  sleep: 0\n  timeout: 3\n",
+            "the key 'timeout' appears twice (line 4)",
+        ),
+        ("flows:\n  a: m.a:f\n  a: m.b:f\n", "the key 'a' appears twice (line 3)"),
+        ("defaults: {sleep: 1, sleep: 2}\n", "the key 'sleep' appears twice (line 1)"),
+    ],
+)
+def test_a_key_given_twice_is_an_error_naming_it_and_its_line(
+    tmp_path: Path, text: str, expected: str
+) -> None:
+    path = _write(tmp_path, text)
+    with pytest.raises(ConfigError) as raised:
+        load_config(path)
+    assert str(raised.value) == f"{path}: {expected}"
+
+
+def test_a_value_yaml_cannot_build_is_a_config_error(tmp_path: Path) -> None:
+    path = _write(tmp_path, "history_days: 2001-13-45\n")
+    with pytest.raises(ConfigError) as raised:
+        load_config(path)
+    assert str(raised.value) == f"{path}: a value that cannot be read: month must be in 1..12"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,17 @@ class _Runner:
 
     async def close(self) -> None:
         pass
+
+
+class _ServiceLines(logging.Handler):
+    """The service's log messages (its logger may not propagate: the CLI sets it up so)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
 
 
 class _Gate(RunGate):
@@ -127,6 +139,41 @@ def test_a_staged_result_found_at_recovery_is_published_without_running(tmp_path
     assert result["message"] == "ran before the restart"
     assert [p.name for p in settings.archive.iterdir()] == ["job.yaml"]
     assert not recovered.folder.exists()
+
+
+@pytest.mark.parametrize("flow_run", ["nightly-export", None])
+def test_a_staged_result_published_at_recovery_says_so_in_its_log_line(
+    tmp_path: Path, flow_run: str | None
+) -> None:
+    settings = _settings(tmp_path)
+    processing, claim = _claim(settings, "x.yaml")
+    staged: Result = {
+        "job": "x.yaml",
+        "status": "completed",
+        "message": "ran before the restart",
+        "claim_id": claim.id,
+        "attempt": claim.attempt,
+        "duration_s": 4.2,
+    }
+    if flow_run:
+        staged["flow_run_name"] = flow_run
+    processing.stage(claim, dump(staged))
+    (recovered,) = processing.recover()
+    lines = _ServiceLines()
+    logger = logging.getLogger("watcher.service.loop")
+    logger.addHandler(lines)
+    level = logger.level
+    logger.setLevel(logging.INFO)
+    try:
+        asyncio.run(_pipeline(settings, _Runner()).handle(recovered))
+    finally:
+        logger.removeHandler(lines)
+        logger.setLevel(level)
+    run = f"; flow run {flow_run}" if flow_run else ""
+    assert lines.messages == [
+        f"job finished: x.yaml completed (published a result staged before the restart{run}) "
+        "-> x.result.yaml"
+    ]
 
 
 def test_a_stop_while_waiting_for_a_slot_leaves_the_job_claimed(tmp_path: Path) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import time
 import urllib.request
@@ -197,6 +198,37 @@ def test_sigterm_stops_gracefully_with_exit_0(service: ServiceFactory) -> None:
     assert "stopped" in svc.log()
 
 
+@pytest.mark.skipif(not hasattr(signal, "SIGHUP"), reason="POSIX signals")
+def test_sighup_and_sigusr_are_logged_and_ignored(service: ServiceFactory) -> None:
+    svc = service({"shutdown_grace": 10})
+    svc.drop("inflight.yaml", "timeout: 10\nsleep: 3\n")
+    svc.wait_for_log("job started: inflight.yaml")
+    assert svc.proc is not None
+
+    def logged(times: int) -> bool:
+        assert svc.proc is not None and svc.proc.poll() is None, f"exited:\n{svc.log()}"
+        return svc.log().count("received SIGHUP: ignored") == times
+
+    for times in (1, 2, 3):
+        svc.send(signal.SIGHUP)
+        wait_until(lambda n=times: logged(n), 10)
+    svc.send(signal.SIGUSR1)
+    svc.wait_for_log("received SIGUSR1: ignored", 10)
+    svc.send(signal.SIGUSR2)
+    svc.wait_for_log("received SIGUSR2: ignored", 10)
+    assert not svc.result_path("inflight.yaml").exists()  # all sent while the job ran
+
+    result = svc.wait_result("inflight.yaml")
+    assert result["status"] == "completed" and result["attempt"] == 1
+    assert svc.proc.poll() is None
+    assert svc.stop(signal.SIGTERM) == 0
+    assert (
+        "INFO    | watcher.service.loop - received SIGHUP: ignored (dropflow does not reload "
+        "its config; restart it to apply changes)"
+    ) in svc.log()
+    assert svc.log().count("job started:") == 1
+
+
 def test_a_stop_starts_no_queued_job(service: ServiceFactory) -> None:
     svc = service({"shutdown_grace": 20, "max_concurrent_jobs": 1})
     for name in ("first.yaml", "second.yaml", "third.yaml"):
@@ -218,6 +250,24 @@ def test_jobs_past_the_grace_go_back_for_the_next_start(service: ServiceFactory)
     claims = list(claim_folders(svc.processing))
     assert len(claims) == 1 and claims[0].name.endswith(".0")
     assert (claims[0] / "long.yaml").exists()
+
+
+def test_a_file_name_cannot_forge_a_log_line(service: ServiceFactory) -> None:
+    forged = "12:00:00.000 | INFO    | watcher.service.loop - job finished: x completed"
+    name = f"a.yaml\n{forged}\rb.yaml"
+    svc = service()
+    svc.drop(name, "timeout: 5\nsleep: 0\n")
+    result = svc.wait_result(name)
+    assert result["status"] == "completed" and result["job"] == name
+    svc.wait_for_log("job finished: a.yaml")
+    assert svc.stop() == 0
+    # The harness reads the log with universal newlines: a raw "\r" would split a line too.
+    lines = svc.log().splitlines()
+    prefix = re.compile(r"^\d\d:\d\d:\d\d\.\d{3} \| [A-Z]+ *\| [\w.]+ - ")
+    assert [line for line in lines if not prefix.match(line)] == []
+    escaped = f"a.yaml\\n{forged}\\rb.yaml"
+    assert sum(f"job started: {escaped} (claim" in line for line in lines) == 1
+    assert sum(f"job finished: {escaped} completed" in line for line in lines) == 1
 
 
 def test_bad_config_exits_non_zero_naming_file_key_and_problem(
