@@ -222,6 +222,7 @@ class DataDirLock:
         self._lock: FileLock | _FolderFlock = (
             _lock(data_dir) if os.name == "nt" else _FolderFlock(data_dir)
         )
+        self._me: Owner | None = None
 
     def acquire(self, me: Owner, stop: threading.Event, wait: float = DATA_DIR_WAIT) -> None:
         """Take the lock and record `me` as its owner. A lock held by a service that has died
@@ -250,14 +251,35 @@ class DataDirLock:
                 stop.wait(POLL_SECONDS)
             except (OSError, NotImplementedError) as exc:
                 raise LockError(f"cannot lock data_dir {self.data_dir}: {exc}") from exc
+        self._me = me
         _record(self.data_dir, me)
 
     def fds(self) -> tuple[int, ...]:
-        """The descriptors that hold the lock, for the embedded server process to inherit."""
+        """The descriptors that hold the lock, for the embedded server process to inherit.
+
+        A `data_dir` deleted and made again since it was locked (the embedded server recreates
+        it) is locked anew first: the old lock holds only the deleted folder.
+
+        Raises:
+            DataDirTaken: another service took the new folder meanwhile.
+        """
         lock = self._lock
-        if isinstance(lock, _FolderFlock) and lock.fd is not None:
-            return (lock.fd,)
-        return ()
+        if not isinstance(lock, _FolderFlock) or lock.fd is None:
+            return ()
+        locked, now = os.fstat(lock.fd), os.stat(self.data_dir)
+        if (locked.st_dev, locked.st_ino) != (now.st_dev, now.st_ino) and self._me is not None:
+            fresh = _FolderFlock(self.data_dir)
+            try:
+                fresh.acquire(blocking=False)
+            except Timeout:
+                raise DataDirTaken(
+                    f"data_dir {self.data_dir} was made again and is now used by another dropflow"
+                ) from None
+            lock.release()
+            self._lock = lock = fresh
+            _record(self.data_dir, self._me)
+        assert lock.fd is not None
+        return (lock.fd,)
 
     def release(self) -> None:
         if self._lock.is_locked:

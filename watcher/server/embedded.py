@@ -175,7 +175,10 @@ class EmbeddedServer:
         else:
             kwargs["start_new_session"] = True
             if self._inherit_fds is not None:
-                kwargs["pass_fds"] = self._inherit_fds()
+                try:
+                    kwargs["pass_fds"] = self._inherit_fds()
+                except Exception as exc:  # the data_dir lock: another service took it
+                    raise EmbeddedServerError(str(exc)) from exc
         proc = subprocess.Popen(  # type: ignore[call-overload]
             [
                 sys.executable,

@@ -131,6 +131,15 @@ def test_a_deleted_data_dir_is_made_again_and_said_once(
     assert svc.wait_result("long.yaml", timeout=120)["status"] == "completed"
     assert (data_dir / PGDATA / "PG_VERSION").exists()
     assert svc.log().count("the Prefect history it held is gone") == 1
+    # The new folder is this service's, as the old one was.
+    import fcntl
+
+    probe = os.open(data_dir, os.O_RDONLY)
+    try:
+        with pytest.raises(BlockingIOError):
+            fcntl.flock(probe, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    finally:
+        os.close(probe)
     assert svc.stop() == 0
 
 
