@@ -217,10 +217,11 @@ class DataDirLock:
     service alone.
     """
 
-    def __init__(self, data_dir: Path) -> None:
+    def __init__(self, data_dir: Path, *, folder_lock: bool = os.name != "nt") -> None:
+        """`folder_lock`: flock the folder (POSIX), or hold a lock file in it (Windows)."""
         self.data_dir = data_dir
         self._lock: FileLock | _FolderFlock = (
-            _lock(data_dir) if os.name == "nt" else _FolderFlock(data_dir)
+            _FolderFlock(data_dir) if folder_lock else _lock(data_dir)
         )
         self._me: Owner | None = None
 
