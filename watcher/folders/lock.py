@@ -233,7 +233,12 @@ class DataDirLock:
             DataDirTaken: a live service holds it (or a dead one's server never let it go).
             LockError: the folder cannot be locked.
         """
-        self.data_dir.mkdir(parents=True, exist_ok=True)
+        from watcher.server.embedded import EmbeddedServerError, check_data_dir
+
+        try:
+            check_data_dir(self.data_dir)  # made if missing, and writable
+        except EmbeddedServerError as exc:
+            raise LockError(str(exc)) from None
         deadline = time.monotonic() + wait
         while True:
             try:
