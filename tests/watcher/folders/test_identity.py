@@ -92,3 +92,21 @@ def test_a_replaced_lock_file_is_a_lost_lock_that_another_service_could_take(
         assert "was replaced" in str(lock.lost())
     finally:
         lock.release()
+
+
+def test_a_new_inbox_another_service_holds_cannot_be_relocked(tmp_path: Path) -> None:
+    lock = _locked(tmp_path)
+    inbox = tmp_path / "inbox"
+    try:
+        inbox.rename(tmp_path / "inbox.bak")
+        inbox.mkdir()
+        other = FolderLock(inbox, tmp_path / "elsewhere")
+        (tmp_path / "elsewhere").mkdir()
+        assert other.try_acquire()  # another service took the new folder first
+        try:
+            assert lock.relock_inbox() is False
+        finally:
+            other.release()
+        assert lock.relock_inbox() is True
+    finally:
+        lock.release()
