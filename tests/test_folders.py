@@ -332,6 +332,17 @@ def test_processing_or_its_lock_lost_stops_the_service_with_status_1(
     assert "ERROR" in line and str(svc.processing) in line
 
 
+def test_results_bind_mounted_onto_the_inbox_while_serving_stops_the_service(
+    service: ServiceFactory, bind: Callable[[Path, Path], None]
+) -> None:
+    svc = service()
+    bind(svc.inbox, svc.results)  # each result would be taken for a new job, for ever
+    assert _exit_status(svc) == 1
+    line = next(x for x in svc.log().splitlines() if "stopping: " in x)
+    assert f"ERROR   | watcher.service.loop - stopping: results ({svc.results}) is the " in line
+    assert f"same folder as inbox ({svc.inbox})" in line
+
+
 @pytest.mark.parametrize(
     ("key", "relation"),
     [("results", "is the same folder as"), ("archive", "is inside"), ("processing", "contains")],

@@ -8,8 +8,9 @@ service could take them, and the claims in flight cannot be finished; the servic
 
 `overlaps` refuses, at start, a results, archive or processing folder that is the inbox, is
 inside it or contains it under another path (a bind mount, a symlink), which comparing paths
-cannot see. Where identities are unavailable (`watcher.folders.identity.of` answers None) only
-paths count, as before.
+cannot see; `FolderGuard.misplaced` stops the service when one becomes so while it runs
+(every result published into the inbox would be taken for a new job). Where identities are
+unavailable (`watcher.folders.identity.of` answers None) only paths count, as before.
 """
 
 from __future__ import annotations
@@ -35,6 +36,10 @@ class Lost:
     reason: str
     claims_reachable: bool
     """Whether the claims in flight can still be finished or put back (only the lock went)."""
+    consequence: str = (
+        "this service no longer owns its folders, and another one could take them: restart "
+        "dropflow once they are back"
+    )
 
 
 class FolderGuard:
@@ -42,6 +47,7 @@ class FolderGuard:
 
     def __init__(self, settings: Settings, lock: FolderLock) -> None:
         """Record the folders' identities now (the service holds their lock)."""
+        self.settings = settings
         self.inbox_path = settings.inbox
         self.processing_path = settings.processing
         self.lock = lock
@@ -84,6 +90,17 @@ class FolderGuard:
                 "its jobs cannot be claimed until it is back on the same one"
             )
         return change
+
+    def misplaced(self) -> Lost | None:
+        """Why results, archive or processing can no longer be used beside the inbox (a bind
+        mount or a symlink made while serving), or None."""
+        try:
+            reason = overlaps(self.settings)
+        except OSError:
+            return None  # a folder is missing: the other checks and the pipeline see to it
+        if reason is None:
+            return None
+        return Lost(reason, True, "the service stops rather than take its own files for jobs")
 
     def record_inbox(self) -> None:
         """Take the folder now at the inbox's path as the inbox (after it was recreated)."""

@@ -309,8 +309,9 @@ class Service:
                 await asyncio.sleep(RETRY_FIRST)
 
     def _check_folders(self) -> bool:
-        """Stop (True) if `processing` or its lock was lost; watch a replaced inbox again."""
-        lost = self.guard.lost()
+        """Stop (True) if `processing` or its lock was lost, or a folder is now the inbox (or
+        inside it, or around it); watch a replaced inbox again."""
+        lost = self.guard.lost() or self.guard.misplaced()
         if lost is not None:
             self._lose(lost)
             return True
@@ -334,10 +335,7 @@ class Service:
 
     def _lose(self, lost: Lost) -> None:
         logger.error(
-            "stopping: %s; this service no longer owns its folders, and another one could take "
-            "them: restart dropflow once they are back (exit status %d)",
-            lost.reason,
-            defaults.EXIT_FATAL,
+            "stopping: %s; %s (exit status %d)", lost.reason, lost.consequence, defaults.EXIT_FATAL
         )
         self._lost = lost
         assert self._stop is not None
