@@ -117,8 +117,8 @@ class JobPipeline:
                 return None
             claim = await asyncio.to_thread(self.processing.claim, path)
         except OSError as exc:
-            if isinstance(exc, PermissionError) and not features.current().open_files_move:
-                # Windows: the writer still has it open. It stays in the inbox; look again soon.
+            if _writer_holds_it(exc):
+                # It stays in the inbox; look again soon.
                 logger.info("%s: not taken yet (%s); retrying", path.name, exc.strerror or exc)
                 self._retry_inbox()
                 return None
@@ -326,6 +326,16 @@ class JobPipeline:
             self.processing.mark_published(claim, path)
         self.processing.finish(claim)
         return path, str(staged.get("status", "?"))
+
+
+def _writer_holds_it(exc: OSError) -> bool:
+    """Whether a claim failed because the file's writer still has it open (Windows refuses to
+    move such a file: a sharing violation), rather than for the folders' sake."""
+    if not isinstance(exc, PermissionError) or features.current().open_files_move:
+        return False
+    # ERROR_SHARING_VIOLATION, ERROR_LOCK_VIOLATION; elsewhere only the portable mode's
+    # simulation (`features.ensure_movable`) refuses.
+    return os.name != "nt" or getattr(exc, "winerror", None) in (32, 33)
 
 
 def result_of(
