@@ -135,3 +135,28 @@ def tmpfs() -> Iterator[Callable[[Path], Path]]:
     yield mount
     for folder in reversed(mounted):
         subprocess.run(["umount", "-l", str(folder)], check=False)
+
+
+@pytest.fixture
+def bind() -> Iterator[Callable[[Path, Path], None]]:
+    """`mount --bind source target` (root, like `tmpfs`); every mount undone (`umount -l`)
+    at the end."""
+    mounted: list[Path] = []
+
+    def mount(source: Path, target: Path) -> None:
+        target.mkdir(parents=True, exist_ok=True)
+        done = subprocess.run(
+            ["mount", "--bind", str(source), str(target)], capture_output=True, text=True
+        )
+        if done.returncode != 0:
+            reason = f"cannot bind-mount here: {done.stderr.strip()}"
+            if os.environ.get("CI"):
+                pytest.fail(reason)
+            pytest.skip(reason)
+        mounted.append(target)
+
+    try:
+        yield mount
+    finally:
+        for target in reversed(mounted):
+            subprocess.run(["umount", "-l", str(target)], check=False)

@@ -4,17 +4,22 @@ paths other platforms take (portable mode)."""
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import os
 import shutil
 import signal
 import socket
+import subprocess
+import time
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
 import yaml
 
 from tests.conftest import ServiceFactory
-from tests.harness import audit, claim_folders, wait_until
+from tests.harness import ServiceProcess, audit, claim_folders, wait_until
 
 PORTABLE = {"DROPFLOW_PORTABLE": "1"}
 
@@ -169,3 +174,199 @@ def test_a_standby_stops_cleanly_on_sigterm(service: ServiceFactory) -> None:
     standby.wait_for_log("standby:")
     assert standby.stop(signal.SIGTERM, timeout=30) == 0
     assert "stopped before taking over" in standby.log()
+
+
+# -- folders changed under the running service (issue 19) ----------------------------------
+
+
+def _exchange(a: Path, b: Path) -> None:
+    """Swap two names in one step (`renameat2(RENAME_EXCHANGE)`, what `mv --exchange` does)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    at_fdcwd, rename_exchange = -100, 2
+    if libc.renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange):
+        raise OSError(ctypes.get_errno(), "renameat2 failed", str(a))
+
+
+def _replace_inbox(inbox: Path, how: str) -> Path:
+    """Put a new, empty folder at the inbox's path in one step; the folder that was there."""
+    old = inbox.with_name("inbox.bak")
+    if how == "mv-mkdir":
+        os.rename(inbox, old)
+        inbox.mkdir(exist_ok=True)  # the service may have recreated it meanwhile
+        return old
+    new = inbox.with_name("inbox.new")
+    new.mkdir()
+    if how == "exchange":
+        _exchange(new, inbox)
+        os.rename(new, old)
+    else:  # "symlink": the path becomes a link to the new folder
+        link = inbox.with_name("inbox.link")
+        link.symlink_to(new.name)
+        _exchange(link, inbox)
+        os.rename(link, old)
+    return old
+
+
+@pytest.mark.parametrize("how", ["mv-mkdir", "exchange", "symlink"])
+def test_a_replaced_inbox_is_watched_again_within_a_second(
+    service: ServiceFactory, how: str
+) -> None:
+    svc = service()  # rescans every 30 s: a job waiting for one would take 15-30 s
+    svc.drop("before.yaml", "sleep: 0\n")
+    assert svc.wait_result("before.yaml")["status"] == "completed"
+    _replace_inbox(svc.inbox, how)
+    svc.drop("after.yaml", "sleep: 0\n")  # into the new folder, at once
+    assert svc.wait_result("after.yaml", timeout=5)["status"] == "completed"
+    assert svc.log().count("was replaced") == 1
+    assert "restarting" not in svc.log() and "ERROR" not in svc.log()
+    line = next(x for x in svc.log().splitlines() if "was replaced" in x)
+    assert f"WARNING | watcher.service.loop - inbox {svc.inbox} was replaced (device " in line
+    assert line.endswith(": watching the new folder")
+
+
+def test_an_inbox_on_another_file_system_waits_with_backoff_and_nothing_is_lost(
+    service: ServiceFactory, tmp_path: Path, tmpfs: Callable[[Path], Path]
+) -> None:
+    other = tmpfs(tmp_path / "other-disk") / "inbox"
+    other.mkdir()
+    svc = service()
+    old = svc.inbox.with_name("inbox.bak")
+    svc.inbox.rename(old)
+    svc.inbox.symlink_to(other)
+    names = ["x1.yaml", "x2.yaml", "x3.yaml"]
+    for name in names:  # written in place, through the link (a rename in would cross too)
+        (svc.inbox / name).write_text("sleep: 0\n")
+    svc.wait_for_log("cannot claim ", timeout=40)  # before this change: at the 30 s rescan
+    # The scenario, not a synchronisation: the fault lasts 4 s (a claim a second per file
+    # before this change: a dozen lines).
+    time.sleep(4)
+    assert svc.log().count("cannot claim ") == 1
+    assert "Errno 18" in svc.log()
+    assert "on another file system than processing" in svc.log()  # said when it was replaced
+    assert sorted(p.name for p in other.iterdir()) == names  # still in the inbox
+    # Put it right: a real inbox on the right file system again, with the jobs in it.
+    svc.inbox.unlink()
+    old.rename(svc.inbox)
+    for name in names:
+        shutil.move(other / name, svc.inbox / name)
+    for name in names:
+        assert svc.wait_result(name, timeout=45)["status"] == "completed"
+    assert svc.log().count("claims work again") == 1
+    assert svc.log().count("cannot claim ") == 1
+
+
+def test_inodes_running_out_waits_with_backoff_and_nothing_is_lost(
+    service: ServiceFactory, tmp_path: Path, tmpfs: Callable[..., Path]
+) -> None:
+    disk = tmpfs(tmp_path / "disk", "16m,nr_inodes=64")  # the fixture's size= takes options
+    svc = service({"inbox": "disk/inbox", "processing": "disk/processing"})
+    svc.wait_for_log("runner: ")  # the owner record is rewritten then: it needs an inode
+    names = ["n1.yaml", "n2.yaml", "n3.yaml"]
+    staging = disk / "staging"
+    staging.mkdir()
+    for name in names:
+        (staging / name).write_text("sleep: 0\n")
+    fillers = disk / "fillers"
+    fillers.mkdir()
+    with contextlib.suppress(OSError):
+        for i in range(1000):
+            (fillers / str(i)).touch()
+    assert len(list(fillers.iterdir())) < 1000  # the inodes ran out
+    for name in names:  # a rename needs no new inode; the claim's folder does
+        os.rename(staging / name, svc.inbox / name)
+    svc.wait_for_log("cannot claim ", timeout=10)
+    time.sleep(4)  # the scenario: 4 s without inodes
+    assert svc.log().count("cannot claim ") == 1
+    assert "Errno 28" in svc.log()
+    assert sorted(p.name for p in svc.inbox.iterdir()) == names
+    shutil.rmtree(fillers)
+    for name in names:
+        assert svc.wait_result(name, timeout=45)["status"] == "completed"
+    assert svc.log().count("claims work again") == 1
+
+
+def _exit_status(svc: ServiceProcess, timeout: float = 20) -> int:
+    """Wait for the service to exit on its own."""
+    assert svc.proc is not None
+    code = svc.proc.wait(timeout=timeout)
+    svc.output.join()
+    return code
+
+
+def _unmount(folder: Path) -> None:
+    subprocess.run(["umount", "-l", str(folder)], check=True)
+
+
+def test_processing_unmounted_stops_the_service_with_status_1(
+    service: ServiceFactory, tmp_path: Path, tmpfs: Callable[[Path], Path]
+) -> None:
+    tmpfs(tmp_path / "disk")  # the inbox and processing share it, as they must
+    svc = service({"inbox": "disk/inbox", "processing": "disk/processing", "shutdown_grace": 30})
+    (svc.inbox / "long.yaml").write_text("timeout: 60\nsleep: 30\n")  # the disk's own file
+    svc.wait_for_log("job started: long.yaml")
+    _unmount(tmp_path / "disk")
+    t0 = time.monotonic()
+    assert _exit_status(svc) == 1
+    assert time.monotonic() - t0 < 10  # no grace: nothing a job does could be recorded
+    line = next(x for x in svc.log().splitlines() if "stopping: processing" in x)
+    assert "ERROR" in line and str(svc.processing) in line
+    assert "Traceback" not in svc.log()
+
+
+@pytest.mark.parametrize("how", ["lock-file-removed", "lock-file-replaced", "renamed"])
+def test_processing_or_its_lock_lost_stops_the_service_with_status_1(
+    service: ServiceFactory, how: str
+) -> None:
+    svc = service()
+    lock = svc.processing / ".dropflow.lock"
+    if how == "lock-file-removed":
+        lock.unlink()
+    elif how == "lock-file-replaced":
+        lock.with_name("new-lock").write_text("")
+        os.replace(lock.with_name("new-lock"), lock)
+    else:
+        svc.processing.rename(svc.processing.with_name("processing.old"))
+        svc.processing.mkdir()
+    assert _exit_status(svc) == 1
+    line = next(x for x in svc.log().splitlines() if "stopping: " in x)
+    assert "ERROR" in line and str(svc.processing) in line
+
+
+def test_results_bind_mounted_onto_the_inbox_while_serving_stops_the_service(
+    service: ServiceFactory, bind: Callable[[Path, Path], None]
+) -> None:
+    svc = service()
+    bind(svc.inbox, svc.results)  # each result would be taken for a new job, for ever
+    assert _exit_status(svc) == 1
+    line = next(x for x in svc.log().splitlines() if "stopping: " in x)
+    assert f"ERROR   | watcher.service.loop - stopping: results ({svc.results}) is the " in line
+    assert f"same folder as inbox ({svc.inbox})" in line
+
+
+@pytest.mark.parametrize(
+    ("key", "relation"),
+    [("results", "is the same folder as"), ("archive", "is inside"), ("processing", "contains")],
+)
+def test_a_folder_that_is_the_inbox_under_another_path_is_refused_at_start(
+    service: ServiceFactory,
+    tmp_path: Path,
+    bind: Callable[[Path, Path], None],
+    key: str,
+    relation: str,
+) -> None:
+    config: dict[str, str] = {}
+    if key == "results":  # a bind mount of the inbox
+        (tmp_path / "inbox").mkdir()
+        bind(tmp_path / "inbox", tmp_path / "results")
+    elif key == "archive":  # a symlink into it
+        (tmp_path / "inbox" / "done").mkdir(parents=True)
+        (tmp_path / "archive").symlink_to(tmp_path / "inbox" / "done")
+    else:  # processing is a bind mount of a folder that holds the inbox
+        (tmp_path / "work" / "in").mkdir(parents=True)
+        bind(tmp_path / "work", tmp_path / "processing")
+        config["inbox"] = "work/in"
+    svc = service(config, start=False).start(wait=False)
+    assert svc.proc is not None and svc.proc.wait(timeout=30) == 2
+    svc.output.join()
+    message = f"{key} ({tmp_path / key}) {relation} inbox ({svc.inbox})"
+    assert message in svc.log(), svc.log()

@@ -8,6 +8,10 @@ standby service can take over without any stale-lock guessing. `filelock`'s "sof
 (a marker file, which a killed holder leaves behind) is turned off: where a file system has
 no locks at all, starting fails with a clear message instead.
 
+The lock is only as good as its file: a lock file removed or replaced under the service (its
+folder deleted, renamed or unmounted) lets a second service take a new one. `FolderLock.lost`
+says when the file at the path is no longer the one held, for the service to stop.
+
 Who holds the lock is recorded beside it in `<processing>/.dropflow-owner.json` (pid, host,
 since when, runner, Prefect API), for the standby's log line and `dropflow status`. The
 record is only informative: the lock is the truth, so a record left by a dead owner is
@@ -33,6 +37,7 @@ from pathlib import Path
 
 from filelock import FileLock, Timeout
 
+from watcher.folders import identity
 from watcher.folders.durable import fsync_dir, write_atomic
 
 __all__ = [
@@ -151,9 +156,10 @@ class FolderLock:
     """The exclusive right to serve an inbox and a processing folder."""
 
     def __init__(self, inbox: Path, processing: Path) -> None:
+        self.inbox = inbox
         self.processing = processing
-        inbox_lock = _lock(inbox) if os.name == "nt" else _FolderFlock(inbox)
-        self._locks: list[FileLock | _FolderFlock] = [_lock(processing), inbox_lock]
+        self._locks: list[FileLock | _FolderFlock] = [_lock(processing), _inbox_lock(inbox)]
+        self._pinned: int | None = None  # the held lock file, opened once more: see `lost`
 
     def try_acquire(self) -> bool:
         """Take both locks if free, at once; False if another service holds either.
@@ -174,6 +180,55 @@ class FolderLock:
             for lock in taken:
                 lock.release()
             raise LockError(f"cannot lock {lock.lock_file}: {exc}") from exc
+        self._pin()
+        return True
+
+    def _pin(self) -> None:
+        # filelock keeps its descriptor to itself: this one names the same file (the lock is
+        # held, so nobody replaced it since), and keeps its inode from being reused.
+        try:
+            self._pinned = os.open(self.processing / LOCK_NAME, os.O_RDONLY)
+        except OSError as exc:
+            logger.warning("cannot watch the lock file in %s: %s", self.processing, exc)
+
+    def lost(self) -> str | None:
+        """Why the lock no longer guards the folders, or None while it does.
+
+        The lock file at the path must still be the file this service holds: if it was
+        removed or replaced (its folder deleted, renamed or unmounted), another service can
+        lock the new one. Where identities are unavailable only the file's presence counts.
+        """
+        if self._pinned is None:
+            return None
+        path = self.processing / LOCK_NAME
+        try:
+            there = identity.of(path)
+        except OSError as exc:
+            return f"the lock file {path} is gone ({exc.strerror or exc})"
+        held = identity.of_fd(self._pinned)
+        if there is not None and held is not None and there != held:
+            return (
+                f"the lock file {path} was replaced ({held.describe()} held, "
+                f"{there.describe()} there now)"
+            )
+        return None
+
+    def relock_inbox(self) -> bool:
+        """Lock the folder now at the inbox's path (after it was replaced or recreated).
+
+        False if another service holds it. The lock on the folder that was there is given up
+        first: two locks of one process on one folder would exclude each other.
+        """
+        old = self._locks[1]
+        if old.is_locked:
+            old.release()
+        new = self._locks[1] = _inbox_lock(self.inbox)
+        try:
+            new.acquire(blocking=False)
+        except Timeout:
+            return False
+        except (OSError, NotImplementedError) as exc:
+            logger.warning("cannot lock the new inbox %s: %s", self.inbox, exc)
         return True
 
     def wait(self, stop: threading.Event) -> bool:
@@ -193,6 +248,13 @@ class FolderLock:
         for lock in reversed(self._locks):
             if lock.is_locked:
                 lock.release()
+        pinned, self._pinned = self._pinned, None
+        if pinned is not None:
+            os.close(pinned)  # flock locks belong to filelock's descriptor: this one holds none
+
+
+def _inbox_lock(inbox: Path) -> FileLock | _FolderFlock:
+    return _lock(inbox) if os.name == "nt" else _FolderFlock(inbox)
 
 
 def _record(folder: Path, owner: Owner) -> None:

@@ -130,6 +130,7 @@ class Inbox:
         self._observer: BaseObserver | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._close_events = False
+        self._watched = folder
         self._alarm = _OverflowAlarm(self._on_overflow)
         self.rescan_needed = asyncio.Event()
 
@@ -143,7 +144,10 @@ class Inbox:
         name = type(observer).__name__
         # Only inotify reports close-after-write; elsewhere the settle time decides.
         self._close_events = self._use_close_events and name == "InotifyObserver"
-        observer.schedule(_Handler(self._post), str(self.folder), recursive=False)
+        # watchdog does not follow a symlinked folder (IN_DONT_FOLLOW): watch where it leads,
+        # and name what happens there by the inbox's own path (`_here`).
+        self._watched = Path(os.path.realpath(self.folder))
+        observer.schedule(_Handler(self._post), str(self._watched), recursive=False)
         observer.daemon = True
         observer.start()
         self._observer = observer
@@ -192,12 +196,17 @@ class Inbox:
         if loop is not None and not loop.is_closed():
             loop.call_soon_threadsafe(self.rescan_needed.set)
 
+    def _here(self, path: bytes | str) -> Path:
+        """An event's path, named through the inbox's own path."""
+        found = Path(os.fsdecode(path))
+        return self.folder / found.name if found.parent == self._watched else found
+
     def _on_event(self, event: FileSystemEvent) -> None:
         if isinstance(event, FileMovedEvent | DirMovedEvent):
-            self._candidates.pop(Path(os.fsdecode(event.src_path)), None)
-            self._track(Path(os.fsdecode(event.dest_path)), moved=True)
+            self._candidates.pop(self._here(event.src_path), None)
+            self._track(self._here(event.dest_path), moved=True)
             return
-        path = Path(os.fsdecode(event.src_path))
+        path = self._here(event.src_path)
         if isinstance(event, FileDeletedEvent):
             self._candidates.pop(path, None)
         elif isinstance(event, FileClosedEvent):

@@ -27,6 +27,7 @@ from watcher.folders.lock import DataDirLock, FolderLock, Owner, read_owner
 from watcher.folders.results import now_iso
 from watcher.running.contract import Runner, RunnerHealth
 from watcher.service.gate import RunGate
+from watcher.service.guard import FolderGuard, Lost, overlaps
 from watcher.service.inbox import Inbox
 from watcher.service.pipeline import RETRY_FIRST, JobPipeline
 from watcher.service.signals import StopSignals
@@ -37,6 +38,7 @@ logger = logging.getLogger(__name__)
 
 
 _TICK = 0.1  # seconds between settle checks while files wait to be complete
+_FOLDER_CHECK = 1.0  # seconds between checks that the folders are still the ones served
 
 
 class FolderError(Exception):
@@ -80,6 +82,7 @@ class Service:
         self.signals = StopSignals(wake=self._wake_from_any_thread)
         self._error: BaseException | None = None
         self._fatal: Exception | None = None  # the runner could not start
+        self._lost: Lost | None = None  # the folders stopped being ours while serving
         self._main: asyncio.Task[None] | None = None
         self._job_tasks: set[asyncio.Task[None]] = set()
         self._pipeline: JobPipeline | None = None  # made in `_serve`, with the inbox
@@ -90,7 +93,8 @@ class Service:
     def run(self) -> int:
         """Serve until SIGTERM/SIGINT (or `request_stop`); return the exit status.
 
-        0 after a graceful stop, `defaults.EXIT_INTERRUPTED` after a second signal.
+        0 after a graceful stop, `defaults.EXIT_INTERRUPTED` after a second signal,
+        `defaults.EXIT_FATAL` after `processing` or its lock was lost while serving (logged).
         """
         thread = threading.Thread(target=self._thread_main, name="dropflow-service")
         with self.signals.capture():
@@ -100,7 +104,9 @@ class Service:
                 thread.join(0.2)
         if self._error is not None:
             raise self._error
-        return defaults.EXIT_INTERRUPTED if self.signals.forced else 0
+        if self.signals.forced:
+            return defaults.EXIT_INTERRUPTED
+        return defaults.EXIT_FATAL if self._lost is not None else 0
 
     def request_stop(self) -> None:
         """Stop gracefully; a second call stops at once. Safe from any thread."""
@@ -147,6 +153,7 @@ class Service:
         if not await self._own_folders():
             logger.info("stopped before taking over")
             return
+        self.guard = FolderGuard(s, self.lock)
         try:
             if self.data_lock is not None:
                 await asyncio.to_thread(self.data_lock.acquire, self._owner, self.signals.stopping)
@@ -167,7 +174,7 @@ class Service:
             self.lock.release()
         if self._fatal is not None:
             raise self._fatal
-        logger.info("stopped")
+        logger.info("stopped" if self._lost is None else "stopped: the folders were lost")
 
     async def _own_folders(self) -> bool:
         """Take the folders' lock, waiting as a standby while another service holds it."""
@@ -282,7 +289,9 @@ class Service:
         for task in list(waiting):
             if task is not None:
                 task.cancel()
-        if self._job_tasks and not self.signals.forced:
+        # Without processing, nothing a running job does can be recorded: no grace then.
+        lost = self._lost is not None and not self._lost.claims_reachable
+        if self._job_tasks and not self.signals.forced and not lost:
             grace = self.settings.shutdown_grace
             logger.info("waiting up to %gs for %d running job(s)", grace, len(self._job_tasks))
             await asyncio.wait(set(self._job_tasks), timeout=grace)
@@ -292,15 +301,23 @@ class Service:
             await asyncio.wait(set(self._job_tasks))
 
     async def _tick(self) -> None:
-        """Settle checks, health checks and periodic rescans."""
+        """Settle checks, folder and health checks, and periodic rescans."""
         next_scan = time.monotonic() + self.settings.rescan_interval
+        next_check = time.monotonic() + _FOLDER_CHECK
         while True:
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self.inbox.rescan_needed.wait(), _TICK)
             try:
-                if not self.inbox.healthy():
+                healthy = self.inbox.healthy()
+                if not healthy or time.monotonic() >= next_check:
+                    next_check = time.monotonic() + _FOLDER_CHECK
+                    if self._check_folders():
+                        return
+                    healthy = self.inbox.healthy()
+                if not healthy:
                     logger.error("inbox %s or its watcher is gone: restarting", self.inbox.folder)
-                    self.inbox.restart()
+                    if not self._rewatch_inbox():
+                        return
                 elif self.inbox.rescan_needed.is_set() or time.monotonic() >= next_scan:
                     self.inbox.rescan_needed.clear()
                     next_scan = time.monotonic() + self.settings.rescan_interval
@@ -311,11 +328,49 @@ class Service:
                 logger.error("cannot watch inbox %s: %s; retrying", self.inbox.folder, exc)
                 await asyncio.sleep(RETRY_FIRST)
 
+    def _check_folders(self) -> bool:
+        """Stop (True) if `processing` or its lock was lost, or a folder is now the inbox (or
+        inside it, or around it); watch a replaced inbox again."""
+        lost = self.guard.lost() or self.guard.misplaced()
+        if lost is not None:
+            self._lose(lost)
+            return True
+        change = self.guard.inbox_changed()
+        if change is not None:
+            logger.warning(
+                "inbox %s was replaced (%s): watching the new folder", self.inbox.folder, change
+            )
+            return not self._rewatch_inbox()
+        return False
+
+    def _rewatch_inbox(self) -> bool:
+        """Watch and lock the folder now at the inbox's path (recreated if missing), and scan
+        it; False (stopping) if another service holds it."""
+        self.inbox.restart()
+        self.guard.record_inbox()
+        if self.lock.relock_inbox():
+            return True
+        self._lose(Lost(f"the inbox {self.inbox.folder} is served by another dropflow", True))
+        return False
+
+    def _lose(self, lost: Lost) -> None:
+        logger.error(
+            "stopping: %s; %s (exit status %d)", lost.reason, lost.consequence, defaults.EXIT_FATAL
+        )
+        self._lost = lost
+        assert self._stop is not None
+        self._stop.set()
+
 
 def _prepare_folders(s: Settings) -> None:
-    """Create the folders; the inbox and processing must share a file system."""
+    """Create the folders; none may be the inbox under another path, and the inbox and
+    processing must share a file system."""
     for folder in (s.inbox, s.results, s.archive, s.processing):
         folder.mkdir(parents=True, exist_ok=True)
+    # The settings compare paths; only the folders themselves show a bind mount or a link.
+    overlap = overlaps(s)
+    if overlap is not None:
+        raise FolderError(overlap)
     # A claim is a link (or a rename) from the inbox into processing: atomic only within
     # one file system. Results and the archive may be anywhere.
     if os.stat(s.inbox).st_dev != os.stat(s.processing).st_dev:

@@ -23,6 +23,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from watcher import features
 from watcher.config.registry import Registry
 from watcher.config.settings import Settings
 from watcher.defaults import WAIT_FLOW
@@ -33,6 +34,7 @@ from watcher.jobs.reading import load_job
 from watcher.jobs.submission import read_submission
 from watcher.retry import retry
 from watcher.running.contract import Runner, RunnerUnavailable, RunOutcome, RunRequest
+from watcher.service.backoff import ClaimBackoff
 from watcher.service.gate import RunGate
 from watcher.service.inbox import Inbox
 
@@ -68,6 +70,8 @@ class JobPipeline:
         self.inbox = inbox
         self.gate = gate
         self.forced = forced
+        self.claims = ClaimBackoff(RETRY_FIRST, RETRY_MAX)
+        self._claims_timer: asyncio.TimerHandle | None = None
 
     async def handle(self, item: Path | Claim) -> None:
         """Claim, run or refuse, stage, publish, archive."""
@@ -92,27 +96,63 @@ class JobPipeline:
     # -- claim -----------------------------------------------------------------------------
 
     async def _leave_claimed(self, claim: Claim) -> None:
-        await asyncio.to_thread(self.processing.release, claim)
+        try:
+            await asyncio.to_thread(self.processing.release, claim)
+        except OSError as exc:  # processing is gone (the service stops for it)
+            logger.warning(
+                "%s: interrupted by the stop, and cannot be put back (%s): it stays claimed "
+                "in %s, for the next start there",
+                claim.name,
+                exc,
+                claim.folder,
+            )
+            return
         logger.info("%s: interrupted by the stop, left for the next start", claim.name)
 
     async def _claim(self, path: Path) -> Claim | None:
         try:
-            return await asyncio.to_thread(self.processing.claim, path)
-        except PermissionError as exc:
-            # Windows: the writer still has it open. It stays in the inbox; look again soon.
-            logger.info("%s: not taken yet (%s); retrying", path.name, exc.strerror or exc)
-            self._retry_inbox()
-            return None
+            if self.claims.wait() > 0:
+                # Claims are failing: the file stays in the inbox until the next try.
+                self._retry_claims()
+                return None
+            claim = await asyncio.to_thread(self.processing.claim, path)
         except OSError as exc:
-            logger.error("cannot claim %s: %s; retrying", path.name, exc)
-            self._retry_inbox()
+            if _writer_holds_it(exc):
+                # It stays in the inbox; look again soon.
+                logger.info("%s: not taken yet (%s); retrying", path.name, exc.strerror or exc)
+                self._retry_inbox()
+                return None
+            if self.claims.failed(exc):
+                logger.error(
+                    "cannot claim %s: %s; jobs stay in the inbox and claims are tried again "
+                    "in %gs, then less often (up to every %gs), logged again when this changes",
+                    path.name,
+                    exc,
+                    self.claims.delay,
+                    self.claims.most,
+                )
+            self._retry_claims()
             return None
         finally:
             self.inbox.done(path)
+        failures = self.claims.worked()
+        if failures:
+            logger.warning("claims work again (after %d failed tries)", failures)
+        return claim
 
     def _retry_inbox(self) -> None:
         loop = asyncio.get_running_loop()
         loop.call_later(RETRY_FIRST, self.inbox.rescan_needed.set)
+
+    def _retry_claims(self) -> None:
+        """Rescan the inbox once claims may be tried again (one timer for all files)."""
+        if self._claims_timer is None:
+            loop = asyncio.get_running_loop()
+            self._claims_timer = loop.call_later(self.claims.wait(), self._claims_due)
+
+    def _claims_due(self) -> None:
+        self._claims_timer = None
+        self.inbox.rescan_needed.set()
 
     # -- run, or refuse --------------------------------------------------------------------
 
@@ -305,6 +345,16 @@ class JobPipeline:
             self.processing.mark_published(claim, path)
         self.processing.finish(claim)
         return path, staged
+
+
+def _writer_holds_it(exc: OSError) -> bool:
+    """Whether a claim failed because the file's writer still has it open (Windows refuses to
+    move such a file: a sharing violation), rather than for the folders' sake."""
+    if not isinstance(exc, PermissionError) or features.current().open_files_move:
+        return False
+    # ERROR_SHARING_VIOLATION, ERROR_LOCK_VIOLATION; elsewhere only the portable mode's
+    # simulation (`features.ensure_movable`) refuses.
+    return os.name != "nt" or getattr(exc, "winerror", None) in (32, 33)
 
 
 def result_of(

@@ -319,3 +319,21 @@ async def test_an_inotify_overflow_asks_for_a_rescan(tmp_path: Path) -> None:
         await asyncio.wait_for(inbox.rescan_needed.wait(), 2)
 
     await _with_inbox(tmp_path, 0.1, False, body)
+
+
+async def test_an_inbox_reached_through_a_symlink_gets_its_events(tmp_path: Path) -> None:
+    real = tmp_path / "real"
+    real.mkdir()
+    link = tmp_path / "inbox"
+    link.symlink_to(real)
+
+    async def body(inbox: Inbox, ready: Ready) -> None:
+        # No scan after the start, and a settle time no check reaches: only the move-in
+        # event can hand this file out.
+        staged = tmp_path / "job.yaml"
+        staged.write_text("timeout: 1\n")
+        os.rename(staged, link / "job.yaml")
+        await _until(ready, 1, timeout=5)
+        assert _jobs(ready) == [link / "job.yaml"]
+
+    await _with_inbox(link, 600.0, False, body)
