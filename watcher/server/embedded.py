@@ -160,6 +160,10 @@ class EmbeddedServer:
         self.ui_url = f"http://{HOST}:{options.port}" if options.ui else None
         self._environment = dict(environment)
         self._proc: subprocess.Popen[bytes] | None = None
+        # A restart runs in a thread of its own (the supervisor's): `stop` makes a start in
+        # progress give up, then waits for it, so no server outlives the service.
+        self._guard = threading.RLock()
+        self._abandon = threading.Event()
 
     def start(self, timeout: float = START_TIMEOUT) -> str:
         """Start the server and wait until it answers; return its API URL.
@@ -167,6 +171,10 @@ class EmbeddedServer:
         Raises:
             EmbeddedServerError: naming `data_dir` or `server_port` when one is unusable.
         """
+        with self._guard:
+            return self._start(timeout)
+
+    def _start(self, timeout: float = START_TIMEOUT) -> str:
         check_data_dir(self.options.data_dir)
         check_port(self.options.port)
         kwargs: dict[str, object] = {}
@@ -198,10 +206,12 @@ class EmbeddedServer:
                     f"the embedded Prefect server exited with status {proc.returncode}"
                 )
             if time.monotonic() > deadline:
-                self.stop()
+                self._stop()
                 raise EmbeddedServerError(
                     f"the embedded Prefect server did not answer in {timeout:g}s"
                 )
+            if self._abandon.is_set():
+                raise EmbeddedServerError("the embedded Prefect server's start was given up")
             time.sleep(0.05)
         return self.url
 
@@ -214,8 +224,9 @@ class EmbeddedServer:
 
     def restart(self) -> str:
         """Stop what is left of the server and its PostgreSQL, and start both again."""
-        self.stop()
-        return self.start()
+        with self._guard:
+            self._stop()
+            return self._start()
 
     @property
     def owns_cluster(self) -> bool:
@@ -253,7 +264,14 @@ class EmbeddedServer:
 
     def stop(self) -> None:
         """Stop the server: SIGTERM (CTRL_BREAK on Windows), then kill after 20 s. Its
-        PostgreSQL is stopped too, also when the server died without stopping it."""
+        PostgreSQL is stopped too, also when the server died without stopping it. A start in
+        progress in another thread gives up first."""
+        self._abandon.set()
+        with self._guard:
+            self._abandon.clear()
+            self._stop()
+
+    def _stop(self) -> None:
         proc, self._proc = self._proc, None
         if proc is not None and proc.poll() is None:
             if proc.stdin is not None:
