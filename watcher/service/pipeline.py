@@ -289,19 +289,32 @@ class JobPipeline:
     # -- stage, publish, archive -----------------------------------------------------------
 
     async def _complete(self, claim: Claim, result: Result | None) -> None:
-        """Stage, publish and archive; retried with backoff while the disk fails us."""
+        """Stage, publish and archive; retried with backoff while the disk fails us, logged
+        when the error starts or changes and when the write works again, not at every try."""
+        errors: list[str] = []
+
+        def before_wait(exc: BaseException, delay: float) -> None:
+            if errors and errors[-1] == str(exc):
+                return
+            errors.append(str(exc))
+            logger.error(
+                "%s: cannot write its result (%s); the job stays claimed, retrying in %gs, "
+                "then less often (up to every %gs), logged again when this changes",
+                claim.name,
+                exc,
+                delay,
+                RETRY_MAX,
+            )
+
         path, staged = await retry(
             lambda: asyncio.to_thread(self._complete_sync, claim, result),
             on=OSError,
             first=RETRY_FIRST,
             most=RETRY_MAX,
-            before_wait=lambda exc, delay: logger.error(
-                "%s: cannot write its result (%s); the job stays claimed, retrying in %gs",
-                claim.name,
-                exc,
-                delay,
-            ),
+            before_wait=before_wait,
         )
+        if errors:
+            logger.warning("%s: its result could be written again", claim.name)
         status = staged.get("status", "?")
         if result is None:  # its run ended before the service stopped: nothing ran now
             flow_run = staged.get("flow_run_name")

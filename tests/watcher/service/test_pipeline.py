@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -264,3 +265,38 @@ def test_a_job_file_that_cannot_be_read_is_tried_four_times_then_refused(
     (result,) = _results(settings)
     assert result["status"] == "error"
     assert result["message"] == "job.yaml: could not be read: Input/output error"
+
+
+def test_a_result_write_that_keeps_failing_is_logged_once_and_once_when_it_works(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = _settings(tmp_path)
+    _, claim = _claim(settings)
+    shutil.rmtree(settings.results)
+    settings.results.write_text("a file where the results folder should be")  # every try fails
+    monkeypatch.setattr("watcher.service.pipeline.RETRY_FIRST", 0.01)
+    monkeypatch.setattr("watcher.service.pipeline.RETRY_MAX", 0.02)
+    pipeline = _pipeline(settings, _Runner())
+    tries = 0
+    write = pipeline._complete_sync
+
+    def counted(*args: Any) -> Any:  # a spy: every try still writes for real
+        nonlocal tries
+        tries += 1
+        return write(*args)
+
+    monkeypatch.setattr(pipeline, "_complete_sync", counted)
+    caplog.set_level(logging.INFO)
+
+    async def main() -> None:
+        task = asyncio.create_task(pipeline.handle(claim))
+        while tries < 5:
+            await asyncio.sleep(0.01)
+        settings.results.unlink()
+        settings.results.mkdir()
+        await task
+
+    asyncio.run(main())
+    assert [r["status"] for r in _results(settings)] == ["completed"]
+    assert caplog.text.count("cannot write its result") == 1
+    assert caplog.text.count("job.yaml: its result could be written again") == 1
