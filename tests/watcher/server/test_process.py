@@ -5,15 +5,90 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
 import psutil
 import pytest
+import yaml
 
 from tests.conftest import ServiceFactory
-from tests.harness import ServiceProcess, claim_folders, wait_until
+from tests.harness import QUIET_PREFECT, Child, ServiceProcess, claim_folders, wait_until
 from watcher.server.postgres import PGDATA
+
+
+class _Terminal:
+    """A pseudo-terminal the service runs in: what it prints there, and its keyboard."""
+
+    def __init__(self, master: int) -> None:
+        self.master = master
+        self.lines: list[str] = []
+        self._thread = threading.Thread(target=self._read, daemon=True)
+        self._thread.start()
+
+    def _read(self) -> None:
+        received = b""
+        while True:
+            try:
+                data = os.read(self.master, 65536)
+            except OSError:  # EIO: every process that had the terminal open has closed it
+                break
+            if not data:
+                break
+            received += data
+            self.lines = received.decode(errors="replace").replace("\r\n", "\n").split("\n")
+        os.close(self.master)
+
+    def text(self) -> str:
+        return "\n".join(self.lines)
+
+    def join(self) -> None:
+        self._thread.join(timeout=10)
+
+    def press_ctrl_c(self) -> None:
+        os.write(self.master, b"\x03")
+
+
+def _start_in_a_terminal(svc: ServiceProcess) -> None:
+    """Start the service as a shell would in a terminal: the terminal's foreground process
+    group is the service's, so Ctrl-C there is SIGINT to that group."""
+    config = svc.root / "config.yaml"
+    config.write_text(yaml.safe_dump(svc.config))
+    # DO_NOT_TRACK: in a terminal, Prefect's client turns its own telemetry on (no internet here).
+    env = {
+        **os.environ,
+        **QUIET_PREFECT,
+        "PREFECT_HOME": str(svc.prefect_home),
+        "DO_NOT_TRACK": "1",
+    }
+    env.pop("PREFECT_API_URL", None)
+    master, slave = os.openpty()
+    # In a session of its own, take the terminal as the controlling one, then become dropflow.
+    take = "import fcntl, os, sys, termios; fcntl.ioctl(0, termios.TIOCSCTTY, 0); "
+    take += "os.execv(sys.argv[1], sys.argv[1:])"
+    command = [sys.executable, "-m", "watcher", "run", "--config", str(config)]
+    proc = subprocess.Popen(
+        [sys.executable, "-c", take, *command],
+        stdin=slave,
+        stdout=slave,
+        stderr=slave,
+        env=env,
+        cwd=svc.root,
+        start_new_session=True,
+    )
+    os.close(slave)
+    terminal = _Terminal(master)
+    svc.proc, svc.output = proc, terminal  # type: ignore[assignment]
+    svc._child = Child(proc, terminal)  # type: ignore[arg-type]  # the fixture kills it
+    svc.wait_for_log("watching ", 120)
+
+
+def _ctrl_c(svc: ServiceProcess) -> None:
+    assert isinstance(svc.output, _Terminal)
+    svc.output.press_ctrl_c()
 
 
 def _group(signum: int) -> Callable[[ServiceProcess], None]:
@@ -39,8 +114,9 @@ def _every_descendant(svc: ServiceProcess) -> None:
 WAYS: dict[str, Callable[[ServiceProcess], None]] = {
     # supervisord's stopasgroup; `kill -TERM -- -PGID`
     "SIGTERM to the process group": _group(signal.SIGTERM),
-    # what a terminal's Ctrl-C does: SIGINT to the foreground process group
-    "SIGINT to the process group (Ctrl-C)": _group(signal.SIGINT),
+    "SIGINT to the process group": _group(signal.SIGINT),
+    # the terminal sends SIGINT to its foreground process group
+    "Ctrl-C in a terminal": _ctrl_c,
     "SIGTERM to the service": _service_only,
     "SIGTERM to every process at once (systemd's default)": _every_descendant,
 }
@@ -77,7 +153,11 @@ def test_every_way_of_stopping_drains_then_stops_the_server_then_postgres(
     embedded_service: ServiceFactory,
 ) -> None:
     for n, (way, stop) in enumerate(WAYS.items()):
-        svc = embedded_service({"shutdown_grace": 30})
+        svc = embedded_service({"shutdown_grace": 30}, start=False)
+        if stop is _ctrl_c:
+            _start_in_a_terminal(svc)
+        else:
+            svc.start(timeout=120)
         data_dir = Path(svc.config["data_dir"])
         svc.wait_for_log("runner: Prefect API", 120)
         if n == 1:
@@ -94,6 +174,7 @@ def test_every_way_of_stopping_drains_then_stops_the_server_then_postgres(
         for job in jobs:
             assert svc.wait_result(job, timeout=1)["status"] == "completed", way
         log = svc.log()
+        assert "received SIG" in log, way
         assert "Traceback" not in log and "Error flushing" not in log, f"{way}:\n{log}"
         assert _left_running(stack, data_dir) == [], way
         if n == 0:
