@@ -35,8 +35,8 @@ logger = logging.getLogger(__name__)
 SHUTDOWN_TIMEOUT = 10.0
 """Seconds uvicorn and Prefect's services get to stop before PostgreSQL is stopped anyway.
 
-Kept under the 20 s the service waits for this process before it kills it: a kill then would
-leave PostgreSQL running."""
+Kept under `watcher.server.embedded.STOP_TIMEOUT`, after which the service kills this process:
+a kill then would leave PostgreSQL running."""
 
 EXIT_POSTGRES = 3
 """This process's exit status when PostgreSQL did not start (the reason is in
