@@ -1,15 +1,15 @@
 """The embedded default: a Prefect server, its UI and its database, living with the service.
 
-The server runs in a subprocess with a session of its own, so a Ctrl-C in the terminal
-(SIGINT to the whole group) or systemd's default stop (SIGTERM to the whole cgroup) cannot kill
-it while the service is still draining its running jobs; it is stopped only after the drain.
-It also exits when the service dies however it dies (even kill -9): it watches its stdin, a
-pipe whose other end only the service holds, and the pipe reads end-of-file once the service
-is gone, on every platform.
+The server runs in a subprocess with a session of its own (`watcher.server.process`). No signal
+stops it: a Ctrl-C in the terminal (SIGINT to the service's group) does not reach it, and
+systemd's default stop (SIGTERM to every process of the unit) is ignored, so the service can
+drain its running jobs first. It stops when its stdin, a pipe whose other end only the service
+holds, reads end-of-file: when the service closes it after the drain, or once the service is
+gone however it died (even kill -9), on every platform.
 
 That process first starts the PostgreSQL cluster in `data_dir` (`watcher.server.postgres`), then
-serves Prefect's API at `/api` and its UI at `/` on `127.0.0.1:<server_port>`, and stops the
-cluster when it exits.
+serves Prefect's API at `/api` and its UI at `/` on `127.0.0.1:<server_port>`; at the end it
+stops uvicorn (and with it Prefect's services), then the cluster.
 """
 
 from __future__ import annotations
@@ -31,7 +31,6 @@ import urllib.request
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import IO
 
 __all__ = [
     "EmbeddedOptions",
@@ -49,6 +48,14 @@ START_TIMEOUT = 120.0
 
 HOST = "127.0.0.1"
 """The embedded server listens on loopback only."""
+
+STOP_TIMEOUT = 20.0
+"""Seconds `stop` waits for the server process to stop uvicorn and PostgreSQL before killing it."""
+RESTART_GRACE = 3.0
+"""Seconds a failing server gets to stop before it is killed, when the supervisor restarts it."""
+
+START_ERROR_FILE = ".embedded-server-error"
+"""In `data_dir`: why the server process could not start, for the service's own error."""
 
 
 GIVEN_DATABASE = ("PREFECT_SERVER_DATABASE_CONNECTION_URL", "PREFECT_API_DATABASE_CONNECTION_URL")
@@ -202,9 +209,7 @@ class EmbeddedServer:
         deadline = time.monotonic() + timeout
         while not self._healthy():
             if proc.poll() is not None:
-                raise EmbeddedServerError(
-                    f"the embedded Prefect server exited with status {proc.returncode}"
-                )
+                raise EmbeddedServerError(self._exit_reason(proc.returncode))
             if time.monotonic() > deadline:
                 self._stop()
                 raise EmbeddedServerError(
@@ -214,6 +219,14 @@ class EmbeddedServer:
                 raise EmbeddedServerError("the embedded Prefect server's start was given up")
             time.sleep(0.05)
         return self.url
+
+    def _exit_reason(self, status: int) -> str:
+        reason = f"the embedded Prefect server exited with status {status}"
+        try:
+            cause = (self.options.data_dir / START_ERROR_FILE).read_text(encoding="utf-8")
+        except OSError:
+            return reason
+        return f"{reason}: {cause.strip()}"
 
     def _healthy(self) -> bool:
         try:
@@ -225,7 +238,9 @@ class EmbeddedServer:
     def restart(self) -> str:
         """Stop what is left of the server and its PostgreSQL, and start both again."""
         with self._guard:
-            self._stop()
+            # It is failing already: a short grace, then kill -9 (its PostgreSQL is stopped
+            # after it), so jobs wait seconds, not a full graceful stop.
+            self._stop(grace=RESTART_GRACE)
             return self._start()
 
     @property
@@ -263,22 +278,21 @@ class EmbeddedServer:
             return f"the Prefect API does not answer ({getattr(exc, 'reason', exc)})"
 
     def stop(self) -> None:
-        """Stop the server: SIGTERM (CTRL_BREAK on Windows), then kill after 20 s. Its
-        PostgreSQL is stopped too, also when the server died without stopping it. A start in
-        progress in another thread gives up first."""
+        """Stop the server: close its stdin, then kill it if it is still there after
+        `STOP_TIMEOUT` seconds. Its PostgreSQL is stopped too, also when the server died
+        without stopping it. A start in progress in another thread gives up first."""
         self._abandon.set()
         with self._guard:
             self._abandon.clear()
             self._stop()
 
-    def _stop(self) -> None:
+    def _stop(self, grace: float = STOP_TIMEOUT) -> None:
         proc, self._proc = self._proc, None
         if proc is not None and proc.poll() is None:
             if proc.stdin is not None:
-                proc.stdin.close()  # the server's watcher sees end-of-file and exits
-            proc.terminate()
+                proc.stdin.close()  # end-of-file: it stops uvicorn, then PostgreSQL, then exits
             try:
-                proc.wait(timeout=20)
+                proc.wait(timeout=grace)
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
@@ -290,68 +304,9 @@ class EmbeddedServer:
                 stop_cluster(self.options.data_dir)
 
 
-# -- the server process ---------------------------------------------------------------------
-
-
-class _Cluster:
-    """The PostgreSQL cluster this process started, stopped once whichever way it exits."""
-
-    def __init__(self, data_dir: Path | None) -> None:
-        self.data_dir = data_dir
-        self._lock = threading.Lock()
-
-    def stop(self) -> None:
-        from watcher.server.postgres import stop_cluster
-
-        with self._lock:
-            data_dir, self.data_dir = self.data_dir, None
-            if data_dir is not None:
-                stop_cluster(data_dir)
-
-
-def _exit_when_parent_is_gone(stdin: IO[bytes], cluster: _Cluster) -> None:
-    stdin.read()  # returns only at end-of-file: the service closed the pipe or died
-    cluster.stop()
-    os._exit(0)
-
-
-def main(options: EmbeddedOptions) -> None:
-    """The server process: PostgreSQL, then uvicorn serving Prefect until the service goes."""
-    import uvicorn
-
-    from watcher.server.postgres import PostgresError, start_cluster
-    from watcher.server.prefect_internals import SERVER_APP
-
-    logging.basicConfig(level=logging.WARNING, format="embedded server: %(message)s")
-    cluster = _Cluster(None)
-    if not any(os.environ.get(name) for name in GIVEN_DATABASE):
-        # Before Prefect reads its settings: the database URL is known only now.
-        try:
-            url = start_cluster(options.data_dir)
-        except PostgresError as exc:
-            print(f"embedded server: {exc}", file=sys.stderr)
-            sys.exit(3)
-        os.environ["PREFECT_SERVER_DATABASE_CONNECTION_URL"] = url
-        cluster = _Cluster(options.data_dir)
-    watch = threading.Thread(
-        target=_exit_when_parent_is_gone, args=(sys.stdin.buffer, cluster), daemon=True
-    )
-    watch.start()
-    try:
-        uvicorn.run(
-            SERVER_APP,
-            factory=True,
-            host=HOST,
-            port=options.port,
-            log_level="error",
-            lifespan="on",
-        )
-    finally:
-        with contextlib.suppress(Exception):
-            cluster.stop()
-
-
 if __name__ == "__main__":
+    from watcher.server.process import main
+
     raw = json.loads(sys.argv[1])
     main(
         EmbeddedOptions(

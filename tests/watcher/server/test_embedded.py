@@ -7,6 +7,7 @@ import json
 import os
 import socket
 import subprocess
+import sys
 import urllib.error
 import urllib.request
 import warnings
@@ -162,6 +163,30 @@ def test_an_unusable_data_dir_stops_the_start_naming_the_key(
     svc.output.join()
     expected = f"data_dir: {tmp_path / 'occupied' / 'data'} cannot hold the Prefect history"
     assert f"dropflow: cannot start: {expected}" in svc.log()
+
+
+def test_a_postgres_that_does_not_start_is_named_in_the_services_error(
+    embedded_service: ServiceFactory,
+) -> None:
+    svc = embedded_service(start=False)
+    data_dir = Path(svc.config["data_dir"])
+    data_dir.mkdir()
+    code = (
+        "import sys; from pathlib import Path; "
+        "from watcher.server.postgres import start_cluster, stop_cluster; "
+        "start_cluster(Path(sys.argv[1])); stop_cluster(Path(sys.argv[1]))"
+    )
+    subprocess.run([sys.executable, "-c", code, str(data_dir)], check=True, timeout=120)
+    with (data_dir / PGDATA / "postgresql.conf").open("a") as conf:
+        conf.write("\nshared_buffers = 'lots'\n")
+    svc.start(wait=False)
+    assert svc.proc is not None
+    assert svc.proc.wait(timeout=60) == 1
+    svc.output.join()
+    assert (
+        "dropflow: cannot start: the embedded Prefect server exited with status 3: PostgreSQL "
+        f'in {data_dir / PGDATA} did not start: LOG: invalid value for parameter "shared_buffers"'
+    ) in svc.log()
 
 
 def test_the_embedded_server_uses_the_port_given(tmp_path: Path) -> None:

@@ -1,0 +1,145 @@
+"""The embedded server's own process (`python -m watcher.server.embedded`): PostgreSQL, then
+Prefect's app on uvicorn, stopped in that order's reverse when the service lets go.
+
+Its life is bound to the pipe on its stdin, whose other end only the service holds: the pipe
+reads end-of-file when the service closes it after its drain, or when the service dies however
+it dies (kill -9 included), on every platform. Signals do not stop it. SIGTERM and SIGINT
+reach it while the service is still draining its jobs (systemd's default stop signals every
+process of the unit at once; a user may signal every pid of the tree), and the running flow
+runs need the server until the drain ends.
+
+At end-of-file: uvicorn stops (its lifespan shutdown stops Prefect's services, which write
+their last events), then PostgreSQL stops, then the process exits. PostgreSQL runs in a session
+of its own (`pg_ctl` starts it with `setsid`), so no signal to the service's or this process's
+group reaches it either.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import sys
+import threading
+from pathlib import Path
+from types import FrameType
+from typing import IO, NoReturn
+
+from watcher.server.embedded import GIVEN_DATABASE, HOST, START_ERROR_FILE, EmbeddedOptions
+
+__all__ = ["SHUTDOWN_TIMEOUT", "main"]
+
+logger = logging.getLogger(__name__)
+
+SHUTDOWN_TIMEOUT = 10.0
+"""Seconds uvicorn and Prefect's services get to stop before PostgreSQL is stopped anyway.
+
+Kept under `watcher.server.embedded.STOP_TIMEOUT`, after which the service kills this process:
+a kill then would leave PostgreSQL running."""
+
+EXIT_POSTGRES = 3
+"""This process's exit status when PostgreSQL did not start (the reason is in
+`START_ERROR_FILE`)."""
+
+_STOP_SIGNALS = ("SIGINT", "SIGTERM", "SIGBREAK", "SIGHUP")
+
+
+def _ignore_stop_signals() -> None:
+    # A Python handler, not SIG_IGN: an ignored signal stays ignored in the programs this
+    # process starts (pg_ctl), a handler does not.
+    for name in _STOP_SIGNALS:
+        signum = getattr(signal, name, None)
+        if signum is not None:
+            signal.signal(signum, _not_now)
+
+
+def _not_now(signum: int, frame: FrameType | None) -> None:
+    """The service stops this server once its jobs are drained, by closing the pipe."""
+
+
+def _wait_for_end_of_file(stdin: IO[bytes], gone: threading.Event) -> None:
+    with contextlib.suppress(OSError, ValueError):
+        stdin.read()  # returns only at end-of-file: the service closed the pipe or died
+    gone.set()
+
+
+def main(options: EmbeddedOptions) -> None:
+    """Start PostgreSQL, serve Prefect until the service lets go, then stop both."""
+    from watcher.server.postgres import PostgresError, start_cluster, stop_cluster
+
+    _ignore_stop_signals()
+    logging.basicConfig(level=logging.WARNING, format="embedded server: %(message)s")
+    gone = threading.Event()
+    threading.Thread(
+        target=_wait_for_end_of_file, args=(sys.stdin.buffer, gone), daemon=True
+    ).start()
+    error_file = options.data_dir / START_ERROR_FILE
+    with contextlib.suppress(OSError):
+        error_file.unlink(missing_ok=True)
+    cluster: Path | None = None
+    if not any(os.environ.get(name) for name in GIVEN_DATABASE):
+        # Before Prefect reads its settings: the database URL is known only now.
+        try:
+            url = start_cluster(options.data_dir)
+        except PostgresError as exc:
+            logger.error("%s", exc)
+            # The service reads the reason from there: it names it in its own error.
+            with contextlib.suppress(OSError):
+                error_file.write_text(str(exc), encoding="utf-8")
+            _exit(EXIT_POSTGRES)
+        os.environ["PREFECT_SERVER_DATABASE_CONNECTION_URL"] = url
+        cluster = options.data_dir
+    try:
+        status = _serve(options, gone)
+    except Exception:
+        logger.exception("the Prefect server failed")
+        status = 1
+    finally:
+        if cluster is not None:
+            stop_cluster(cluster)
+    _exit(status)
+
+
+def _exit(status: int) -> NoReturn:
+    # Not sys.exit: the thread reading stdin (and uvicorn's, if it did not stop in time) would
+    # still hold the stream's lock at interpreter shutdown, and Python aborts then.
+    sys.stderr.flush()
+    os._exit(status)
+
+
+def _serve(options: EmbeddedOptions, gone: threading.Event) -> int:
+    """Serve until the service lets go (0) or uvicorn stops by itself (1)."""
+    import uvicorn
+
+    from watcher.server.prefect_internals import SERVER_APP
+
+    config = uvicorn.Config(
+        SERVER_APP, factory=True, host=HOST, port=options.port, log_level="error", lifespan="on"
+    )
+    server = uvicorn.Server(config)
+    stopped = threading.Event()
+
+    def serve() -> None:
+        try:
+            server.run()
+        finally:
+            stopped.set()
+            gone.set()
+
+    # On a thread of its own, uvicorn installs no signal handlers (it can only on the main
+    # thread): the handlers above stay.
+    serving = threading.Thread(target=serve, name="uvicorn", daemon=True)
+    serving.start()
+    gone.wait()
+    if stopped.is_set():
+        logger.error("the Prefect server stopped by itself")
+        return 1
+    server.should_exit = True
+    if not stopped.wait(SHUTDOWN_TIMEOUT):
+        logger.error(
+            "the Prefect server did not stop in %gs; stopping PostgreSQL", SHUTDOWN_TIMEOUT
+        )
+        server.force_exit = True
+        stopped.wait(2)
+    return 0
