@@ -31,6 +31,7 @@ import urllib.request
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import IO
 
 __all__ = [
     "EmbeddedOptions",
@@ -39,6 +40,7 @@ __all__ = [
     "check_data_dir",
     "check_port",
     "full",
+    "open_server_log",
 ]
 
 logger = logging.getLogger(__name__)
@@ -53,6 +55,13 @@ STOP_TIMEOUT = 20.0
 """Seconds `stop` waits for the server process to stop uvicorn and PostgreSQL before killing it."""
 RESTART_GRACE = 3.0
 """Seconds a failing server gets to stop before it is killed, when the supervisor restarts it."""
+
+SERVER_LOG = "server.log"
+"""In `data_dir`: the server process's own output (Prefect's server, uvicorn, PostgreSQL's
+tools). Kept out of the service's log: while PostgreSQL is down, Prefect's server writes a
+traceback per failed request, and the service's one WARNING line says what matters."""
+SERVER_LOG_MAX_BYTES = 10 * 1024 * 1024
+"""A `SERVER_LOG` larger than this at a start is moved to `server.log.1` (replacing it)."""
 
 START_ERROR_FILE = ".embedded-server-error"
 """In `data_dir`: why the server process could not start, for the service's own error."""
@@ -128,6 +137,16 @@ def check_data_dir(data_dir: Path) -> None:
         ) from None
 
 
+def open_server_log(data_dir: Path) -> IO[bytes]:
+    """`data_dir/server.log`, to append to; one that grew past `SERVER_LOG_MAX_BYTES` is kept
+    as `server.log.1` and a new one begun."""
+    path = data_dir / SERVER_LOG
+    with contextlib.suppress(OSError):
+        if path.stat().st_size > SERVER_LOG_MAX_BYTES:
+            os.replace(path, path.with_name(SERVER_LOG + ".1"))
+    return path.open("ab")
+
+
 def server_environment(options: EmbeddedOptions, base: Mapping[str, str]) -> dict[str, str]:
     """The server process's environment: `base` plus the embedded server's settings."""
     from watcher.server.prefect_internals import SERVER_PROCESS_ENVIRONMENT
@@ -184,6 +203,8 @@ class EmbeddedServer:
     def _start(self, timeout: float = START_TIMEOUT) -> str:
         check_data_dir(self.options.data_dir)
         check_port(self.options.port)
+        if self.owns_cluster:
+            self._clear_stale_pid()
         kwargs: dict[str, object] = {}
         if os.name == "nt":
             kwargs["creationflags"] = subprocess.CREATE_NEW_PROCESS_GROUP  # type: ignore[attr-defined]
@@ -194,17 +215,20 @@ class EmbeddedServer:
                     kwargs["pass_fds"] = self._inherit_fds()
                 except Exception as exc:  # the data_dir lock: another service took it
                     raise EmbeddedServerError(str(exc)) from exc
-        proc = subprocess.Popen(  # type: ignore[call-overload]
-            [
-                sys.executable,
-                "-m",
-                "watcher.server.embedded",
-                json.dumps(asdict(self.options), default=str),
-            ],
-            stdin=subprocess.PIPE,
-            env=server_environment(self.options, self._environment),
-            **kwargs,
-        )
+        with open_server_log(self.options.data_dir) as log:
+            proc = subprocess.Popen(  # type: ignore[call-overload]
+                [
+                    sys.executable,
+                    "-m",
+                    "watcher.server.embedded",
+                    json.dumps(asdict(self.options), default=str),
+                ],
+                stdin=subprocess.PIPE,
+                stdout=log,
+                stderr=log,
+                env=server_environment(self.options, self._environment),
+                **kwargs,
+            )
         self._proc = proc
         deadline = time.monotonic() + timeout
         while not self._healthy():
@@ -219,6 +243,16 @@ class EmbeddedServer:
                 raise EmbeddedServerError("the embedded Prefect server's start was given up")
             time.sleep(0.05)
         return self.url
+
+    def _clear_stale_pid(self) -> None:
+        """Clear a stale or garbled `postmaster.pid` here, so the service's log says so (the
+        server process's own output goes to `SERVER_LOG`)."""
+        from watcher.server.postgres import PGDATA, PostgresError, clear_stale_pid
+
+        try:
+            clear_stale_pid(self.options.data_dir / PGDATA)
+        except PostgresError as exc:
+            raise EmbeddedServerError(str(exc)) from None
 
     def _exit_reason(self, status: int) -> str:
         reason = f"the embedded Prefect server exited with status {status}"

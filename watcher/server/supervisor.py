@@ -19,7 +19,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 
-from watcher.server.embedded import EmbeddedServer, EmbeddedServerError
+from watcher.server.embedded import SERVER_LOG, EmbeddedServer, EmbeddedServerError
 
 __all__ = ["BACKOFF_MAX", "CHECK_INTERVAL", "Supervisor"]
 
@@ -95,7 +95,11 @@ class Supervisor:
                 reason,
             )
         else:
-            logger.warning("%s; restarting it, jobs wait", reason)
+            logger.warning(
+                "%s; restarting it, jobs wait (the server's own log: %s)",
+                reason,
+                data_dir / SERVER_LOG,
+            )
         full_logged = False
         while True:
             if await asyncio.to_thread(_full, self.server):

@@ -17,6 +17,7 @@ import yaml
 
 from tests.conftest import ServiceFactory
 from tests.harness import QUIET_PREFECT, Child, ServiceProcess, claim_folders, wait_until
+from watcher.server.embedded import SERVER_LOG
 from watcher.server.postgres import PGDATA
 
 
@@ -154,6 +155,8 @@ def test_every_way_of_stopping_drains_then_stops_the_server_then_postgres(
 ) -> None:
     for n, (way, stop) in enumerate(WAYS.items()):
         svc = embedded_service({"shutdown_grace": 30}, start=False)
+        server_log = Path(svc.config["data_dir"]) / SERVER_LOG
+        logged_before = server_log.stat().st_size if server_log.exists() else 0
         if stop is _ctrl_c:
             _start_in_a_terminal(svc)
         else:
@@ -176,6 +179,10 @@ def test_every_way_of_stopping_drains_then_stops_the_server_then_postgres(
         log = svc.log()
         assert "received SIG" in log, way
         assert "Traceback" not in log and "Error flushing" not in log, f"{way}:\n{log}"
+        # The server's own output, in its log file: clean too.
+        server_output = server_log.read_bytes()[logged_before:].decode(errors="replace")
+        assert "Traceback" not in server_output, f"{way}:\n{server_output}"
+        assert "Error flushing" not in server_output, f"{way}:\n{server_output}"
         assert _left_running(stack, data_dir) == [], way
         if n == 0:
             # A crash (or a full disk) while PostgreSQL wrote it: the next start clears it.

@@ -111,6 +111,9 @@ def test_a_killed_server_or_postgres_is_restarted_and_no_job_pays_for_it(
     for path in svc.results.iterdir():
         assert "attempt: 1\n" in path.read_text(), path.read_text()
     assert svc.log().count("; restarting it, jobs wait") == 2
+    # One WARNING per fault: the server's failed requests are in its own log, not in ours.
+    assert "Traceback" not in svc.log()
+    assert (data_dir / "server.log").stat().st_size > 0
 
     # A stop leaves nothing behind: no server, no PostgreSQL.
     assert svc.stop() == 0
