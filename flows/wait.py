@@ -17,7 +17,7 @@ from typing import Any, TypedDict
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 from prefect.client.schemas.objects import State
-from prefect.context import FlowRunContext
+from prefect.context import FlowRunContext, TagsContext
 from prefect.runtime import flow_run
 from prefect.states import Cancelled, Completed
 
@@ -76,7 +76,12 @@ async def wait(
     work = sleep_for.with_options(timeout_seconds=max(timeout - spent, 0.001))
     # Prefect's overloads type this call as returning the State; for an async task it returns
     # a coroutine of it.
-    task_state: State[float] = await work(seconds, return_state=True)  # type: ignore[misc]
+    # The flow run carries its caller's tags (dropflow finds its runs by them); the task run
+    # gets none. A tagged task run first asks the API for tag concurrency slots, through one
+    # service thread per process that serves every task run in turn: while the API is away
+    # (a server restart), every flow's task waits behind the others' retries, for minutes.
+    with TagsContext(current_tags=set()):
+        task_state: State[float] = await work(seconds, return_state=True)  # type: ignore[misc]
     if task_state.is_completed():
         outcome: Outcome = "completed"
     elif task_state.name == "TimedOut":

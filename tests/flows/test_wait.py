@@ -54,6 +54,20 @@ async def test_completed_when_the_work_finishes_in_time(prefect_api: str) -> Non
     assert task_run.state is not None and task_run.state.is_completed()
 
 
+async def test_the_flow_run_has_the_callers_tags_and_its_task_run_none(prefect_api: str) -> None:
+    # A tagged task run asks the API for tag concurrency slots first (one shared service
+    # thread per process): the wait flow's task runs must carry no tags.
+    from prefect import tags
+
+    with tags("dropflow"):
+        state = await wait(timeout=5, sleep=0, name="tagged", return_state=True)
+    data = await state.aresult()
+    run = await _flow_run(data["flow_run_id"])
+    assert run.tags == ["dropflow"]
+    (task_run,) = await _task_runs(data["flow_run_id"])
+    assert task_run.tags == []
+
+
 async def test_canceled_on_time_and_the_work_really_stops(prefect_api: str) -> None:
     t0 = time.monotonic()
     state = await wait(timeout=1, sleep=30, name="too slow", return_state=True)

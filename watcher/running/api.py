@@ -3,6 +3,7 @@ failing (`RunnerUnavailable`)."""
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import TYPE_CHECKING
 
 from watcher.running.contract import FLOW_RUN_TAG, RunnerUnavailable
@@ -43,10 +44,10 @@ def unavailable(cause: object) -> RunnerUnavailable:
     return RunnerUnavailable(f"Prefect API unavailable ({cause})")
 
 
-async def crash_leftovers(message: str) -> int:
+async def crash_leftovers(message: str, created_before: datetime | None = None) -> int:
     """Mark Crashed, with `message`, every dropflow flow run the API still has as scheduled,
-    pending or running; return how many. Only for a server no other service uses (the
-    embedded default, whose `data_dir` is locked): at its start, none of them can still run."""
+    pending or running (created before `created_before`, if given); return how many. Only for
+    a server no other service uses (the embedded default, whose `data_dir` is locked)."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import (
         FlowRunFilter,
@@ -54,7 +55,8 @@ async def crash_leftovers(message: str) -> int:
         FlowRunFilterStateType,
         FlowRunFilterTags,
     )
-    from prefect.client.schemas.objects import StateType
+    from prefect.client.schemas.objects import FlowRun, StateType
+    from prefect.client.schemas.sorting import FlowRunSort
     from prefect.states import Crashed
 
     left = FlowRunFilter(
@@ -65,10 +67,17 @@ async def crash_leftovers(message: str) -> int:
             )
         ),
     )
-    marked = 0
     async with get_client() as client:
-        while runs := await client.read_flow_runs(flow_run_filter=left, limit=200):
-            for run in runs:
-                await client.set_flow_run_state(run.id, Crashed(message=message), force=True)
-            marked += len(runs)
-    return marked
+        found: list[FlowRun] = []
+        while page := await client.read_flow_runs(
+            flow_run_filter=left, sort=FlowRunSort.ID_DESC, offset=len(found), limit=200
+        ):
+            found.extend(page)
+        cut = [
+            run
+            for run in found
+            if created_before is None or (run.created is not None and run.created < created_before)
+        ]
+        for run in cut:
+            await client.set_flow_run_state(run.id, Crashed(message=message), force=True)
+    return len(cut)

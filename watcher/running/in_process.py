@@ -11,7 +11,9 @@ import contextlib
 import contextvars
 import dataclasses
 import logging
+from collections import Counter
 from collections.abc import Callable, Coroutine, Mapping
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from watcher import defaults
@@ -50,6 +52,7 @@ def _from_outcome(data: WaitOutcome) -> RunOutcome:
     )
 
 
+_SWEEP_POLL = 0.5  # seconds between looks at the runs still going on after a restart
 _START_RETRY_FIRST, _START_RETRY_MAX = 0.5, 8.0  # seconds, while the API does not answer
 
 FLUSH_TIMEOUT = 10.0
@@ -92,7 +95,8 @@ class PrefectRunner:
         self._finishing: set[asyncio.Future[Any]] = set()  # flow runs stopped, still recording
         self.health = RunnerHealth()
         self._supervisor: Supervisor | None = None  # the embedded server's, once it serves
-        self._supervising: asyncio.Task[None] | None = None
+        self._active: Counter[int] = Counter()  # runs going on, by restarts seen at their start
+        self._sweeps: set[asyncio.Task[None]] = set()
 
     async def start(self) -> str:
         # Everything `start` enters (settings, clients) lives in a context of its own: `run`
@@ -170,14 +174,40 @@ class PrefectRunner:
                 logger.warning(
                     "marked Crashed %d flow run(s) left running by an earlier stop", left
                 )
+            # The supervisor calls back from its own thread.
+            loop = asyncio.get_running_loop()
             self._supervisor = Supervisor(
-                self._server, on_down=self.health.mark_down, on_up=self._served_again
+                self._server,
+                on_down=lambda reason: loop.call_soon_threadsafe(self.health.mark_down, reason),
+                on_up=lambda: loop.call_soon_threadsafe(self._served_again),
             )
-            self._supervising = asyncio.create_task(self._supervisor.watch())
+            self._supervisor.start()
         return f"Prefect API at {url} ({mode})"
 
-    async def _served_again(self) -> None:
+    def _served_again(self) -> None:
         self.health.mark_up()
+        sweep = asyncio.create_task(
+            self._crash_cut_runs(self._restarts(), datetime.now(UTC)), context=self._context
+        )
+        self._sweeps.add(sweep)
+        sweep.add_done_callback(self._sweeps.discard)
+
+    async def _crash_cut_runs(self, restarts: int, restarted_at: datetime) -> None:
+        """Once every run begun before restart number `restarts` has ended (finished, or given
+        up to be run again), mark Crashed the flow runs created before it that the server
+        still has as running: the restart cut them, and no job waits for them any more."""
+        while any(n for gen, n in self._active.items() if gen < restarts):
+            await asyncio.sleep(_SWEEP_POLL)
+        try:
+            left = await crash_leftovers(
+                "The embedded Prefect server failed during this run; its job ran again.",
+                created_before=restarted_at,
+            )
+        except Exception as exc:  # the server failed again: the next restart sweeps
+            logger.warning("could not mark the runs cut by the restart Crashed: %s", exc)
+            return
+        if left:
+            logger.warning("marked Crashed %d flow run(s) cut by the server's restart", left)
 
     def _restarts(self) -> int:
         return self._supervisor.restarts if self._supervisor is not None else 0
@@ -187,18 +217,18 @@ class PrefectRunner:
         badly because of the server, not the job: the API is down, or the server failed or
         was restarted meanwhile. Such a run is run again once the server serves."""
         down = await api_down()  # Prefect's client may retry for seconds meanwhile
-        failing = self._supervisor is not None and (
-            not self.health.up.is_set() or await self._supervisor.problem() is not None
+        supervisor = self._supervisor
+        failing = supervisor is not None and (
+            not self.health.up.is_set() or await asyncio.to_thread(supervisor.problem) is not None
         )
         # Last, after the waits above: the server may have been restarted during them.
         return down or failing or self._restarts() != restarts
 
     async def close(self) -> None:
-        if self._supervising is not None:
-            self._supervising.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._supervising
-            self._supervising = None
+        if self._supervisor is not None:
+            await asyncio.to_thread(self._supervisor.stop)
+        for sweep in list(self._sweeps):
+            sweep.cancel()
         if self._finishing:
             # Flow runs stopped at their timeout, whose Cancelled state Prefect still records.
             await asyncio.wait(set(self._finishing), timeout=FLUSH_TIMEOUT)
@@ -258,6 +288,13 @@ class PrefectRunner:
 
     async def _run(self, request: RunRequest) -> RunOutcome:
         restarts = self._restarts()
+        self._active[restarts] += 1
+        try:
+            return await self._run_once(request, restarts)
+        finally:
+            self._active[restarts] -= 1
+
+    async def _run_once(self, request: RunRequest, restarts: int) -> RunOutcome:
         if request.flow != defaults.WAIT_FLOW:
             from watcher.running.registered import RegisteredRun
 
@@ -294,7 +331,11 @@ class PrefectRunner:
         if state.is_completed() or state.is_cancelled():
             data = await state.aresult(raise_on_failure=False)
             if isinstance(data, dict) and data.get("outcome") in ("completed", "canceled"):
-                return _from_outcome(data)
+                outcome = _from_outcome(data)
+                if outcome.status == "canceled" and self._restarts() != restarts:
+                    # Its timeout counted the server's restart too: not the job's doing.
+                    raise unavailable("the embedded server restarted while the job ran")
+                return outcome
         if await self._lost(restarts):
             flow_run_id = state.state_details.flow_run_id
             if flow_run_id is not None:

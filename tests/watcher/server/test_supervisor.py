@@ -3,9 +3,10 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
+import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -37,55 +38,66 @@ class _Server(EmbeddedServer):
         return False
 
 
+class _Supervisor(Supervisor):
+    """Records its waits instead of waiting (the boundary: time itself)."""
+
+    def __init__(self, server: EmbeddedServer, **kw: Any) -> None:
+        super().__init__(server, **kw)
+        self.waits: list[float] = []
+
+    def _pause(self, seconds: float) -> bool:
+        self.waits.append(seconds)
+        return self._stopping.is_set()
+
+
 def test_repeated_failures_back_off_and_say_so(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    waits: list[float] = []
-    real_sleep = asyncio.sleep
-
-    async def sleep(seconds: float) -> None:  # the boundary: time itself
-        waits.append(seconds)
-        await real_sleep(0)
-
-    monkeypatch.setattr("watcher.server.supervisor.asyncio.sleep", sleep)
     failure = EmbeddedServerError("the embedded Prefect server exited with status 3")
     server = _Server(tmp_path, [failure, failure, failure, None])
     downs: list[str] = []
     ups: list[bool] = []
-
-    async def up() -> None:
-        ups.append(True)
-
-    supervisor = Supervisor(server, on_down=downs.append, on_up=up)
+    supervisor = _Supervisor(server, on_down=downs.append, on_up=lambda: ups.append(True))
     caplog.set_level(logging.WARNING)
-    asyncio.run(supervisor.heal("the embedded Prefect server exited (killed by SIGKILL)"))
+    supervisor.heal("the embedded Prefect server exited (killed by SIGKILL)")
     assert server.restarted == 4 and supervisor.restarts == 1 and ups == [True]
     # Crashed right after its start: 1 s; then each failed start doubles the wait.
-    assert waits == [1.0, 2.0, 4.0, 8.0]
+    assert supervisor.waits == [1.0, 2.0, 4.0, 8.0]
     assert downs[0] == "the embedded Prefect server exited (killed by SIGKILL)"
     assert caplog.text.count("did not start again") == 3
     assert "failed 4 time(s) in a row; restarting it in 8s" in caplog.text
 
 
 def test_a_slow_answer_alone_is_looked_at_again_before_a_restart(tmp_path: Path) -> None:
-    asyncio.run(_slow_answer(tmp_path))
-
-
-async def _slow_answer(tmp_path: Path) -> None:
     server = _Server(tmp_path, [None])
-    server.problems = ["the Prefect API does not answer (timed out)", None]
-    supervisor = Supervisor(server, on_down=lambda reason: None, on_up=_nothing, check_interval=0)
-    watching = asyncio.create_task(supervisor.watch())
-    while server.problems:
-        await asyncio.sleep(0)
-    watching.cancel()
+    slow = "the Prefect API does not answer (timed out)"
+    server.problems = [slow, slow, None]
+    supervisor = _Supervisor(server, on_down=lambda reason: None, on_up=lambda: None)
+    supervisor._last_start = float("-inf")  # long up: a restart comes without waiting
+    supervisor._pause = lambda seconds: not server.problems  # type: ignore[method-assign]
+    supervisor.watch()  # two slow answers in a row, then fine: no restart
     assert server.restarted == 0
+    server.problems = [slow] * 3
+    supervisor.watch()  # the third slow answer in a row: restarted
+    assert server.restarted == 1
+
+
+def test_a_stop_ends_the_watch_and_gives_up_a_restart_in_progress(tmp_path: Path) -> None:
+    server = _Server(tmp_path, [])
     server.problems = ["the embedded Prefect server exited (status 1)"]
-    watching = asyncio.create_task(supervisor.watch())
-    while not server.restarted:
-        await asyncio.sleep(0.01)
-    watching.cancel()
+    restarting = threading.Event()
+    release = threading.Event()
 
+    def restart() -> str:  # a start that takes until the server is told to stop
+        restarting.set()
+        release.wait(30)
+        raise EmbeddedServerError("the embedded Prefect server's start was given up")
 
-async def _nothing() -> None:
-    return None
+    server.restart = restart  # type: ignore[method-assign]
+    server.stop = release.set  # type: ignore[method-assign]
+    supervisor = Supervisor(server, on_down=lambda reason: None, on_up=lambda: None)
+    supervisor._interval = 0.01
+    supervisor.start()
+    assert restarting.wait(30)
+    supervisor.stop()  # returns only once the watch thread has ended
+    assert release.is_set() and supervisor.restarts == 0
