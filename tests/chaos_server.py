@@ -23,7 +23,7 @@ import time
 import urllib.request
 import warnings
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -353,6 +353,8 @@ def kill_server(
             return 130
         finally:
             _clean_up(svc, data_dir)
+            if svc.proc is not None:
+                (root / "service.log").write_text(svc.log() + "\n")
     found = audit(root, names)
     return _report(
         seed=seed,
@@ -388,6 +390,11 @@ def _remaining(data_dir: Path, grace: float = 10) -> list[str]:
     return [_describe(p) for p in procs]
 
 
+def _messages(results: Iterable[dict[str, Any]], status: str) -> Counter[str]:
+    """The messages of the results with `status`, flow-run ids left out, and how often each."""
+    return Counter(_UUID.sub("<id>", str(r["message"])) for r in results if r["status"] == status)
+
+
 def _report(
     *,
     seed: int,
@@ -404,12 +411,11 @@ def _report(
 ) -> int:
     results = found["results"].values()
     statuses = Counter(r["status"] for r in results)
-    errors = Counter(
-        _UUID.sub("<id>", str(r["message"])) for r in results if r["status"] == "error"
-    )
+    errors = _messages(results, "error")
+    canceled = _messages(results, "canceled")
     targets = Counter(k.target for k in kills)
     print()
-    print(f"seed {seed}, folder {root}")
+    print(f"seed {seed}, folder {root} (the service's log: service.log)")
     print(f"wall time:              {seconds:.0f}s")
     print(f"kills:                  {len(kills)} ({dict(targets)})")
     print(f"jobs:                   {len(names)} ({dict(statuses)})")
@@ -418,6 +424,10 @@ def _report(
     print(f"duplicate results:      {len(found['duplicates'])}")
     print(f"error results:          {sum(errors.values())}")
     for message, count in errors.most_common():
+        print(f"  {count} x {message}")
+    # Not counted as a failure: a job whose timeout ran out across an outage; shown to be read.
+    print(f"canceled results:       {sum(canceled.values())}")
+    for message, count in canceled.most_common():
         print(f"  {count} x {message}")
     print(f"leftovers:              {len(found['leftovers']) + len(found['not_archived'])}")
     print(f"runs left unfinished:   {'unknown' if left is None else len(left)}")
