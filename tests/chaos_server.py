@@ -41,8 +41,8 @@ EMBEDDED = "watcher.server.embedded"
 UNFINISHED = ("RUNNING", "PENDING", "SCHEDULED")
 """Flow-run state types that should not outlive their job's result."""
 
-_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
-"""Flow-run ids, taken out of error messages so that the same error groups as one."""
+_VARYING = re.compile(r"[0-9a-f]{8}(?:-[0-9a-f]{4}){3}-[0-9a-f]{12}|\d+\.\d+")
+"""Flow-run ids and measured seconds, taken out of messages so that the same one groups."""
 
 TICK = 0.05
 """Seconds between two looks at the results folder (the resolution of the figures)."""
@@ -392,7 +392,7 @@ def _remaining(data_dir: Path, grace: float = 10) -> list[str]:
 
 def _messages(results: Iterable[dict[str, Any]], status: str) -> Counter[str]:
     """The messages of the results with `status`, flow-run ids left out, and how often each."""
-    return Counter(_UUID.sub("<id>", str(r["message"])) for r in results if r["status"] == status)
+    return Counter(_VARYING.sub("...", str(r["message"])) for r in results if r["status"] == status)
 
 
 def _report(
