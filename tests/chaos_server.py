@@ -243,6 +243,11 @@ class Plan:
         return cls(ends, kill_at, [rng.uniform(0, 2) for _ in range(kills)])
 
 
+def _clock(at: float) -> str:
+    """A wall-clock time as the service's log lines start (HH:MM:SS.mmm), to find a kill there."""
+    return datetime.fromtimestamp(at).strftime("%H:%M:%S.%f")[:12]
+
+
 def _drop_and_kill(
     svc: ServiceProcess,
     names: list[str],
@@ -269,14 +274,18 @@ def _drop_and_kill(
             timed_out = recovered is None and now - since > recovery_timeout
             if timed_out:
                 after = f"kill {len(done)}" if done else "the start"
-                print(f"no job completed after {after} in {recovery_timeout:g}s", flush=True)
+                print(
+                    f"{_clock(now)} no job completed after {after} in {recovery_timeout:g}s",
+                    flush=True,
+                )
             if timed_out or (recovered is not None and now >= recovered + plan.gap[len(done)]):
                 in_flight = len(claim_folders(svc.processing))
                 since = time.time()
                 target, pid = _kill(service, data_dir, rng)
                 done.append(Kill(len(done) + 1, target, pid, since, in_flight))
                 print(
-                    f"kill {len(done)}/{kills}: {target} ({pid}), {in_flight} in flight, "
+                    f"{_clock(since)} kill {len(done)}/{kills}: {target} ({pid}), "
+                    f"{in_flight} in flight, "
                     f"{len(completions.jobs)} results so far",
                     flush=True,
                 )
