@@ -16,12 +16,12 @@ mounts a tmpfs (root only) for the archive, so every archive move crosses file s
 `--kill-server` never kills the service: one `dropflow run` on the embedded default (its own
 Prefect server and PostgreSQL in `data_dir`) takes `--jobs` jobs dropped every `--pace`
 seconds while `--kills` (default 20) kill -9s hit, at random, the embedded server process or
-the PostgreSQL postmaster. Each kill waits until a job has completed since the previous one,
-or `--recovery-timeout` seconds. It then waits for every result (`--results-timeout`), asks the
-embedded API for runs still running or pending, stops the service with SIGTERM and audits:
-lost jobs, partial, duplicate and error results, unfinished runs, duplicate flow runs, and
-server or PostgreSQL processes left behind; it prints the time from each kill to the next
-completed job (tests/chaos_server.py).
+the PostgreSQL postmaster. Each kill waits until a job has completed since the previous one
+(then up to `--gap` seconds more), or `--recovery-timeout` seconds. It then waits for every
+result (`--results-timeout`), asks the embedded API for runs still running or pending, stops the
+service with SIGTERM and audits: lost jobs, partial, duplicate and error results, unfinished
+runs, duplicate flow runs, and server or PostgreSQL processes left behind; it prints the time
+from each kill to the next completed job (tests/chaos_server.py).
 """
 
 from __future__ import annotations
@@ -82,6 +82,13 @@ def main(argv: list[str] | None = None) -> int:
         "--pace", type=float, default=0.3, help="--kill-server: seconds between two drops"
     )
     parser.add_argument(
+        "--gap",
+        type=float,
+        default=2,
+        help="--kill-server: a kill comes up to this many seconds (at random) after a job "
+        "completed since the previous one; raise --pace with it, or the jobs run out meanwhile",
+    )
+    parser.add_argument(
         "--recovery-timeout",
         type=float,
         default=120,
@@ -110,6 +117,7 @@ def main(argv: list[str] | None = None) -> int:
             kills=args.kills,
             seed=seed,
             pace=args.pace,
+            gap=args.gap,
             recovery_timeout=args.recovery_timeout,
             results_timeout=args.results_timeout,
         )

@@ -235,12 +235,12 @@ class Plan:
     gap: list[float]
 
     @classmethod
-    def draw(cls, jobs: int, kills: int, rng: random.Random) -> Plan:
+    def draw(cls, jobs: int, kills: int, rng: random.Random, gap: float = 2) -> Plan:
         cycles = jobs - max(1, jobs // (2 * kills))
         ends = [round(cycles * (c + 1) / kills) for c in range(kills)]
         starts = [0, *ends[:-1]]
         kill_at = [s + rng.randint(1, max(1, e - s - 1)) for s, e in zip(starts, ends, strict=True)]
-        return cls(ends, kill_at, [rng.uniform(0, 2) for _ in range(kills)])
+        return cls(ends, kill_at, [rng.uniform(0, gap) for _ in range(kills)])
 
 
 def _clock(at: float) -> str:
@@ -305,6 +305,7 @@ def kill_server(
     kills: int,
     seed: int,
     pace: float,
+    gap: float,
     recovery_timeout: float,
     results_timeout: float,
 ) -> int:
@@ -312,7 +313,7 @@ def kill_server(
     rng = random.Random(seed)
     t0 = time.monotonic()
     names = [f"chaos{i:04d}.yaml" for i in range(jobs)]
-    plan = Plan.draw(jobs, kills, rng)
+    plan = Plan.draw(jobs, kills, rng, gap)
     data_dir = root / "data"
     port = free_port()
     url = f"http://127.0.0.1:{port}/api"
