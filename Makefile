@@ -45,6 +45,8 @@ bench-startup: install
 fuzz: install
 	$(BIN)/python -m tests.fuzz
 
+# ARGS picks a mode: --runner deployment, --standby, --archive-elsewhere, --kill-server
+# (tests/chaos.py says what each does), and --kills, --jobs, --seed.
 chaos: install
 	$(BIN)/python -m tests.chaos $(ARGS)
 

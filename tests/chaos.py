@@ -12,6 +12,16 @@ runs, so the target there is 0 repeated flow runs.
 `--standby` runs two services on the same folders and kills whichever holds them, measuring
 how long the standby takes to serve (kill to its "watching" line). `--archive-elsewhere`
 mounts a tmpfs (root only) for the archive, so every archive move crosses file systems.
+
+`--kill-server` never kills the service: one `dropflow run` on the embedded default (its own
+Prefect server and PostgreSQL in `data_dir`) takes `--jobs` jobs dropped every `--pace`
+seconds while `--kills` (default 20) kill -9s hit, at random, the embedded server process or
+the PostgreSQL postmaster. Each kill waits until a job has completed since the previous one
+(then up to `--gap` seconds more), or `--recovery-timeout` seconds. It then waits for every
+result (`--results-timeout`), asks the embedded API for runs still running or pending, stops the
+service with SIGTERM and audits: lost jobs, partial, duplicate and error results, unfinished
+runs, duplicate flow runs, and server or PostgreSQL processes left behind; it prints the time
+from each kill to the next completed job (tests/chaos_server.py).
 """
 
 from __future__ import annotations
@@ -29,32 +39,16 @@ from collections import Counter
 from datetime import datetime
 from pathlib import Path
 
+from tests.chaos_server import kill_server
 from tests.cluster import Cluster
-from tests.harness import PrefectServer, ServiceProcess, audit, claim_folders, wait_until
-
-
-async def _flow_runs_per_job(url: str) -> Counter[str]:
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterTags
-    from prefect.client.schemas.sorting import FlowRunSort
-    from prefect.settings import PREFECT_API_URL, temporary_settings
-
-    counts: Counter[str] = Counter()
-    with temporary_settings({PREFECT_API_URL: url}):
-        async with get_client() as client:
-            offset = 0
-            while True:
-                runs = await client.read_flow_runs(
-                    flow_run_filter=FlowRunFilter(tags=FlowRunFilterTags(all_=["dropflow"])),
-                    sort=FlowRunSort.ID_DESC,  # a stable order, so pages do not overlap
-                    limit=200,
-                    offset=offset,
-                )
-                if not runs:
-                    break
-                counts.update(r.name for r in runs)
-                offset += len(runs)
-    return counts
+from tests.harness import (
+    PrefectServer,
+    ServiceProcess,
+    audit,
+    claim_folders,
+    flow_runs_per_job,
+    wait_until,
+)
 
 
 def _logged_at(log: str, text: str) -> float:
@@ -66,7 +60,7 @@ def _logged_at(log: str, text: str) -> float:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--kills", type=int, default=50)
+    parser.add_argument("--kills", type=int, default=None, help="default 50; 20 with --kill-server")
     parser.add_argument("--jobs", type=int, default=200)
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--standby", action="store_true", help="two services, kill the owner")
@@ -79,12 +73,54 @@ def main(argv: list[str] | None = None) -> int:
         default="prefect",
         help="deployment: flow runs on 2 process workers (PostgreSQL, prefect server)",
     )
+    parser.add_argument(
+        "--kill-server",
+        action="store_true",
+        help="kill the embedded Prefect server and PostgreSQL, never the service",
+    )
+    parser.add_argument(
+        "--pace", type=float, default=0.3, help="--kill-server: seconds between two drops"
+    )
+    parser.add_argument(
+        "--gap",
+        type=float,
+        default=2,
+        help="--kill-server: a kill comes up to this many seconds (at random) after a job "
+        "completed since the previous one; raise --pace with it, or the jobs run out meanwhile",
+    )
+    parser.add_argument(
+        "--recovery-timeout",
+        type=float,
+        default=120,
+        help="--kill-server: seconds a kill waits for a job to complete after the previous one",
+    )
+    parser.add_argument(
+        "--results-timeout",
+        type=float,
+        default=600,
+        help="--kill-server: seconds to wait for every result after the last drop",
+    )
     args = parser.parse_args(argv)
+    if args.kills is None:
+        args.kills = 20 if args.kill_server else 50
+    if args.kill_server and not 1 <= args.kills <= args.jobs // 2:
+        parser.error("--kill-server needs at least 1 kill and 2 jobs per kill")
     seed = args.seed if args.seed is not None else random.randrange(1 << 30)
     rng = random.Random(seed)
     root = Path(tempfile.mkdtemp(prefix="dropflow-chaos-"))
     os.environ["PREFECT_HOME"] = str(root / "prefect-home")
     os.environ.pop("PREFECT_API_URL", None)
+    if args.kill_server:
+        return kill_server(
+            root,
+            jobs=args.jobs,
+            kills=args.kills,
+            seed=seed,
+            pace=args.pace,
+            gap=args.gap,
+            recovery_timeout=args.recovery_timeout,
+            results_timeout=args.results_timeout,
+        )
     if args.archive_elsewhere:
         (root / "archive").mkdir()
         subprocess.run(["mount", "-t", "tmpfs", "tmpfs", str(root / "archive")], check=True)
@@ -149,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
         wait_until(lambda: not claim_folders(svc.processing), 60, 0.2)
         svc.stop()
         found = audit(root, names)
-        runs = asyncio.run(_flow_runs_per_job(server.url))
+        runs = asyncio.run(flow_runs_per_job(server.url))
     finally:
         if cluster is not None:
             cluster.stop()

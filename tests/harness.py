@@ -11,6 +11,7 @@ import sys
 import threading
 import time
 import urllib.request
+from collections import Counter
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -280,6 +281,31 @@ class ServiceProcess:
         """kill -9 the service and everything it started (the embedded server)."""
         if self.proc is not None:
             self._child.kill()
+
+
+async def flow_runs_per_job(url: str) -> Counter[str]:
+    """How many flow runs tagged `dropflow` the Prefect API at `url` has, by run name."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterTags
+    from prefect.client.schemas.sorting import FlowRunSort
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    counts: Counter[str] = Counter()
+    with temporary_settings({PREFECT_API_URL: url}):
+        async with get_client() as client:
+            offset = 0
+            while True:
+                runs = await client.read_flow_runs(
+                    flow_run_filter=FlowRunFilter(tags=FlowRunFilterTags(all_=["dropflow"])),
+                    sort=FlowRunSort.ID_DESC,  # a stable order, so pages do not overlap
+                    limit=200,
+                    offset=offset,
+                )
+                if not runs:
+                    break
+                counts.update(r.name for r in runs)
+                offset += len(runs)
+    return counts
 
 
 def audit(root: Path, names: list[str]) -> dict[str, Any]:
