@@ -329,7 +329,12 @@ class PrefectRunner:
                 raise unavailable(exc) from exc
             raise
         if state.is_completed() or state.is_cancelled():
-            data = await state.aresult(raise_on_failure=False)
+            from prefect.exceptions import MissingResult
+
+            try:
+                data = await state.aresult(raise_on_failure=False)
+            except MissingResult:
+                data = None  # the engine read its state back from the API: a restart cut it
             if isinstance(data, dict) and data.get("outcome") in ("completed", "canceled"):
                 outcome = _from_outcome(data)
                 if outcome.status == "canceled" and self._restarts() != restarts:
