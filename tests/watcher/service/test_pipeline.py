@@ -202,12 +202,8 @@ def test_a_stop_while_waiting_for_a_slot_leaves_the_job_claimed(tmp_path: Path) 
     assert (left.id, left.attempt, left.name) == (claim.id, 1, "job.yaml")
 
 
-def test_a_failing_result_write_is_retried_until_the_result_appears(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    settings = _settings(tmp_path)
-    _, claim = _claim(settings)
-    runner = _Runner()
+def _record_waits(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    """The backoff's waits, recorded instead of slept (the boundary: time itself)."""
     waits: list[float] = []
     real_sleep = asyncio.sleep
 
@@ -216,6 +212,16 @@ def test_a_failing_result_write_is_retried_until_the_result_appears(
         return await real_sleep(0)
 
     monkeypatch.setattr("watcher.retry.asyncio.sleep", no_wait)
+    return waits
+
+
+def test_a_failing_result_write_is_retried_until_the_result_appears(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = _settings(tmp_path)
+    _, claim = _claim(settings)
+    runner = _Runner()
+    waits = _record_waits(monkeypatch)
     failures = [PermissionError(13, "Permission denied"), OSError(28, "No space left")]
 
     def stage(self: ClaimStore, claim: Claim, data: bytes) -> None:
@@ -243,14 +249,7 @@ def test_a_job_file_that_cannot_be_read_is_tried_four_times_then_refused(
     settings = _settings(tmp_path)
     _, claim = _claim(settings)
     runner = _Runner()
-    waits: list[float] = []
-    real_sleep = asyncio.sleep
-
-    async def no_wait(delay: float, *args: Any) -> Any:
-        waits.append(delay)
-        return await real_sleep(0)
-
-    monkeypatch.setattr("watcher.retry.asyncio.sleep", no_wait)
+    waits = _record_waits(monkeypatch)
     reads: list[Path] = []
 
     def unreadable(path: Path, limits: Any) -> Any:
