@@ -5,7 +5,7 @@ Paths are relative to the folder of the config file that uses them.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Final, Literal
 
 INBOX = "./inbox"
 """Folder watched for job files; created if missing."""
@@ -82,6 +82,12 @@ Files renamed or moved in do not wait. Chosen by measurement (`python -m bench.w
 writer's close to its next open took at most 0.005 s for shell `>>` loops and Python, 0.07 s
 with a Python start in between, 0.31 s for a script sleeping 0.3 s; 1 s leaves three times that.
 Each in-place drop pays it in latency (bench W3)."""
+
+MAX_DEPTH = 8
+"""How deep a recursive route takes job files: `<inbox>/a/b/x.yaml` is at depth 2."""
+
+ROUTE_ORDER: Final = "oldest"
+"""Which waiting job of a route gets a free run slot first: by the file's mtime."""
 
 RESCAN_INTERVAL = 30.0
 """Seconds between full scans of the inbox, which catch files whose events were lost."""

@@ -11,6 +11,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    PrivateAttr,
     StrictBool,
     StrictFloat,
     StrictInt,
@@ -22,7 +23,15 @@ from pydantic_core import PydanticCustomError
 
 from watcher import defaults as builtin
 from watcher.config.registry import Registry, split_entrypoint
-from watcher.jobs.messages import humanize, show
+from watcher.config.routes import (
+    DEFAULT_ROUTE,
+    ROUTE_NAME,
+    Route,
+    RouteConfig,
+    folder_overlap,
+)
+from watcher.config.routes import KNOWN_KEYS as ROUTE_KEYS
+from watcher.jobs.messages import did_you_mean, humanize, show
 from watcher.jobs.model import FLOW_NAME, JobError, JobLimits
 from watcher.jobs.reading import DuplicateKeyError, UniqueKeyLoader, parse_job
 
@@ -40,6 +49,8 @@ class JobDefaults(BaseModel):
 
     timeout: StrictFloat = Field(builtin.JOB_TIMEOUT, gt=0, allow_inf_nan=False)
     sleep: StrictFloat | tuple[StrictFloat, StrictFloat] = builtin.JOB_SLEEP
+    parameters: dict[str, Any] | None = None
+    """Default parameters of jobs that run their route's `flow` (not wait, which takes none)."""
 
 
 class Settings(BaseModel):
@@ -83,6 +94,30 @@ class Settings(BaseModel):
     ui: StrictBool = builtin.UI
     # Prefect's retention cannot go below one hour.
     history_days: StrictFloat = Field(builtin.HISTORY_DAYS, allow_inf_nan=False)
+    routes: dict[str, RouteConfig] | None = None
+    """The watched folders, by name; None: one route, `default`, of the top-level folders."""
+    _routes: dict[str, Route] = PrivateAttr(default_factory=dict)
+    _route: str | None = PrivateAttr(default=None)
+
+    @field_validator("routes", mode="before")
+    @classmethod
+    def _check_route_names(cls, value: Any) -> Any:
+        if value is None:
+            return value
+        if not isinstance(value, dict) or not value:
+            raise PydanticCustomError(
+                "dropflow",
+                "routes: must be a mapping of route names to routes (at least one), got "
+                f"{show(value)}",
+            )
+        for name in value:
+            if not isinstance(name, str) or not ROUTE_NAME.match(name):
+                raise PydanticCustomError(
+                    "dropflow",
+                    f"routes: {show(name)} is not a route name ('a'-'z', '0'-'9', '_' or '-', "
+                    "at most 40)",
+                )
+        return value
 
     @field_validator("history_days")
     @classmethod
@@ -150,15 +185,126 @@ class Settings(BaseModel):
         seen: dict[Path, str] = {}
         for key, folder in folders.items():
             resolved = folder.resolve()
-            if resolved in seen:
+            if resolved in seen and self.routes is None:
                 raise ValueError(f"{key}: must differ from {seen[resolved]}, both are {folder}")
             seen[resolved] = key
-        try:
-            if builtin.WAIT_FLOW in self.flows:
-                parse_job(b"{}", self.job_limits)
-        except JobError as exc:
-            raise ValueError(f"defaults: {exc}") from None
+        self._routes = self._resolve_routes()
+        if self.routes is not None:
+            overlap = folder_overlap(self._routes.values())
+            if overlap is not None:
+                raise _problem(overlap)
+            data = self.data_dir.resolve()
+            for route in self._routes.values():
+                for key, folder in route.folders().items():
+                    there = folder.resolve()
+                    if there == data or data in there.parents or there in data.parents:
+                        raise _problem(
+                            f"data_dir ({self.data_dir}) and routes: {route.name}'s {key} "
+                            f"({folder}) must be apart, neither inside the other"
+                        )
+        for route in self._routes.values():
+            where = f"routes: {route.name}: " if self.routes is not None else ""
+            try:
+                parse_job(b"{}", self.for_route(route.name).job_limits)
+            except JobError as exc:
+                raise _problem(f"{where}defaults: {exc}") from None
         return self
+
+    def _resolve_routes(self) -> dict[str, Route]:
+        top = self.defaults
+        if self.routes is None:
+            if top.parameters is not None:
+                raise _problem(
+                    "defaults: parameters: only routes that name a flow (routes: <name>: "
+                    "flow: ...) have default parameters; the wait flow takes none"
+                )
+            return {
+                DEFAULT_ROUTE: Route(
+                    name=DEFAULT_ROUTE,
+                    inbox=self.inbox,
+                    results=self.results,
+                    archive=self.archive,
+                    processing=self.processing,
+                    flows=tuple(self.flows),
+                    timeout=top.timeout,
+                    sleep=top.sleep,
+                )
+            }
+        resolved = {}
+        for name, given in self.routes.items():
+            flows = given.flows if given.flows is not None else tuple(self.flows)
+            for flow in (*flows, given.flow or builtin.WAIT_FLOW):
+                if flow not in self.flows:
+                    registered = ", ".join(self.flows)
+                    raise _problem(
+                        f"routes: {name}: no flow named {show(flow)} is registered"
+                        f"{did_you_mean(flow, self.flows)}; registered (config flows): "
+                        f"{registered}"
+                    )
+            # No flow named: wait, or the route's only flow.
+            flow = given.flow or (flows[0] if len(flows) == 1 else builtin.WAIT_FLOW)
+            if flow not in flows:
+                raise _problem(
+                    f"routes: {name}: flow: {flow} is not among the route's flows "
+                    f"({', '.join(flows)})"
+                )
+            mine = given.defaults
+            parameters = {**(top.parameters or {}), **(mine.parameters or {})}
+            if parameters and flow == builtin.WAIT_FLOW:
+                raise _problem(
+                    f"routes: {name}: defaults: parameters: the route's flow is wait, which "
+                    "takes none (its keys are timeout and sleep)"
+                )
+            resolved[name] = Route(
+                name=name,
+                inbox=given.inbox,
+                results=given.results or self.results / name,
+                archive=given.archive or self.archive / name,
+                processing=given.processing or self.processing / name,
+                flow=flow,
+                flows=tuple(flows),
+                timeout=mine.timeout if mine.timeout is not None else top.timeout,
+                sleep=mine.sleep if mine.sleep is not None else top.sleep,
+                parameters=parameters,
+                recursive=given.recursive,
+                max_depth=given.max_depth,
+                order=given.order,
+                priority=given.priority,
+                max_concurrent_jobs=given.max_concurrent_jobs,
+                deployment=given.deployment,
+                work_queue=given.work_queue,
+            )
+        return resolved
+
+    @property
+    def served(self) -> dict[str, Route]:
+        """Every route of this config, by name (`default` alone without `routes`)."""
+        return dict(self._routes)
+
+    @property
+    def route(self) -> Route:
+        """This settings' route: the one `for_route` made them for, or the only one."""
+        if self._route is not None:
+            return self._routes[self._route]
+        if len(self._routes) != 1:
+            raise ValueError("settings of several routes have no one route: use for_route")
+        return next(iter(self._routes.values()))
+
+    def for_route(self, name: str) -> Settings:
+        """These settings as one route sees them: its folders at the top level, its flows and
+        its defaults, so code written for one inbox serves a route unchanged."""
+        route = self._routes[name]
+        copy = self.model_copy(
+            update={
+                "inbox": route.inbox,
+                "results": route.results,
+                "archive": route.archive,
+                "processing": route.processing,
+                "defaults": JobDefaults(timeout=route.timeout, sleep=route.sleep),
+            }
+        )
+        copy._route = name
+        return copy
 
     def registry(self) -> Registry:
         """The registry of this config's flows, not loaded yet (`Registry.load` imports them)."""
@@ -173,11 +319,19 @@ class Settings(BaseModel):
             max_bytes=self.max_job_bytes,
             default_timeout=self.defaults.timeout,
             default_sleep=self.defaults.sleep,
-            flows=tuple(self.flows),
+            flows=self.route.flows if self._routes else tuple(self.flows),
+            default_flow=self.route.flow if self._routes else builtin.WAIT_FLOW,
+            default_parameters=dict(self.route.parameters) if self._routes else {},
         )
 
 
+def _problem(message: str) -> PydanticCustomError:
+    """A problem whose message names its key itself (shown as it is)."""
+    return PydanticCustomError("dropflow", message)
+
+
 KNOWN_KEYS = tuple(Settings.model_fields) + tuple(JobDefaults.model_fields)
+_NESTED_KEYS = {"routes": ROUTE_KEYS}
 _PATH_KEYS = ("inbox", "results", "archive", "processing", "data_dir", "files_dir")
 # `module.path:function` or `some/file.py:function` (a Windows drive letter is allowed).
 _ENTRYPOINT = re.compile(
@@ -219,6 +373,17 @@ def load_config(path: Path | None) -> Settings:
 
 def _validate(data: dict[str, Any], base: Path, source: str) -> Settings:
     data = dict(data)
+    routes = data.get("routes")
+    if routes is not None and "inbox" in data:
+        raise ConfigError(
+            f"{source}: inbox: with routes, each route names its own inbox "
+            "(routes: <name>: inbox: ...); remove the top-level inbox, or make it a route"
+        )
+    if isinstance(routes, dict):
+        data["routes"] = {
+            name: _resolve_route_paths(route, base) if isinstance(route, dict) else route
+            for name, route in routes.items()
+        }
     for key in _PATH_KEYS:
         value = data.get(key, getattr(builtin, key.upper()))
         if isinstance(value, str) and value.strip():
@@ -233,8 +398,18 @@ def _validate(data: dict[str, Any], base: Path, source: str) -> Settings:
     try:
         return Settings.model_validate(data)
     except ValidationError as exc:
-        problems = humanize(exc, KNOWN_KEYS)
+        problems = humanize(exc, KNOWN_KEYS, _NESTED_KEYS)
         raise ConfigError(f"{source}: " + "; ".join(problems)) from None
+
+
+def _resolve_route_paths(route: dict[str, Any], base: Path) -> dict[str, Any]:
+    """A route's folders relative to the config's folder (the model names a wrong value)."""
+    route = dict(route)
+    for key in ("inbox", "results", "archive", "processing"):
+        value = route.get(key)
+        if isinstance(value, str) and value.strip():
+            route[key] = base / Path(value).expanduser()
+    return route
 
 
 def _resolve_entrypoint(entrypoint: Any, base: Path) -> Any:

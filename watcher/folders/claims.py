@@ -43,6 +43,9 @@ logger = logging.getLogger(__name__)
 STAGED_RESULT = ".result.yaml"
 PUBLISHED = ".published"
 """Written once the result is published, so a retry of the archive step never publishes again."""
+SUBFOLDER = ".subfolder"
+"""The job's folder relative to the inbox, for a job taken from a subfolder (a recursive
+route): its result and archived file go to the same relative folder."""
 ARCHIVE_JOURNAL = ".archive"
 """The archive name chosen for the job file, written before it is moved there: a move cut by
 a crash is finished under the same name, never copied twice."""
@@ -62,6 +65,14 @@ class Claim:
     attempt: int
     name: str
     root: Path
+    subfolder: str = ""
+    """The folder it was taken from, relative to the inbox, with `/` between parts ("" for
+    the inbox itself)."""
+
+    @property
+    def relative(self) -> str:
+        """The job file's path relative to the inbox."""
+        return f"{self.subfolder}/{self.name}" if self.subfolder else self.name
 
     @property
     def folder(self) -> Path:
@@ -108,9 +119,13 @@ class ClaimStore:
             PermissionError: the file is still open by its writer where that forbids a move
                 (Windows); it stays in the inbox, to be tried again.
         """
-        claim = Claim(id=_new_id(), attempt=1, name=source.name, root=self.root)
+        subfolder = self._subfolder_of(source)
+        claim = Claim(_new_id(), 1, source.name, self.root, subfolder)
         claim.folder.mkdir()
         try:
+            if subfolder:
+                # Before the job file: a claim recovered with its file knows where it came from.
+                self._write(claim, SUBFOLDER, os.fsencode(subfolder), sync=False)
             self._take(source, claim)
         except (FileNotFoundError, LostRace):
             shutil.rmtree(claim.folder, ignore_errors=True)
@@ -122,6 +137,18 @@ class ClaimStore:
                 shutil.rmtree(claim.folder, ignore_errors=True)
             raise
         return claim
+
+    def _subfolder_of(self, source: Path) -> str:
+        if self.inbox is None or source.parent == self.inbox:
+            return ""
+        return source.parent.relative_to(self.inbox).as_posix()
+
+    def inbox_path(self, claim: Claim) -> Path | None:
+        """Where the claim's job file was in the inbox."""
+        if self.inbox is None:
+            return None
+        folder = self.inbox / claim.subfolder if claim.subfolder else self.inbox
+        return folder / claim.name
 
     def _take(self, source: Path, claim: Claim) -> None:
         """Move `source` into the claim: a hard link made durable, then the inbox name removed.
@@ -146,6 +173,8 @@ class ClaimStore:
         which takes whatever holds it atomically, and the file found there is removed only if
         it is the claimed one; anything else goes back into the inbox as a new job.
         """
+        # Beside it: a rename within one folder (a recursive inbox watches every subfolder,
+        # and `_recover_asides` looks in the job's own subfolder, which the claim records).
         aside = source.parent / f"{ASIDE_PREFIX}{claim.id}"
         try:
             os.rename(source, aside)
@@ -175,10 +204,20 @@ class ClaimStore:
         raise FileExistsError(f"no free inbox name for a replaced {name}")
 
     def _recover_asides(self) -> None:
-        """Finish the inbox side of claims cut by a crash (see `_remove_inbox_name`)."""
+        """Finish the inbox side of claims cut by a crash (see `_remove_inbox_name`), in the
+        inbox and in the subfolders claims in processing came from."""
         if self.inbox is None or not self.inbox.is_dir():
             return
-        for entry in os.scandir(self.inbox):
+        folders = {self.inbox}
+        for path in self.root.glob(f"*/{SUBFOLDER}"):
+            with contextlib.suppress(OSError):
+                folders.add(self.inbox / os.fsdecode(path.read_bytes()))
+        for folder in folders:
+            with contextlib.suppress(FileNotFoundError, NotADirectoryError):
+                self._recover_asides_in(folder)
+
+    def _recover_asides_in(self, inbox: Path) -> None:
+        for entry in os.scandir(inbox):
             if not entry.name.startswith(ASIDE_PREFIX):
                 continue
             claim_id = entry.name[len(ASIDE_PREFIX) :]
@@ -194,15 +233,16 @@ class ClaimStore:
 
     def _finish_take(self, claim: Claim) -> None:
         """Remove the inbox name of a claim interrupted between its link and its unlink."""
-        if self.inbox is None:
+        source = self.inbox_path(claim)
+        if source is None:
             return
         try:
             mine = os.lstat(claim.path)
         except FileNotFoundError:
             return
-        if mine.st_nlink > 1 and same_file(claim.path, self.inbox / claim.name):
+        if mine.st_nlink > 1 and same_file(claim.path, source):
             with contextlib.suppress(LostRace):
-                self._remove_inbox_name(claim, self.inbox / claim.name)
+                self._remove_inbox_name(claim, source)
             logger.info("finished claiming %s (interrupted by a crash)", claim.name)
 
     # -- recovery --------------------------------------------------------------------------
@@ -225,7 +265,13 @@ class ClaimStore:
             for stray in folder.glob(f"{TEMP_PREFIX}*"):
                 stray.unlink()
             names = [n for n in os.listdir(folder) if n not in _BOOKKEEPING]
-            claim = Claim(match["id"], int(match["attempt"]), names[0] if names else "", self.root)
+            claim = Claim(
+                match["id"],
+                int(match["attempt"]),
+                names[0] if names else "",
+                self.root,
+                _read_subfolder(folder),
+            )
             if not names:
                 if claim.staged_result.exists():
                     logger.warning("claim %s has a result but no job file", claim.id)
@@ -236,7 +282,7 @@ class ClaimStore:
             self._finish_take(claim)
             journal = self._journaled(claim)
             if journal is not None:
-                self._reserved.add(journal)
+                self._reserved.add(str(self.archive_folder(claim) / journal))
             if not claim.staged_result.exists():
                 claim = self._move(claim, claim.attempt + 1)
             found.append(claim)
@@ -272,10 +318,11 @@ class ClaimStore:
             return None
 
     @staticmethod
-    def _write(claim: Claim, name: str, data: bytes) -> None:
+    def _write(claim: Claim, name: str, data: bytes, *, sync: bool = True) -> None:
         tmp = write_atomic(claim.folder, data)
         os.replace(tmp, claim.folder / name)
-        fsync_dir(claim.folder)
+        if sync:
+            fsync_dir(claim.folder)
 
     def finish(self, claim: Claim) -> Path | None:
         """Archive the job file, then remove the claim folder; the archived path, if any.
@@ -295,16 +342,22 @@ class ClaimStore:
         shutil.rmtree(retired, ignore_errors=True)
         if archived is not None:
             with self._archive_lock:
-                self._reserved.discard(archived.name)
+                self._reserved.discard(str(archived))
         return archived
+
+    def archive_folder(self, claim: Claim) -> Path:
+        """The folder the claim's job file is archived in: the archive, or the same relative
+        folder in it as in the inbox."""
+        return self.archive_dir / claim.subfolder if claim.subfolder else self.archive_dir
 
     def archive_name(self, claim: Claim) -> Path:
         """Where the job file goes: its own name, or one made unique by the claim id."""
-        first = self.archive_dir / claim.name
-        if not os.path.lexists(first) and claim.name not in self._reserved:
+        folder = self.archive_folder(claim)
+        first = folder / claim.name
+        if not os.path.lexists(first) and str(first) not in self._reserved:
             return first
         stem, suffix = split_name(claim.name)
-        return self.archive_dir / f"{cut_stem(stem)}.{claim.id}{suffix}"
+        return folder / f"{cut_stem(stem)}.{claim.id}{suffix}"
 
     @staticmethod
     def _journaled(claim: Claim) -> str | None:
@@ -315,30 +368,38 @@ class ClaimStore:
 
     def _archive(self, claim: Claim) -> Path:
         # Recreated if someone removed it while the service runs: never a reason to lose a job.
-        self.archive_dir.mkdir(parents=True, exist_ok=True)
+        folder = self.archive_folder(claim)
+        folder.mkdir(parents=True, exist_ok=True)
         with self._archive_lock:
             name = self._journaled(claim)
             if name is None:
                 name = self.archive_name(claim).name
                 self._write(claim, ARCHIVE_JOURNAL, os.fsencode(name))
-            self._reserved.add(name)
-        target = self.archive_dir / name
-        tmp = self.archive_dir / f"{TEMP_PREFIX}{claim.id}"
+            self._reserved.add(str(folder / name))
+        target = folder / name
+        tmp = folder / f"{TEMP_PREFIX}{claim.id}"
         placed = same_file(claim.path, target) or same_file(tmp, target)
         if placed or (not target.is_symlink() and same_bytes(claim.path, target)):
             # Moved there by an attempt cut short: only the clean-up is left.
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
-            fsync_dir(self.archive_dir)
+            fsync_dir(folder)
             return target
         if os.path.lexists(target):
             # Taken by someone else since the journal was written: a fresh name.
             with self._archive_lock:
-                target = self.archive_dir / f"{split_name(name)[0]}.{claim.id}{split_name(name)[1]}"
+                target = folder / f"{split_name(name)[0]}.{claim.id}{split_name(name)[1]}"
                 self._write(claim, ARCHIVE_JOURNAL, os.fsencode(target.name))
-                self._reserved.add(target.name)
+                self._reserved.add(str(target))
         move_file(claim.path, target, tmp)
         return target
 
 
-_BOOKKEEPING = frozenset({STAGED_RESULT, PUBLISHED, ARCHIVE_JOURNAL})
+_BOOKKEEPING = frozenset({STAGED_RESULT, PUBLISHED, ARCHIVE_JOURNAL, SUBFOLDER})
+
+
+def _read_subfolder(folder: Path) -> str:
+    try:
+        return os.fsdecode((folder / SUBFOLDER).read_bytes())
+    except FileNotFoundError:
+        return ""

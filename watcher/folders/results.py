@@ -47,6 +47,8 @@ class _ResultRequired(TypedDict):
 class Result(_ResultRequired, total=False):
     """The fields of a result file (docs/jobs.md describes each)."""
 
+    route: str
+    subfolder: str
     flow: str
     name: str
     sleep: float

@@ -6,7 +6,7 @@ import datetime
 import difflib
 import reprlib
 import unicodedata
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from pydantic import ValidationError
@@ -52,17 +52,34 @@ def did_you_mean(word: str, choices: Iterable[str]) -> str:
     return f" (did you mean '{close[0]}'?)" if close else ""
 
 
-def humanize(error: ValidationError, known_keys: Iterable[str]) -> list[str]:
-    """One sentence per problem, each starting with the dotted key it concerns."""
+def humanize(
+    error: ValidationError,
+    known_keys: Iterable[str],
+    nested: Mapping[str, Iterable[str]] | None = None,
+) -> list[str]:
+    """One sentence per problem, each starting with the dotted key it concerns.
+
+    `nested`: the known keys of each mapping of named entries (`routes: <name>: ...`), by the
+    top-level key that holds them; an unknown key there is named with its entry.
+    """
     known = list(known_keys)
     lines = []
     for item in error.errors(include_url=False):
         loc = ".".join(str(part) for part in item["loc"])
         if item["type"] == "extra_forbidden":
             key = str(item["loc"][-1])
+            first = str(item["loc"][0])
+            if nested and first in nested and len(item["loc"]) > 2:
+                where = ": ".join(str(part) for part in item["loc"][:-1])
+                hint = did_you_mean(key, nested[first])
+                lines.append(f"{where}: unknown key '{_repr.repr(key)[1:-1]}'{hint}")
+                continue
             lines.append(f"unknown key '{_repr.repr(key)[1:-1]}'{did_you_mean(key, known)}")
             continue
         message = str(item["msg"])
+        if item["type"] == "missing":
+            lines.append(f"{': '.join(str(part) for part in item['loc'])}: required")
+            continue
         if item["type"] == "dropflow":
             # our own validators already name the key and quote the value
             lines.append(message)

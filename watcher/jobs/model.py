@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from pydantic import (
@@ -51,6 +52,10 @@ class JobLimits:
     default_sleep: float | tuple[float, float] = defaults.JOB_SLEEP
     flows: tuple[str, ...] = (defaults.WAIT_FLOW,)
     """The registered flows (config `flows`) a job may name."""
+    default_flow: str = defaults.WAIT_FLOW
+    """The flow of a job that names none (its route's `flow`)."""
+    default_parameters: Mapping[str, Any] = field(default_factory=dict)
+    """Parameters of jobs that run `default_flow`, for keys their `parameters` leave out."""
 
 
 def _seconds(value: Any, key: str, *, allow_zero: bool, cap: float) -> float:
@@ -213,9 +218,15 @@ def validate_document(document: dict[str, Any], limits: JobLimits | None = None)
     """
     limits = limits or JobLimits()
     merged: dict[str, Any] = {"timeout": limits.default_timeout}
-    if document.get("flow", defaults.WAIT_FLOW) == defaults.WAIT_FLOW:
+    flow = document.get("flow", limits.default_flow)
+    if flow != defaults.WAIT_FLOW:
+        merged["flow"] = flow
+    if flow == defaults.WAIT_FLOW:
         merged["sleep"] = _as_yaml(limits.default_sleep)
     merged.update(document)
+    given = document.get("parameters", {})
+    if flow == limits.default_flow and limits.default_parameters and isinstance(given, dict):
+        merged["parameters"] = {**limits.default_parameters, **given}
     try:
         return Job.model_validate(merged, context={"limits": limits})
     except ValidationError as exc:

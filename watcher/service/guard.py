@@ -24,7 +24,7 @@ from watcher.folders import identity
 from watcher.folders.identity import Identity
 from watcher.folders.lock import FolderLock
 
-__all__ = ["FolderGuard", "Lost", "overlaps"]
+__all__ = ["FolderGuard", "Lost", "overlaps", "routes_overlap"]
 
 logger = logging.getLogger(__name__)
 
@@ -129,4 +129,37 @@ def overlaps(settings: Settings) -> str | None:
             f"{key} ({folder}) {relation} inbox ({settings.inbox}), counting bind mounts and "
             f"symbolic links: {key} must be a folder apart from the inbox"
         )
+    return None
+
+
+def routes_overlap(settings: Settings) -> str | None:
+    """Why two routes' folders cannot be served together, counting bind mounts and symbolic
+    links (the settings compared their paths already), or None. All folders must exist."""
+    routes = list(settings.served.values())
+    for a in routes:
+        for b in routes:
+            if a is b:
+                continue
+            how = identity.overlap(a.inbox, b.inbox)
+            if how == "is" and a.name < b.name:
+                return (
+                    f"routes: {a.name}'s inbox ({a.inbox}) and {b.name}'s inbox ({b.inbox}) "
+                    "are the same folder, counting bind mounts and symbolic links: one folder "
+                    "is served by one route"
+                )
+            if how == "is inside" and b.recursive:
+                return (
+                    f"routes: {a.name}'s inbox ({a.inbox}) is inside {b.name}'s inbox "
+                    f"({b.inbox}), which is recursive, counting bind mounts and symbolic links"
+                )
+            for key in ("results", "archive", "processing"):
+                folder: Path = getattr(b, key)
+                how = identity.overlap(folder, a.inbox)
+                if how is not None:
+                    relation = "is the same folder as" if how == "is" else how
+                    return (
+                        f"routes: {b.name}'s {key} ({folder}) {relation} {a.name}'s inbox "
+                        f"({a.inbox}), counting bind mounts and symbolic links: an inbox must "
+                        "be apart from every results, archive and processing folder"
+                    )
     return None

@@ -29,6 +29,7 @@ from watcher.config.settings import Settings
 from watcher.defaults import WAIT_FLOW
 from watcher.folders.claims import Claim, ClaimStore
 from watcher.folders.results import Result, dump, now_iso, publish, read_result
+from watcher.jobs.messages import one_line
 from watcher.jobs.model import Job, JobError
 from watcher.jobs.reading import load_job
 from watcher.jobs.submission import read_submission
@@ -170,6 +171,7 @@ class JobPipeline:
             )
             return result_of(base, None, outcome, started_at, t0)
         try:
+            _check_subfolder(claim.subfolder)
             job = await self._load(claim)
         except JobError as exc:
             outcome = RunOutcome("error", f"{claim.name}: {exc}")
@@ -227,9 +229,12 @@ class JobPipeline:
             "job": claim.name,
             "status": "error",
             "message": "",
+            "route": self.settings.route.name,
             "claim_id": claim.id,
             "attempt": claim.attempt,
         }
+        if claim.subfolder:
+            base["subfolder"] = claim.subfolder
         # `dropflow submit --wait` finds its own result by this id (see watcher.jobs.submission).
         submission = await asyncio.to_thread(
             read_submission, claim.path, self.settings.max_job_bytes
@@ -335,6 +340,12 @@ class JobPipeline:
             path.name,
         )
 
+    def results_folder(self, claim: Claim) -> Path:
+        """Where the claim's result goes: the route's results, or the same relative folder in
+        it as the job's in the inbox."""
+        results = self.settings.results
+        return results / claim.subfolder if claim.subfolder else results
+
     def _complete_sync(self, claim: Claim, result: Result | None) -> tuple[Path, dict[str, Any]]:
         """Stage, publish, archive: each step done once, each safe to repeat after a failure.
 
@@ -346,10 +357,14 @@ class JobPipeline:
             assert result is not None
             self.processing.stage(claim, dump(result))
         staged = read_result(claim.staged_result) or {}
-        path = self.processing.published_as(claim, self.settings.results)
+        results = self.results_folder(claim)
+        path = self.processing.published_as(claim, results)
         if path is None:
+            if claim.subfolder:
+                # Recreated as the inbox's subfolder is: the same relative folder.
+                results.mkdir(parents=True, exist_ok=True)
             path = publish(
-                self.settings.results,
+                results,
                 claim.staged_result,
                 claim.name or str(staged.get("job", "job")),
                 claim.id,
@@ -358,6 +373,26 @@ class JobPipeline:
             self.processing.mark_published(claim, path)
         self.processing.finish(claim)
         return path, staged
+
+
+def _check_subfolder(subfolder: str) -> None:
+    """Refuse a job whose subfolder's name is not printable UTF-8 text: Prefect's names, the
+    result's `subfolder` and the logs need text (its result still goes to the same relative
+    folder, under the same bytes)."""
+    if not subfolder:
+        return
+    try:
+        subfolder.encode("utf-8")
+    except UnicodeEncodeError:
+        raise JobError(
+            f"the subfolder {one_line(subfolder)!r} has a name that is not UTF-8 text; rename "
+            "the folder (its jobs are kept: this one is archived beside its result)"
+        ) from None
+    if not all(ch.isprintable() for ch in subfolder):
+        raise JobError(
+            f"the subfolder {one_line(subfolder)!r} has a name with control characters; rename "
+            "the folder (its jobs are kept: this one is archived beside its result)"
+        )
 
 
 def _writer_holds_it(exc: OSError) -> bool:
