@@ -8,12 +8,16 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+from uuid import UUID
 
 import pytest
+import yaml
 
 from tests.cluster import Cluster
 from tests.conftest import ServiceFactory
@@ -254,3 +258,95 @@ def test_registered_flows_run_on_workers_and_are_stopped_at_their_timeout(
     for name, (run,) in wait_until(stopped, 90).items():
         assert run.state.is_cancelled(), (name, run.state)
         assert (run.end_time - run.start_time).total_seconds() < work / 2, name
+
+
+def test_routes_run_on_their_own_deployments_and_prioritised_work_queues(
+    deployed: Callable[..., ServiceProcess], cluster: Cluster, tmp_path: Path
+) -> None:
+    from tests.harness import QUIET_PREFECT
+
+    config = {
+        "work_pool": "dq-pool",  # a pool of its own: the session's pool and queues stay as they are
+        "deployment": "wait/dq-main",
+        "routes": {
+            "high": {
+                "inbox": "in/high",
+                "priority": 10,
+                "deployment": "wait/dq-high",
+                "work_queue": "dq-high",
+            },
+            "low": {"inbox": "in/low", "priority": 1, "work_queue": "dq-low"},
+        },
+    }
+    svc = deployed(config, start=False)
+    path = tmp_path / "deploy.yaml"
+    path.write_text(yaml.safe_dump({"runner": "deployment", **config}))
+
+    def deploy() -> str:
+        done = subprocess.run(
+            [sys.executable, "-m", "watcher", "deploy", "--config", str(path)],
+            env={**os.environ, **QUIET_PREFECT, "PREFECT_API_URL": cluster.url},
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+    first = deploy()
+    assert "work queue dq-high (priority 1, created)" in first, first
+    assert "work queue dq-low (priority 2, created)" in first, first
+    assert "deployment wait/dq-high (" in first and "deployment wait/dq-main (" in first
+    second = deploy()
+    assert "work queue dq-high (priority 1, unchanged)" in second, second
+    assert "work queue dq-low (priority 2, unchanged)" in second, second
+
+    worker = cluster.add_worker("dq-worker", pool="dq-pool")
+    try:
+        svc.start()
+        for route in ("high", "low"):
+            job = tmp_path / f"{route}.tmp"
+            job.write_text("timeout: 30\nsleep: 0\n")
+            os.rename(job, tmp_path / "in" / route / f"q-{route}.yaml")
+        results = {
+            route: wait_until(
+                lambda route=route: _read(tmp_path / "results" / route / f"q-{route}.result.yaml"),
+                180,
+                0.2,
+            )
+            for route in ("high", "low")
+        }
+        assert svc.stop() == 0
+    finally:
+        cluster.workers.remove(worker)
+        worker.stop()
+    for route, result in results.items():
+        assert (result["status"], result["route"]) == ("completed", route), result
+        assert result["work_pool"] == "dq-pool" and result["worker"] == "dq-worker", result
+
+    async def read() -> tuple[dict[str, tuple[str, str]], dict[str, int]]:
+        from prefect.client.orchestration import get_client
+        from prefect.settings import PREFECT_API_URL, temporary_settings
+
+        with temporary_settings({PREFECT_API_URL: cluster.url}):
+            async with get_client() as client:
+                runs = {}
+                for route, result in results.items():
+                    run = await client.read_flow_run(UUID(result["flow_run_id"]))
+                    assert run.deployment_id is not None
+                    deployment = await client.read_deployment(run.deployment_id)
+                    runs[route] = (str(run.work_queue_name), f"wait/{deployment.name}")
+                queues = await client.read_work_queues(work_pool_name="dq-pool")
+                return runs, {q.name: q.priority for q in queues}
+
+    runs, priorities = asyncio.run(read())
+    assert runs == {"high": ("dq-high", "wait/dq-high"), "low": ("dq-low", "wait/dq-main")}
+    assert priorities == {"dq-high": 1, "dq-low": 2, "default": 3}
+
+
+def _read(path: Path) -> dict[str, Any] | None:
+    if not path.exists():
+        return None
+    data = yaml.safe_load(path.read_text())
+    assert isinstance(data, dict)
+    return data

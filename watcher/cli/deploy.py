@@ -1,5 +1,5 @@
-"""`dropflow deploy`: the work pool and one deployment per registered flow, for
-`runner: deployment`."""
+"""`dropflow deploy`: the work pool, one deployment per registered flow (and per route's own
+`deployment`) and the routes' work queues, for `runner: deployment`."""
 
 from __future__ import annotations
 
@@ -28,7 +28,9 @@ def deploy_command(settings: Settings) -> int:
         print(f"dropflow: bad config: {exc}", file=sys.stderr)
         return defaults.EXIT_USAGE
     try:
-        done = asyncio.run(deploy(settings.work_pool, settings.deployment, flows))
+        done = asyncio.run(
+            deploy(settings.work_pool, settings.deployment, flows, settings.served.values())
+        )
     except Exception as exc:
         print(f"dropflow: cannot deploy: {exc}", file=sys.stderr)
         return defaults.EXIT_FATAL
@@ -39,5 +41,7 @@ def deploy_command(settings: Settings) -> int:
             f"deployment {deployed.deployment} ({deployed.deployment_id}), entrypoint "
             f"{deployed.entrypoint}"
         )
+    for queue in done.queues:
+        print(f"work queue {queue.name} (priority {queue.priority}, {queue.change})")
     print(f"start workers with: prefect worker start --pool {done.work_pool}")
     return 0

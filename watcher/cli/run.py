@@ -85,6 +85,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             start_timeout=settings.start_timeout,
             lost_run_margin=settings.lost_run_margin,
             registry=registry,
+            route_deployments=[r.deployment for r in settings.served.values() if r.deployment],
         )
     try:
         return Service(

@@ -23,6 +23,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt
 
 from watcher import defaults as builtin
+from watcher.jobs.messages import show
 
 __all__ = [
     "DEFAULT_ROUTE",
@@ -31,12 +32,16 @@ __all__ = [
     "Route",
     "RouteConfig",
     "RouteDefaults",
+    "deployment_problem",
     "folder_overlap",
+    "work_queue_problem",
 ]
 
 DEFAULT_ROUTE = "default"
 """The name of the one route a config without `routes` has."""
 ROUTE_NAME = re.compile(r"^[a-z0-9_-]{1,40}$")
+# Prefect refuses these in the names of its objects (`prefect.types.BANNED_CHARACTERS`).
+_NOT_IN_NAMES = ("/", "%", "&", ">", "<")
 Order = Literal["oldest", "newest", "name"]
 
 
@@ -107,6 +112,28 @@ class Route:
             "archive": self.archive,
             "processing": self.processing,
         }
+
+
+def deployment_problem(value: str) -> str | None:
+    """What is wrong with a `deployment` value (top-level or a route's), or None: it must be
+    `wait/<name>`, the wait flow's deployment, which names the set `<flow>/<name>`."""
+    flow, _, name = value.partition("/")
+    if flow != builtin.WAIT_FLOW or not name.strip() or "/" in name:
+        return (
+            f"must be 'wait/<deployment name>' (a deployment of the wait flow), got {show(value)}"
+        )
+    return None
+
+
+def work_queue_problem(value: str) -> str | None:
+    """What is wrong with a route's `work_queue`, or None."""
+    if not value.strip() or any(c in value for c in _NOT_IN_NAMES):
+        return (
+            "must be a work queue name, without "
+            f"{', '.join(repr(c) for c in _NOT_IN_NAMES[:-1])} or {_NOT_IN_NAMES[-1]!r}, "
+            f"got {show(value)}"
+        )
+    return None
 
 
 def _inside(inner: Path, outer: Path) -> bool:

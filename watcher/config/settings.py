@@ -28,7 +28,9 @@ from watcher.config.routes import (
     ROUTE_NAME,
     Route,
     RouteConfig,
+    deployment_problem,
     folder_overlap,
+    work_queue_problem,
 )
 from watcher.config.routes import KNOWN_KEYS as ROUTE_KEYS
 from watcher.jobs.messages import did_you_mean, humanize, show
@@ -164,13 +166,9 @@ class Settings(BaseModel):
     @field_validator("deployment")
     @classmethod
     def _a_wait_deployment(cls, value: str) -> str:
-        flow, _, name = value.partition("/")
-        if flow != "wait" or not name.strip() or "/" in name:
-            raise PydanticCustomError(
-                "dropflow",
-                "deployment: must be 'wait/<deployment name>' (a deployment of the wait flow), "
-                f"got {show(value)}",
-            )
+        problem = deployment_problem(value)
+        if problem is not None:
+            raise _problem(f"deployment: {problem}")
         return value
 
     @model_validator(mode="after")
@@ -255,6 +253,12 @@ class Settings(BaseModel):
                     f"routes: {name}: defaults: parameters: the route's flow is wait, which "
                     "takes none (its keys are timeout and sleep)"
                 )
+            for key, problem in (
+                ("deployment", given.deployment and deployment_problem(given.deployment)),
+                ("work_queue", given.work_queue and work_queue_problem(given.work_queue)),
+            ):
+                if problem:
+                    raise _problem(f"routes: {name}: {key}: {problem}")
             resolved[name] = Route(
                 name=name,
                 inbox=given.inbox,

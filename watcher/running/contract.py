@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
 from watcher import defaults
+from watcher.config.routes import DEFAULT_ROUTE
 
 __all__ = [
     "FLOW_RUN_TAG",
@@ -39,6 +40,13 @@ class RunRequest:
     flow: str = defaults.WAIT_FLOW
     parameters: Mapping[str, Any] = field(default_factory=dict)
     """Checked already (`Registry.parameters`); empty for the wait flow."""
+    route: str = DEFAULT_ROUTE
+    """The route whose inbox the job came from."""
+    deployment: str | None = None
+    """`runner: deployment`: the route's `wait/<name>` (its flows' deployments); None: the
+    runner's own."""
+    work_queue: str | None = None
+    """`runner: deployment`: the work queue of the job's flow run; None: its deployment's."""
 
 
 @dataclass(frozen=True)

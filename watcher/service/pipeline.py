@@ -206,6 +206,9 @@ class JobPipeline:
             claim.attempt,
             flow=job.flow,
             parameters=parameters,
+            route=self.settings.route.name,
+            deployment=self.settings.route.deployment,
+            work_queue=self.settings.route.work_queue,
         )
         try:
             started_at, t0 = now_iso(), time.monotonic()  # a job that runs: from its slot

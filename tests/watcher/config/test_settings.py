@@ -224,3 +224,45 @@ def test_a_value_yaml_cannot_build_is_a_config_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as raised:
         load_config(path)
     assert str(raised.value) == f"{path}: a value that cannot be read: month must be in 1..12"
+
+
+def test_a_route_names_its_own_deployment_and_work_queue(tmp_path: Path) -> None:
+    settings = load_config(
+        _write(
+            tmp_path,
+            "runner: deployment\nroutes:\n"
+            "  fast: {inbox: in/fast, deployment: wait/fast, work_queue: urgent}\n"
+            "  slow: {inbox: in/slow}\n",
+        )
+    )
+    fast, slow = settings.served["fast"], settings.served["slow"]
+    assert (fast.deployment, fast.work_queue) == ("wait/fast", "urgent")
+    assert (slow.deployment, slow.work_queue) == (None, None)
+
+
+@pytest.mark.parametrize(
+    ("route", "message"),
+    [
+        (
+            "deployment: csv/fast",
+            "routes: fast: deployment: must be 'wait/<deployment name>' (a deployment of the "
+            "wait flow), got 'csv/fast'",
+        ),
+        ("deployment: wait/a/b", "routes: fast: deployment: must be 'wait/<deployment name>'"),
+        ("deployment: 'wait/ '", "routes: fast: deployment: must be 'wait/<deployment name>'"),
+        (
+            "work_queue: a/b",
+            "routes: fast: work_queue: must be a work queue name, without '/', '%', '&', '>' "
+            "or '<', got 'a/b'",
+        ),
+        ("work_queue: '  '", "routes: fast: work_queue: must be a work queue name"),
+        ("work_queue: 3", "routes.fast.work_queue: Input should be a valid string, got 3"),
+    ],
+)
+def test_a_route_s_deployment_and_work_queue_are_checked_naming_the_route(
+    tmp_path: Path, route: str, message: str
+) -> None:
+    path = _write(tmp_path, f"routes:\n  fast:\n    inbox: in/fast\n    {route}\n")
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    assert f"{path}: {message}" in str(caught.value)

@@ -299,3 +299,25 @@ def test_a_result_write_that_keeps_failing_is_logged_once_and_once_when_it_works
     assert [r["status"] for r in _results(settings)] == ["completed"]
     assert caplog.text.count("cannot write its result") == 1
     assert caplog.text.count("job.yaml: its result could be written again") == 1
+
+
+def test_the_run_request_carries_the_route_its_deployment_and_work_queue(
+    tmp_path: Path,
+) -> None:
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        "runner: deployment\ndefaults: {timeout: 5, sleep: 0}\nroutes:\n"
+        "  fast: {inbox: in/fast, deployment: wait/fast, work_queue: urgent}\n"
+        "  plain: {inbox: in/plain}\n"
+    )
+    runner = _Runner()
+    for name in ("fast", "plain"):
+        settings = load_config(config).for_route(name)
+        for folder in (settings.inbox, settings.results, settings.archive, settings.processing):
+            folder.mkdir(parents=True, exist_ok=True)
+        _, claim = _claim(settings, f"{name}.yaml")
+        asyncio.run(_pipeline(settings, runner).handle(claim))
+    fast, plain = runner.requests
+    assert (fast.route, fast.deployment, fast.work_queue) == ("fast", "wait/fast", "urgent")
+    assert (plain.route, plain.deployment, plain.work_queue) == ("plain", None, None)
+    assert fast.label == "fast" and plain.label == "plain"

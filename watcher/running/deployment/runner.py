@@ -1,11 +1,13 @@
-"""`DeploymentRunner`: each job becomes a flow run of the wait flow's deployment, run by workers.
+"""`DeploymentRunner`: each job becomes a flow run of its flow's deployment, run by workers.
 
 The watcher creates the flow run (`idempotency_key` = the claim id, named after the job at
 creation) and waits for its final state; Prefect workers on the work pool, on this machine or
 others, run it. The same key returns the same flow run, so a watcher restarted after a crash
 re-attaches to the runs it had created instead of starting new ones. A run that fails or
 crashes is run again under the next key (`<claim id>.2`, `.3`, ...), up to `max_attempts` runs,
-and those keys too are found again after a restart: the keys depend on the claim only.
+and those keys too are found again after a restart: the keys depend on the claim only. A job of
+a route with its own `deployment` runs on that route's deployments, and on its `work_queue`
+when it names one (else the deployment's queue).
 
 Waiting is `tracker.Tracker`'s (events, with polling while they are down), and what a run in
 flight calls for is `verdict.verdict`'s answer; the state writes are `states`'. Measured on a
@@ -86,13 +88,16 @@ class DeploymentRunner:
 
     Args:
         deployment: `wait/<deployment name>`, registered by `dropflow deploy`; another flow's
-            deployment is `<its Prefect name>/<deployment name>`.
+            deployment is `<its Prefect name>/<deployment name>`. A request's own
+            `deployment` (its route's) names another such set.
         work_pool: The work pool the deployment runs on (named in messages).
         max_attempts: Flow runs a job gets when they fail or crash, before an error result.
         start_timeout: Seconds a flow run may wait for a worker; None waits for ever.
         lost_run_margin: Seconds past its timeout after which a flow run still running is
             taken as lost with its worker, marked Crashed and run again (`PENDING_LIMIT` for a
             run still pending).
+        route_deployments: The routes' own deployments (`wait/<name>`), whose runs' events
+            are followed from the start too.
     """
 
     def __init__(
@@ -106,15 +111,17 @@ class DeploymentRunner:
         check_interval: float = CHECK_INTERVAL,
         waiting_log_interval: float = WAITING_LOG_INTERVAL,
         registry: Registry | None = None,
+        route_deployments: Collection[str] = (),
     ) -> None:
         self.registry = registry or Registry.default()
         self.deployment = deployment
+        self.deployments = list(dict.fromkeys([deployment, *route_deployments]))
         self.work_pool = work_pool
         self.max_attempts = max_attempts
         self.start_timeout = start_timeout
         self.lost_run_margin = lost_run_margin
         self.health = RunnerHealth()
-        self._deployment_ids: dict[str, UUID] = {}  # by registered flow name
+        self._deployment_ids: dict[str, UUID] = {}  # by deployment name
         self._clients = contextlib.AsyncExitStack()
         self._client: PrefectClient | None = None
         self._tracker = Tracker(
@@ -141,11 +148,15 @@ class DeploymentRunner:
         self._client = await self._clients.enter_async_context(get_client())
         url = str(self._client.api_url)
         if await self._client.api_healthcheck() is None:
-            await self._find_deployment(self.registry.names[0])
+            for deployment in self.deployments:
+                await self._find_deployment(self.registry.names[0], deployment)
         else:
             logger.warning("Prefect API at %s is not answering yet; jobs will wait", url)
         self._tracker.start()
-        return f"deployment {self.deployment} on work pool {self.work_pool}, Prefect API at {url}"
+        return (
+            f"deployment {', '.join(self.deployments)} on work pool {self.work_pool}, "
+            f"Prefect API at {url}"
+        )
 
     async def close(self) -> None:
         # Runs on workers go on: a restart re-attaches to them through their keys.
@@ -163,7 +174,7 @@ class DeploymentRunner:
             raise
 
     async def _run(self, request: RunRequest) -> RunOutcome:
-        deployment_id = await self._find_deployment(request.flow)
+        deployment_id = await self._find_deployment(request.flow, request.deployment)
         client = self._api()
         wait = request.flow == defaults.WAIT_FLOW
         if wait:
@@ -183,6 +194,7 @@ class DeploymentRunner:
                 name=request.label,
                 tags=[FLOW_RUN_TAG],
                 idempotency_key=key,
+                work_queue_name=request.work_queue,
             )
             flow_run, verdict = await self._tracker.wait(
                 flow_run, request.timeout, stop=not wait, cancel_unstarted=self._cancel_unstarted
@@ -264,18 +276,20 @@ class DeploymentRunner:
             raise RuntimeError("DeploymentRunner.start was not awaited")
         return self._client
 
-    def deployment_of(self, flow: str) -> str:
-        """The name of a registered flow's deployment."""
+    def deployment_of(self, flow: str, deployment: str | None = None) -> str:
+        """The name of a registered flow's deployment in the set `deployment` (`wait/<name>`;
+        default: the runner's)."""
+        deployment = deployment or self.deployment
         if flow == defaults.WAIT_FLOW:
-            return self.deployment
-        return deployment_name(self.registry.get(flow), self.deployment)
+            return deployment
+        return deployment_name(self.registry.get(flow), deployment)
 
-    async def _find_deployment(self, flow: str) -> UUID:
+    async def _find_deployment(self, flow: str, deployment: str | None = None) -> UUID:
         from prefect.exceptions import ObjectNotFound
 
-        found_id = self._deployment_ids.get(flow)
+        name = self.deployment_of(flow, deployment)
+        found_id = self._deployment_ids.get(name)
         if found_id is None:
-            name = self.deployment_of(flow)
             try:
                 found = await self._api().read_deployment_by_name(name)
             except ObjectNotFound:
@@ -283,16 +297,17 @@ class DeploymentRunner:
                     f"deployment {name} not found at {self._api().api_url}: "
                     "run `dropflow deploy --config <this config>` first"
                 ) from None
-            found_id = self._deployment_ids[flow] = found.id
+            found_id = self._deployment_ids[name] = found.id
             self._tracker.resubscribe()
         return found_id
 
     async def _deployments(self) -> Collection[UUID]:
-        """Every registered flow's deployment found (`RunnerUnavailable` if none is)."""
-        for flow in self.registry.names:
-            # A flow not deployed yet is subscribed to once a job finds it.
-            with contextlib.suppress(RunnerUnavailable):
-                await self._find_deployment(flow)
+        """Every registered flow's deployments found (`RunnerUnavailable` if none is)."""
+        for deployment in self.deployments:
+            for flow in self.registry.names:
+                # A flow not deployed yet is subscribed to once a job finds it.
+                with contextlib.suppress(RunnerUnavailable):
+                    await self._find_deployment(flow, deployment)
         if not self._deployment_ids:
             raise RunnerUnavailable("no deployment of the registered flows found")
         return list(self._deployment_ids.values())
