@@ -211,7 +211,7 @@ class Service:
             self.registry,
             self.processing,
             inbox=self.inbox,
-            gate=RunGate(s.max_concurrent_jobs, self._stop, self.runner.health),
+            gate=RunGate.single(s.max_concurrent_jobs, self._stop, self.runner.health),
             forced=lambda: self.signals.forced,
         )
         for claim in recovered:

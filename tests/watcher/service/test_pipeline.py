@@ -15,7 +15,7 @@ from watcher.config.settings import Settings, load_config
 from watcher.folders.claims import Claim, ClaimStore
 from watcher.folders.results import Result, dump, read_result
 from watcher.running.contract import RunOutcome, RunRequest
-from watcher.service.gate import RunGate
+from watcher.service.gate import RunGate, Slots
 from watcher.service.inbox import Inbox
 from watcher.service.pipeline import JobPipeline
 
@@ -49,15 +49,17 @@ class _ServiceLines(logging.Handler):
 
 
 class _Gate(RunGate):
-    """A gate that tells when a job starts waiting for a run slot."""
+    """A gate that tells when a job starts waiting for a run slot, and what it asked with."""
 
     def __init__(self, slots: int) -> None:
-        super().__init__(slots, asyncio.Event())
+        super().__init__(Slots(slots, asyncio.Event()))
         self.entered = asyncio.Event()
+        self.asked: list[tuple[str, int]] = []
 
-    async def take_slot(self) -> bool:
+    async def take_slot(self, name: str = "", mtime_ns: int = 0) -> bool:
+        self.asked.append((name, mtime_ns))
         self.entered.set()
-        return await super().take_slot()
+        return await super().take_slot(name, mtime_ns)
 
 
 def _settings(tmp_path: Path, max_attempts: int = 3) -> Settings:
@@ -70,7 +72,7 @@ def _settings(tmp_path: Path, max_attempts: int = 3) -> Settings:
 
 
 def _pipeline(settings: Settings, runner: _Runner, gate: RunGate | None = None) -> JobPipeline:
-    gate = gate or RunGate(1, asyncio.Event())
+    gate = gate or RunGate.single(1, asyncio.Event())
     pipeline = JobPipeline(
         settings,
         runner,
