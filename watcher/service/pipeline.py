@@ -178,6 +178,7 @@ class JobPipeline:
             logger.exception("%s: reading the job failed", claim.name)
             outcome = RunOutcome("error", f"{claim.name}: internal error reading it: {exc}")
             return result_of(base, None, outcome, started_at, t0)
+        mtime_ns = await asyncio.to_thread(_mtime_ns, claim.path)  # its place in `oldest` order
         # A file name need not be valid UTF-8; Prefect's names must be.
         stem = os.fsencode(Path(claim.name).stem).decode("utf-8", "replace")
         me = asyncio.current_task()
@@ -192,7 +193,7 @@ class JobPipeline:
                 outcome = RunOutcome("error", f"{claim.name}: {exc}")
                 return result_of(base, job, outcome, started_at, t0)
             # Stopping: no flow starts now, even for a job that reached its slot just now.
-            if not await self.gate.take_slot():
+            if not await self.gate.take_slot(claim.name, mtime_ns):
                 return None
         finally:
             self.gate.waiting.discard(me)
@@ -358,6 +359,14 @@ class JobPipeline:
             self.processing.mark_published(claim, path)
         self.processing.finish(claim)
         return path, staged
+
+
+def _mtime_ns(path: Path) -> int:
+    """The job file's mtime, which orders a route's jobs; 0 if it cannot be read."""
+    try:
+        return os.lstat(path).st_mtime_ns
+    except OSError:
+        return 0
 
 
 def _writer_holds_it(exc: OSError) -> bool:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -202,6 +203,22 @@ def test_a_stop_while_waiting_for_a_slot_leaves_the_job_claimed(tmp_path: Path) 
     # Released: still claimed, and the interrupted start does not count as an attempt.
     (left,) = ClaimStore(settings.processing, settings.archive, settings.inbox).recover()
     assert (left.id, left.attempt, left.name) == (claim.id, 1, "job.yaml")
+
+
+def test_a_job_asks_for_its_slot_with_its_name_and_its_file_mtime(tmp_path: Path) -> None:
+    settings = _settings(tmp_path)
+    _, claim = _claim(settings, "late.yaml")
+    mtime_ns = 1_700_000_000_123_456_789
+    os.utime(claim.path, ns=(mtime_ns, mtime_ns))  # the route's `oldest` order goes by it
+    runner = _Runner()
+
+    async def main() -> None:
+        gate = _Gate(1)
+        await _pipeline(settings, runner, gate).handle(claim)
+        assert gate.asked == [("late.yaml", mtime_ns)]
+
+    asyncio.run(main())
+    assert len(runner.requests) == 1
 
 
 def _record_waits(monkeypatch: pytest.MonkeyPatch) -> list[float]:
