@@ -133,18 +133,24 @@ async def test_a_job_no_worker_starts_waits_then_errors_naming_the_pool(
     await asyncio.wait_for(runner.start(), 60)
     caplog.set_level(logging.INFO, logger="watcher.running.deployment.runner")
     try:
-        request = RunRequest("20261127T000000.000000-aaaaaa", "nobody1", 1, 0)
+        request = RunRequest(
+            "20261127T000000.000000-aaaaaa", "nobody1", 1, 0, work_queue="nobody-queue"
+        )
         outcome = await asyncio.wait_for(runner.run(request), 60)
     finally:
         await asyncio.wait_for(runner.close(), 30)
     assert outcome.status == "error"
-    assert "No worker on work pool 'nobody' started the flow run within 2.5 s" in outcome.message
-    assert "1 job(s) wait for a worker on work pool 'nobody'" in caplog.text
+    assert (
+        "No worker on work pool 'nobody' (work queue 'nobody-queue') started the flow run within "
+        "2.5 s" in outcome.message
+    )
     assert outcome.flow_run_id is not None
     async with get_client() as client:
         run = await client.read_flow_run(outcome.flow_run_id)  # type: ignore[arg-type]
     assert run.state is not None and run.state.is_cancelled()
     assert run.name == "nobody1" and run.idempotency_key == "20261127T000000.000000-aaaaaa"
+    assert run.work_queue_name == "nobody-queue"
+    assert "1 job(s) wait for a worker on work pool 'nobody'" in caplog.text
 
 
 @pytest.mark.cluster

@@ -153,8 +153,9 @@ class DeploymentRunner:
         else:
             logger.warning("Prefect API at %s is not answering yet; jobs will wait", url)
         self._tracker.start()
+        plural = "s" * (len(self.deployments) > 1)
         return (
-            f"deployment {', '.join(self.deployments)} on work pool {self.work_pool}, "
+            f"deployment{plural} {', '.join(self.deployments)} on work pool {self.work_pool}, "
             f"Prefect API at {url}"
         )
 
@@ -205,10 +206,11 @@ class DeploymentRunner:
                 worker = await self._find_worker(flow_run)
                 return self._outcome(flow_run, "canceled", message, worker)
             if verdict == "not_started":
+                queue = f" (work queue '{request.work_queue}')" if request.work_queue else ""
                 return self._outcome(
                     flow_run,
                     "error",
-                    f"No worker on work pool '{self.work_pool}' started the flow run within "
+                    f"No worker on work pool '{self.work_pool}'{queue} started the flow run within "
                     f"{self.start_timeout:g} s (start_timeout); it was cancelled.",
                 )
             if verdict == "lost":
