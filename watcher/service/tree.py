@@ -66,10 +66,13 @@ class Tree:
                 with os.scandir(folder) as entries:
                     for entry in entries:
                         self._visit(entry, depth, found, folders)
-            except (FileNotFoundError, NotADirectoryError):
-                continue  # gone, or replaced by a file, since it was listed
+            except FileNotFoundError:
+                continue  # gone since it was listed (the inbox itself: nothing to take)
             except OSError as exc:
-                logger.warning("cannot list %s: %s", folder, exc)
+                if folder == self.root:
+                    raise  # the inbox itself: the service reports it and retries
+                if not isinstance(exc, NotADirectoryError):  # a subfolder replaced by a file
+                    logger.warning("cannot list %s: %s", folder, exc)
         if self.order == "name":
             found.sort(key=lambda item: item[1])
         else:

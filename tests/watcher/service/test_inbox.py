@@ -628,3 +628,18 @@ async def test_many_nested_folders_at_once_leave_the_observer_alive(tmp_path: Pa
         assert inbox.watch_count() == 1 + 500 * 4
 
     await _with_tree(tmp_path, body)
+
+
+async def test_an_inbox_that_cannot_be_listed_raises_from_scan(tmp_path: Path) -> None:
+    """The serve loop reports and retries what `scan` raises for the inbox itself (a subfolder
+    that cannot be listed is only logged)."""
+    folder = tmp_path / "in"
+
+    async def body(inbox: Inbox, taken: _Taken) -> None:
+        inbox.stop()
+        folder.rmdir()
+        folder.write_text("not a folder\n")
+        with pytest.raises(NotADirectoryError):
+            inbox.scan()
+
+    await _with_tree(folder, body)
