@@ -283,7 +283,7 @@ class Inbox:
         the watch being added, and list the folder ourselves rather than on the replay: a
         replayed created event looks like a moved-in file's, though the file may still be open
         for writing, so whatever this walk finds waits for the settle time (or its close).
-        Polling lists the whole tree at each poll and needs none of this.
+        Polling lists the whole tree at each poll: there this walk only looks sooner.
         """
         if self.tree.folder_depth(folder) is None:
             return
