@@ -15,19 +15,20 @@ import logging
 import os
 import threading
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from watcher import defaults, features
 from watcher.config.registry import Registry
+from watcher.config.routes import Route
 from watcher.config.settings import Settings
 from watcher.folders.claims import Claim, ClaimStore
 from watcher.folders.durable import TEMP_PREFIX
 from watcher.folders.lock import DataDirLock, FolderLock, Owner, read_owner
 from watcher.folders.results import now_iso
 from watcher.running.contract import Runner, RunnerHealth
-from watcher.service.gate import RunGate
-from watcher.service.guard import FolderGuard, Lost, overlaps
+from watcher.service.gate import RunGate, Slots
+from watcher.service.guard import FolderGuard, Lost, overlaps, routes_overlap
 from watcher.service.inbox import Inbox
 from watcher.service.pipeline import RETRY_FIRST, JobPipeline
 from watcher.service.signals import StopSignals
@@ -39,6 +40,7 @@ logger = logging.getLogger(__name__)
 
 _TICK = 0.1  # seconds between settle checks while files wait to be complete
 _FOLDER_CHECK = 1.0  # seconds between checks that the folders are still the ones served
+LOCK_POLL_SECONDS = 0.1  # how often a standby tries the locks (as `FolderLock.wait`)
 
 
 class FolderError(Exception):
@@ -49,8 +51,26 @@ class ServedElsewhere(Exception):
     """Another service holds the folders, and this one may not wait as a standby."""
 
 
+@dataclass
+class _Served:
+    """One route as the service serves it: its settings (its folders at the top level, see
+    `Settings.for_route`), its lock, claims, guard, inbox and pipeline."""
+
+    settings: Settings
+    lock: FolderLock
+    processing: ClaimStore
+    guard: FolderGuard | None = None
+    inbox: Inbox | None = None
+    pipeline: JobPipeline | None = None
+    gate: RunGate | None = None
+
+    @property
+    def route(self) -> Route:
+        return self.settings.route
+
+
 class Service:
-    """Runs jobs dropped in the inbox until asked to stop.
+    """Runs jobs dropped in the routes' inboxes until asked to stop.
 
     Only one service serves a set of folders (see `watcher.folders.lock`). With `standby`, a service
     that finds them held waits, and takes over when the owner dies or stops; without it,
@@ -73,9 +93,15 @@ class Service:
         self.runner = runner
         self.registry = registry or settings.registry()
         self.standby = standby
-        self.lock = FolderLock(settings.inbox, settings.processing)
+        self.served = [
+            _Served(
+                mine := settings.for_route(name),
+                FolderLock(mine.inbox, mine.processing),
+                ClaimStore(mine.processing, mine.archive, mine.inbox),
+            )
+            for name in settings.served
+        ]
         self.data_lock = data_lock
-        self.processing = ClaimStore(settings.processing, settings.archive, settings.inbox)
         self.started = threading.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop: asyncio.Event | None = None
@@ -85,7 +111,6 @@ class Service:
         self._lost: Lost | None = None  # the folders stopped being ours while serving
         self._main: asyncio.Task[None] | None = None
         self._job_tasks: set[asyncio.Task[None]] = set()
-        self._pipeline: JobPipeline | None = None  # made in `_serve`, with the inbox
         self._recording: set[asyncio.Task[None]] = set()  # owner records being written
 
     # -- running in a thread, stopping from the main thread --------------------------------
@@ -138,30 +163,35 @@ class Service:
     # -- the service proper ----------------------------------------------------------------
 
     async def serve(self) -> None:
-        """Prepare the folders, take their lock (waiting as a standby if allowed), recover the
-        claims left over, start the runner and the inbox, dispatch jobs until stopped, drain,
-        close the runner."""
+        """Prepare the folders, take their locks (waiting as a standby if allowed), recover the
+        claims left over, start the runner and the inboxes, dispatch jobs until stopped,
+        drain, close the runner."""
         self._loop = asyncio.get_running_loop()
         self._main = asyncio.current_task()
         self._stop = asyncio.Event()
-        self._queue: asyncio.Queue[Path | Claim] = asyncio.Queue()
+        self._queue: asyncio.Queue[tuple[_Served, Path | Claim]] = asyncio.Queue()
         if self.signals.count:
             self._stop.set()
 
-        s = self.settings
         await asyncio.to_thread(_prepare_folders, self.settings)
         if not await self._own_folders():
             logger.info("stopped before taking over")
             return
-        self.guard = FolderGuard(s, self.lock)
+        for served in self.served:
+            served.guard = FolderGuard(served.settings, served.lock)
         try:
             if self.data_lock is not None:
                 await asyncio.to_thread(self.data_lock.acquire, self._owner, self.signals.stopping)
-            for stray in s.results.glob(f"{TEMP_PREFIX}*"):
-                stray.unlink(missing_ok=True)
-            recovered = await asyncio.to_thread(self.processing.recover)
-            if recovered:
-                logger.info("recovering %d job(s) left in %s", len(recovered), s.processing)
+            recovered: list[tuple[_Served, Claim]] = []
+            for served in self.served:
+                for stray in served.settings.results.glob(f"{TEMP_PREFIX}*"):
+                    stray.unlink(missing_ok=True)
+                claims = await asyncio.to_thread(served.processing.recover)
+                if claims:
+                    logger.info(
+                        "recovering %d job(s) left in %s", len(claims), served.settings.processing
+                    )
+                recovered += [(served, claim) for claim in claims]
             # The runner starts in the background, from `_serve`: only the owner of the
             # folders starts it (a standby never takes the embedded server's port).
             try:
@@ -171,58 +201,90 @@ class Service:
         finally:
             if self.data_lock is not None:
                 self.data_lock.release()
-            self.lock.release()
+            self._release_locks()
         if self._fatal is not None:
             raise self._fatal
         logger.info("stopped" if self._lost is None else "stopped: the folders were lost")
 
+    def _try_locks(self) -> bool:
+        """Take every route's lock, or none (in one order, so two services never each hold
+        a part and wait for the other's)."""
+        taken: list[FolderLock] = []
+        for served in sorted(self.served, key=lambda one: str(one.settings.processing)):
+            try:
+                ok = served.lock.try_acquire()
+            except BaseException:
+                for lock in taken:
+                    lock.release()
+                raise
+            if not ok:
+                for lock in taken:
+                    lock.release()
+                return False
+            taken.append(served.lock)
+        return True
+
+    def _wait_locks(self, stop: threading.Event) -> bool:
+        """Try every lock each `POLL_SECONDS` until all are taken (True) or `stop` (False)."""
+        while not stop.is_set():
+            if self._try_locks():
+                return True
+            stop.wait(LOCK_POLL_SECONDS)
+        return False
+
+    def _release_locks(self) -> None:
+        for served in self.served:
+            served.lock.release()
+
+    def _record(self, owner: Owner) -> None:
+        for served in self.served:
+            served.lock.record(owner)
+
+    def _holder(self) -> str:
+        """Who holds the folders (the first route found held), for the standby's log line."""
+        for served in self.served:
+            owner = read_owner(served.settings.processing)
+            if owner is not None:
+                return owner.describe()
+        return "owner unknown"
+
     async def _own_folders(self) -> bool:
-        """Take the folders' lock, waiting as a standby while another service holds it."""
-        if not await asyncio.to_thread(self.lock.try_acquire):
-            owner = read_owner(self.settings.processing)
-            held = (
-                f"{self.settings.inbox} is served by another dropflow "
-                f"({owner.describe() if owner else 'owner unknown'})"
-            )
+        """Take the folders' locks, waiting as a standby while another service holds one."""
+        inboxes = ", ".join(str(served.settings.inbox) for served in self.served)
+        if not await asyncio.to_thread(self._try_locks):
+            held = f"{inboxes} is served by another dropflow ({self._holder()})"
+            if len(self.served) > 1:
+                held = f"a folder of {inboxes} is served by another dropflow ({self._holder()})"
             if not self.standby:
                 raise ServedElsewhere(held)
             logger.info("standby: %s; taking over when it stops", held)
-            if not await asyncio.to_thread(self.lock.wait, self.signals.stopping):
+            if not await asyncio.to_thread(self._wait_locks, self.signals.stopping):
                 return False
-            logger.info("taking over %s", self.settings.inbox)
+            logger.info("taking over %s", inboxes)
         self._owner = Owner.me(now_iso(), self.settings.runner)
-        await asyncio.to_thread(self.lock.record, self._owner)
+        await asyncio.to_thread(self._record, self._owner)
         return True
 
-    async def _serve(self, recovered: list[Claim]) -> None:
+    async def _serve(self, recovered: list[tuple[_Served, Claim]]) -> None:
         s = self.settings
-        self.inbox = Inbox(
-            s.inbox,
-            s.patterns,
-            settle_seconds=s.settle_seconds,
-            polling=s.polling,
-            close_events=None if features.current().close_events else False,
-            on_ready=self._queue.put_nowait,
-        )
         assert self._stop is not None
-        self._pipeline = JobPipeline(
-            s,
-            self.runner,
-            self.registry,
-            self.processing,
-            inbox=self.inbox,
-            gate=RunGate(s.max_concurrent_jobs, self._stop, self.runner.health),
-            forced=lambda: self.signals.forced,
-        )
-        for claim in recovered:
-            self._queue.put_nowait(claim)
-        self.inbox.start()
-        logger.info(
-            "watching %s (results: %s, up to %d jobs at once)",
-            s.inbox,
-            s.results,
-            s.max_concurrent_jobs,
-        )
+        slots = Slots(s.max_concurrent_jobs, self._stop, self.runner.health)
+        self._slots = slots
+        for served in self.served:
+            self._start_route(served, slots)
+        for served, claim in recovered:
+            self._queue.put_nowait((served, claim))
+        for served in self.served:
+            assert served.inbox is not None
+            served.inbox.start()
+            route = served.route
+            logger.info(
+                "watching %s (%sresults: %s, up to %d jobs at once)",
+                route.inbox,
+                f"route {route.name}, " if s.routes is not None else "",
+                route.results,
+                min(s.max_concurrent_jobs, route.max_concurrent_jobs or s.max_concurrent_jobs),
+            )
         self.started.set()
         # The runner (Prefect's embedded server: seconds) starts meanwhile: files are claimed
         # and read at once, bad ones get their error result, and good ones wait for it.
@@ -233,11 +295,43 @@ class Service:
             await self._stop.wait()
             logger.info("stopping: no new jobs; %d in progress", len(self._job_tasks))
         finally:
-            self.inbox.stop()
+            for served in self.served:
+                if served.inbox is not None:
+                    served.inbox.stop()
             starter.cancel()
             dispatcher.cancel()
             ticker.cancel()
             await self._drain()
+
+    def _start_route(self, served: _Served, slots: Slots) -> None:
+        """Make the route's inbox, gate and pipeline (the inbox starts watching later)."""
+        s, route = served.settings, served.route
+        served.inbox = Inbox(
+            s.inbox,
+            s.patterns,
+            settle_seconds=s.settle_seconds,
+            polling=s.polling,
+            close_events=None if features.current().close_events else False,
+            on_ready=lambda path: self._queue.put_nowait((served, path)),
+            recursive=route.recursive,
+            max_depth=route.max_depth,
+            order=route.order,
+        )
+        served.gate = slots.gate(
+            route.name,
+            cap=route.max_concurrent_jobs,
+            priority=route.priority,
+            order=route.order,
+        )
+        served.pipeline = JobPipeline(
+            s,
+            self.runner,
+            self.registry,
+            served.processing,
+            inbox=served.inbox,
+            gate=served.gate,
+            forced=lambda: self.signals.forced,
+        )
 
     async def _start_runner(self) -> None:
         try:
@@ -264,7 +358,7 @@ class Service:
 
     async def _record_owner(self) -> None:
         try:
-            await asyncio.to_thread(self.lock.record, self._owner)
+            await asyncio.to_thread(self._record, self._owner)
         except OSError as exc:  # only the owner's description: no reason to stop serving
             logger.warning("cannot record the runner in the folders' lock: %s", exc)
 
@@ -272,9 +366,9 @@ class Service:
         # Every file is claimed and read at once; only running its flow waits for a slot, so
         # a bad file gets its error result without queueing behind long jobs.
         while True:
-            item = await self._queue.get()
-            assert self._pipeline is not None
-            task = asyncio.create_task(self._pipeline.handle(item))
+            served, item = await self._queue.get()
+            assert served.pipeline is not None
+            task = asyncio.create_task(served.pipeline.handle(item))
             self._job_tasks.add(task)
             task.add_done_callback(self._job_done)
 
@@ -285,7 +379,7 @@ class Service:
 
     async def _drain(self) -> None:
         # Jobs still waiting for a run slot do not start now: they go back at once.
-        waiting = self._pipeline.gate.waiting if self._pipeline is not None else set()
+        waiting = self._slots.waiting if hasattr(self, "_slots") else set()
         for task in list(waiting):
             if task is not None:
                 task.cancel()
@@ -301,56 +395,76 @@ class Service:
             await asyncio.wait(set(self._job_tasks))
 
     async def _tick(self) -> None:
-        """Settle checks, folder and health checks, and periodic rescans."""
+        """Settle checks, folder and health checks, and periodic rescans, for every route."""
         next_scan = time.monotonic() + self.settings.rescan_interval
         next_check = time.monotonic() + _FOLDER_CHECK
+        inboxes = [served.inbox for served in self.served if served.inbox is not None]
         while True:
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self.inbox.rescan_needed.wait(), _TICK)
-            try:
-                healthy = self.inbox.healthy()
-                if not healthy or time.monotonic() >= next_check:
-                    next_check = time.monotonic() + _FOLDER_CHECK
-                    if self._check_folders():
-                        return
-                    healthy = self.inbox.healthy()
-                if not healthy:
-                    logger.error("inbox %s or its watcher is gone: restarting", self.inbox.folder)
-                    if not self._rewatch_inbox():
-                        return
-                elif self.inbox.rescan_needed.is_set() or time.monotonic() >= next_scan:
-                    self.inbox.rescan_needed.clear()
-                    next_scan = time.monotonic() + self.settings.rescan_interval
-                    self.inbox.scan()
-                elif self.inbox.pending:
-                    self.inbox.check_all()
-            except OSError as exc:
-                logger.error("cannot watch inbox %s: %s; retrying", self.inbox.folder, exc)
-                await asyncio.sleep(RETRY_FIRST)
+            wakers = [asyncio.ensure_future(inbox.rescan_needed.wait()) for inbox in inboxes]
+            await asyncio.wait(wakers, timeout=_TICK, return_when=asyncio.FIRST_COMPLETED)
+            for waker in wakers:
+                waker.cancel()
+            check = time.monotonic() >= next_check
+            if check:
+                next_check = time.monotonic() + _FOLDER_CHECK
+            scan = time.monotonic() >= next_scan
+            if scan:
+                next_scan = time.monotonic() + self.settings.rescan_interval
+            for served in self.served:
+                if await self._tick_route(served, check=check, scan=scan):
+                    return
 
-    def _check_folders(self) -> bool:
-        """Stop (True) if `processing` or its lock was lost, or a folder is now the inbox (or
-        inside it, or around it); watch a replaced inbox again."""
-        lost = self.guard.lost() or self.guard.misplaced()
+    async def _tick_route(self, served: _Served, *, check: bool, scan: bool) -> bool:
+        """One route's turn of `_tick`; True when the service must stop."""
+        inbox = served.inbox
+        assert inbox is not None
+        try:
+            healthy = inbox.healthy()
+            if not healthy or check:
+                if self._check_folders(served):
+                    return True
+                healthy = inbox.healthy()
+            if not healthy:
+                logger.error("inbox %s or its watcher is gone: restarting", inbox.folder)
+                if not self._rewatch_inbox(served):
+                    return True
+            elif inbox.rescan_needed.is_set() or scan:
+                inbox.rescan_needed.clear()
+                inbox.scan()
+            elif inbox.pending:
+                inbox.check_all()
+        except OSError as exc:
+            logger.error("cannot watch inbox %s: %s; retrying", inbox.folder, exc)
+            await asyncio.sleep(RETRY_FIRST)
+        return False
+
+    def _check_folders(self, served: _Served) -> bool:
+        """Stop (True) if a route's `processing` or its lock was lost, or a folder is now its
+        inbox (or inside it, or around it); watch a replaced inbox again."""
+        guard, inbox = served.guard, served.inbox
+        assert guard is not None and inbox is not None
+        lost = guard.lost() or guard.misplaced()
         if lost is not None:
             self._lose(lost)
             return True
-        change = self.guard.inbox_changed()
+        change = guard.inbox_changed()
         if change is not None:
             logger.warning(
-                "inbox %s was replaced (%s): watching the new folder", self.inbox.folder, change
+                "inbox %s was replaced (%s): watching the new folder", inbox.folder, change
             )
-            return not self._rewatch_inbox()
+            return not self._rewatch_inbox(served)
         return False
 
-    def _rewatch_inbox(self) -> bool:
+    def _rewatch_inbox(self, served: _Served) -> bool:
         """Watch and lock the folder now at the inbox's path (recreated if missing), and scan
         it; False (stopping) if another service holds it."""
-        self.inbox.restart()
-        self.guard.record_inbox()
-        if self.lock.relock_inbox():
+        guard, inbox = served.guard, served.inbox
+        assert guard is not None and inbox is not None
+        inbox.restart()
+        guard.record_inbox()
+        if served.lock.relock_inbox():
             return True
-        self._lose(Lost(f"the inbox {self.inbox.folder} is served by another dropflow", True))
+        self._lose(Lost(f"the inbox {inbox.folder} is served by another dropflow", True))
         return False
 
     def _lose(self, lost: Lost) -> None:
@@ -362,20 +476,26 @@ class Service:
         self._stop.set()
 
 
-def _prepare_folders(s: Settings) -> None:
-    """Create the folders; none may be the inbox under another path, and the inbox and
-    processing must share a file system."""
-    for folder in (s.inbox, s.results, s.archive, s.processing):
-        folder.mkdir(parents=True, exist_ok=True)
-    # The settings compare paths; only the folders themselves show a bind mount or a link.
-    overlap = overlaps(s)
+def _prepare_folders(settings: Settings) -> None:
+    """Create every route's folders; none may be an inbox under another path, and each inbox
+    and its processing must share a file system."""
+    for name in settings.served:
+        s = settings.for_route(name)
+        for folder in (s.inbox, s.results, s.archive, s.processing):
+            folder.mkdir(parents=True, exist_ok=True)
+        # The settings compare paths; only the folders themselves show a bind mount or a link.
+        overlap = overlaps(s)
+        if overlap is not None:
+            raise FolderError(overlap if settings.routes is None else f"routes: {name}: {overlap}")
+        # A claim is a link (or a rename) from the inbox into processing: atomic only within
+        # one file system. Results and the archive may be anywhere.
+        if os.stat(s.inbox).st_dev != os.stat(s.processing).st_dev:
+            where = "" if settings.routes is None else f"routes: {name}: "
+            raise FolderError(
+                f"{where}inbox ({s.inbox}) and processing ({s.processing}) are on different file "
+                "systems; a job is claimed by moving it from one to the other, which is atomic "
+                "only within one file system: put processing beside the inbox"
+            )
+    overlap = routes_overlap(settings)
     if overlap is not None:
         raise FolderError(overlap)
-    # A claim is a link (or a rename) from the inbox into processing: atomic only within
-    # one file system. Results and the archive may be anywhere.
-    if os.stat(s.inbox).st_dev != os.stat(s.processing).st_dev:
-        raise FolderError(
-            f"inbox ({s.inbox}) and processing ({s.processing}) are on different file "
-            "systems; a job is claimed by moving it from one to the other, which is atomic "
-            "only within one file system: put processing beside the inbox"
-        )

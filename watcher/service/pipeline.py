@@ -180,6 +180,7 @@ class JobPipeline:
             logger.exception("%s: reading the job failed", claim.name)
             outcome = RunOutcome("error", f"{claim.name}: internal error reading it: {exc}")
             return result_of(base, None, outcome, started_at, t0)
+        mtime_ns = await asyncio.to_thread(_mtime_ns, claim.path)  # its place in `oldest` order
         # A file name need not be valid UTF-8; Prefect's names must be.
         stem = os.fsencode(Path(claim.name).stem).decode("utf-8", "replace")
         me = asyncio.current_task()
@@ -194,7 +195,7 @@ class JobPipeline:
                 outcome = RunOutcome("error", f"{claim.name}: {exc}")
                 return result_of(base, job, outcome, started_at, t0)
             # Stopping: no flow starts now, even for a job that reached its slot just now.
-            if not await self.gate.take_slot():
+            if not await self.gate.take_slot(claim.name, mtime_ns):
                 return None
         finally:
             self.gate.waiting.discard(me)
@@ -393,6 +394,14 @@ def _check_subfolder(subfolder: str) -> None:
             f"the subfolder {one_line(subfolder)!r} has a name with control characters; rename "
             "the folder (its jobs are kept: this one is archived beside its result)"
         )
+
+
+def _mtime_ns(path: Path) -> int:
+    """The job file's mtime, which orders a route's jobs; 0 if it cannot be read."""
+    try:
+        return os.lstat(path).st_mtime_ns
+    except OSError:
+        return 0
 
 
 def _writer_holds_it(exc: OSError) -> bool:

@@ -122,3 +122,38 @@ def test_recovery_leaves_a_new_file_of_the_same_name_alone(
     (recovered,) = processing.recover()
     assert source.read_text() == "timeout: 2\n"
     assert recovered.path.read_text() == "timeout: 1\n"
+
+
+def test_a_job_from_a_subfolder_keeps_it_through_recovery_and_archiving(
+    tmp_path: Path, processing: ClaimStore
+) -> None:
+    (tmp_path / "inbox/a/b").mkdir(parents=True)
+    source = _drop(tmp_path, "a/b/job.yaml")
+    claim = processing.claim(source)
+    assert claim is not None and claim.subfolder == "a/b" and claim.relative == "a/b/job.yaml"
+    assert not source.exists() and processing.inbox_path(claim) == source
+    (recovered,) = processing.recover()
+    assert (recovered.subfolder, recovered.name, recovered.attempt) == ("a/b", "job.yaml", 2)
+    # Archived under the same relative folder (made if missing), and a name taken there is
+    # not taken again.
+    (tmp_path / "archive/a/b").mkdir(parents=True)
+    (tmp_path / "archive/a/b/job.yaml").write_text("older\n")
+    archived = processing.finish(recovered)
+    assert archived is not None and archived.parent == tmp_path / "archive/a/b"
+    assert archived.name == f"job.{claim.id}.yaml" and archived.read_text() == "timeout: 1\n"
+    top = processing.claim(_drop(tmp_path))
+    assert top is not None and top.subfolder == ""
+    assert processing.finish(top) == tmp_path / "archive/job.yaml"
+
+
+def test_a_subfolder_claim_cut_between_link_and_unlink_is_finished(
+    tmp_path: Path, processing: ClaimStore
+) -> None:
+    (tmp_path / "inbox/sub").mkdir()
+    source = _drop(tmp_path, "sub/job.yaml")
+    claim = processing.claim(source)
+    assert claim is not None
+    os.link(claim.path, source)  # as if the crash came before the inbox name was removed
+    (recovered,) = processing.recover()
+    assert not source.exists() and recovered.path.exists()
+    assert os.listdir(tmp_path / "inbox/sub") == []

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,7 @@ from watcher.config.settings import Settings, load_config
 from watcher.folders.claims import Claim, ClaimStore
 from watcher.folders.results import Result, dump, read_result
 from watcher.running.contract import RunOutcome, RunRequest
-from watcher.service.gate import RunGate
+from watcher.service.gate import RunGate, Slots
 from watcher.service.inbox import Inbox
 from watcher.service.pipeline import JobPipeline
 
@@ -49,15 +50,17 @@ class _ServiceLines(logging.Handler):
 
 
 class _Gate(RunGate):
-    """A gate that tells when a job starts waiting for a run slot."""
+    """A gate that tells when a job starts waiting for a run slot, and what it asked with."""
 
     def __init__(self, slots: int) -> None:
-        super().__init__(slots, asyncio.Event())
+        super().__init__(Slots(slots, asyncio.Event()))
         self.entered = asyncio.Event()
+        self.asked: list[tuple[str, int]] = []
 
-    async def take_slot(self) -> bool:
+    async def take_slot(self, name: str = "", mtime_ns: int = 0) -> bool:
+        self.asked.append((name, mtime_ns))
         self.entered.set()
-        return await super().take_slot()
+        return await super().take_slot(name, mtime_ns)
 
 
 def _settings(tmp_path: Path, max_attempts: int = 3) -> Settings:
@@ -70,7 +73,7 @@ def _settings(tmp_path: Path, max_attempts: int = 3) -> Settings:
 
 
 def _pipeline(settings: Settings, runner: _Runner, gate: RunGate | None = None) -> JobPipeline:
-    gate = gate or RunGate(1, asyncio.Event())
+    gate = gate or RunGate.single(1, asyncio.Event())
     pipeline = JobPipeline(
         settings,
         runner,
@@ -200,6 +203,22 @@ def test_a_stop_while_waiting_for_a_slot_leaves_the_job_claimed(tmp_path: Path) 
     # Released: still claimed, and the interrupted start does not count as an attempt.
     (left,) = ClaimStore(settings.processing, settings.archive, settings.inbox).recover()
     assert (left.id, left.attempt, left.name) == (claim.id, 1, "job.yaml")
+
+
+def test_a_job_asks_for_its_slot_with_its_name_and_its_file_mtime(tmp_path: Path) -> None:
+    settings = _settings(tmp_path)
+    _, claim = _claim(settings, "late.yaml")
+    mtime_ns = 1_700_000_000_123_456_789
+    os.utime(claim.path, ns=(mtime_ns, mtime_ns))  # the route's `oldest` order goes by it
+    runner = _Runner()
+
+    async def main() -> None:
+        gate = _Gate(1)
+        await _pipeline(settings, runner, gate).handle(claim)
+        assert gate.asked == [("late.yaml", mtime_ns)]
+
+    asyncio.run(main())
+    assert len(runner.requests) == 1
 
 
 def _record_waits(monkeypatch: pytest.MonkeyPatch) -> list[float]:
