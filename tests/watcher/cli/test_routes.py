@@ -334,6 +334,26 @@ def test_status_of_one_route_keeps_todays_shape_and_adds_routes(
     assert f"inbox:      1 waiting in {tmp_path / 'in'}" in out
 
 
+def test_status_counts_a_shared_results_folder_by_the_route_each_result_names(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    shared = {"inbox": "a", "results": "out"}
+    config = {"routes": {"a": shared, "b": {**shared, "inbox": "b", "recursive": True}}}
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+    _result(tmp_path / "out/x.result.yaml", "a", "completed")
+    _result(tmp_path / "out/y.result.yaml", "b", "error")
+    _result(tmp_path / "out/sub/z.result.yaml", "b", "error")  # b is recursive, a is not
+    code, out, _ = dropflow(capsys, "status", "--json")
+    status = json.loads(out)
+    assert code == 0
+    assert status["routes"]["a"]["results"] == {"completed": 1, "canceled": 0, "error": 0}
+    assert status["routes"]["b"]["results"] == {"completed": 0, "canceled": 0, "error": 2}
+    assert status["results"]["last_hour"] == {"completed": 1, "canceled": 0, "error": 2}
+    files = sorted(r["file"] for r in status["results"]["newest"])
+    assert files == ["a/x.result.yaml", "b/sub/z.result.yaml", "b/y.result.yaml"]
+
+
 # -- against a running service ----------------------------------------------------------------
 
 
