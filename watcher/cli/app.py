@@ -172,12 +172,14 @@ def _parser() -> argparse.ArgumentParser:
         "show the service, inbox backlog, jobs in flight, recent results",
         "Show whether a service serves this config (pid, host, since when, runner, Prefect "
         "API), the job files waiting in the inbox, the jobs in flight, and the results of the "
-        "last hour and day with the newest ten. Works with or without a running service.",
+        "last hour and day with the newest ten; with routes, the totals and one line per route "
+        "(waiting, in flight, the last hour's results). Works with or without a running service.",
     )
     status.add_argument(
         "--json",
         action="store_true",
-        help="print JSON with the keys service, inbox, in_flight, results",
+        help="print JSON with the keys service, inbox, in_flight, results (and routes, for a "
+        "config with routes)",
     )
     schema = _command(
         commands,
