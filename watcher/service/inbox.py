@@ -11,8 +11,12 @@ file is complete:
   new open or write: a writer that appends in several open/close cycles (`echo a > f; echo b
   >> f`) is not cut at its first close. It is never taken while open for writing, however
   long the writer pauses;
-- otherwise (other platforms, polling, `close_events=False`, the backlog at start-up) it is
-  complete once its size, mtime, ctime and inode have not changed for `settle_seconds`.
+- otherwise (other platforms, polling, `close_events=False`, the backlog at start-up, files
+  found in a subfolder as it appears) it is complete once its size, mtime, ctime and inode
+  have not changed for `settle_seconds`.
+
+A recursive inbox also takes files in its subfolders (`Tree` says which); a scan hands out
+what it finds in the inbox's `order`.
 
 Each path is handed out once; the service claims it (moves it away) right after.
 """
@@ -25,6 +29,7 @@ import logging
 import os
 import stat
 import time
+import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,10 +49,10 @@ from watchdog.events import (
 )
 from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver
-from watchdog.observers.polling import PollingObserver
+from watchdog.observers.polling import PollingObserver, PollingObserverVFS
 
 from watcher.defaults import QUIET_SECONDS
-from watcher.jobs.names import is_job_name
+from watcher.service.tree import Order, Tree
 
 __all__ = ["Inbox"]
 
@@ -63,6 +68,7 @@ class _Candidate:
     writing: bool = False  # opened or written, no close since
     closed: bool = False  # a writer closed it: complete after the quiet period
     arrived: float | None = None  # renamed or moved in: complete from this (monotonic) time on
+    found: bool = False  # found in a new subfolder: a created event for it is no arrival
     signature: tuple[int, int, int, int] | None = None
     changed_at: float = field(default_factory=time.monotonic)  # the last event or stat change
 
@@ -90,7 +96,7 @@ class _OverflowAlarm(logging.Handler):
 
 
 class Inbox:
-    """Watches one folder and hands each complete job file to `on_ready`, once."""
+    """Watches one folder (or tree) and hands each complete job file to `on_ready`, once."""
 
     def __init__(
         self,
@@ -102,6 +108,9 @@ class Inbox:
         on_ready: Callable[[Path], None],
         close_events: bool | None = None,
         quiet_seconds: float = QUIET_SECONDS,
+        recursive: bool = False,
+        max_depth: int = 8,
+        order: Order = "oldest",
     ) -> None:
         """Watch `folder` for files matching `patterns`; `on_ready` gets each complete one.
 
@@ -117,6 +126,11 @@ class Inbox:
                 `None` or `True` use them where the observer has them (Linux inotify).
             quiet_seconds: With close events, how long a closed file must see no new open or
                 write before it counts as complete.
+            recursive: Also take files in subfolders (not dotfolders, not symlinked ones).
+            max_depth: With `recursive`, the deepest subfolder level taken: `folder/a/b/x.yaml`
+                is at depth 2.
+            order: How a scan hands out the files it finds: `oldest` or `newest` first (by
+                mtime), or by `name` (path).
         """
         self.folder = folder
         self.patterns = tuple(patterns)
@@ -131,6 +145,7 @@ class Inbox:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._close_events = False
         self._watched = folder
+        self.tree = Tree(folder, self.patterns, recursive, max_depth, order)
         self._alarm = _OverflowAlarm(self._on_overflow)
         self.rescan_needed = asyncio.Event()
 
@@ -140,14 +155,30 @@ class Inbox:
         """Start watching, then scan: watch first, so nothing written meanwhile is missed."""
         self._loop = asyncio.get_running_loop()
         self.folder.mkdir(parents=True, exist_ok=True)
-        observer: BaseObserver = PollingObserver(timeout=0.5) if self.polling else Observer()
+        observer: BaseObserver
+        if not self.polling:
+            observer = Observer()
+        elif self.tree.recursive:
+            # PollingObserver stats with os.stat and so walks into symlinked folders.
+            observer = PollingObserverVFS(os.lstat, os.scandir, polling_interval=0.5)
+        else:
+            observer = PollingObserver(timeout=0.5)
         name = type(observer).__name__
         # Only inotify reports close-after-write; elsewhere the settle time decides.
         self._close_events = self._use_close_events and name == "InotifyObserver"
         # watchdog does not follow a symlinked folder (IN_DONT_FOLLOW): watch where it leads,
         # and name what happens there by the inbox's own path (`_here`).
         self._watched = Path(os.path.realpath(self.folder))
-        observer.schedule(_Handler(self._post), str(self._watched), recursive=False)
+        if self.tree.recursive:
+            # watchdog 7.1 warns when a new folder's tree is watched twice (`mkdir -p a/b/c`:
+            # the walk from a's event and c's own event both add c, with the same callback).
+            # Harmless, but raised in its reader thread where warnings are errors, it kills it.
+            warnings.filterwarnings(
+                "ignore", r"Callback with id .* already exists", RuntimeWarning, r"watchdog\."
+            )
+        # Recursive, watchdog watches every subfolder, dotfolders and deep ones too (inotify:
+        # IN_DONT_FOLLOW, and its walks skip symlinks); `Tree` filters what reaches us.
+        observer.schedule(_Handler(self._post), str(self._watched), recursive=self.tree.recursive)
         observer.daemon = True
         observer.start()
         self._observer = observer
@@ -156,6 +187,8 @@ class Inbox:
             rule = f"after their last close and {self.quiet_seconds:g}s with no open or write"
         else:
             rule = f"once unchanged for {self.settle_seconds:g}s"
+        if self.tree.recursive:
+            rule += f"; subfolders down to depth {self.tree.max_depth}"
         # Which rule is in force matters to whoever drops files in place: say it once.
         logger.info("inbox observer: %s; files written in place are taken %s", name, rule)
         self.scan()
@@ -178,6 +211,22 @@ class Inbox:
         self.stop()
         self.start()
 
+    def watch_count(self) -> int | None:
+        """How many inotify watches this inbox's observer holds; None if not inotify or unknown.
+
+        Reads watchdog internals (its emitter's `InotifyFD`, one per observer in watchdog 7).
+        """
+        observer = self._observer
+        for emitter in observer.emitters if observer is not None else ():
+            fd = getattr(getattr(emitter, "_inotify_fd", None), "_inotify_fd", None)
+            if isinstance(fd, int):
+                try:
+                    info = Path(f"/proc/self/fdinfo/{fd}").read_text()
+                except OSError:
+                    return None
+                return sum(line.startswith("inotify wd:") for line in info.splitlines())
+        return None
+
     def done(self, path: Path) -> None:
         """The service is finished with `path` (claimed or given up): it may be seen again."""
         self._handed_out.discard(path)
@@ -199,14 +248,57 @@ class Inbox:
     def _here(self, path: bytes | str) -> Path:
         """An event's path, named through the inbox's own path."""
         found = Path(os.fsdecode(path))
-        return self.folder / found.name if found.parent == self._watched else found
+        try:
+            return self.folder / found.relative_to(self._watched)
+        except ValueError:
+            return found
 
     def _on_event(self, event: FileSystemEvent) -> None:
-        if isinstance(event, FileMovedEvent | DirMovedEvent):
+        if self.tree.recursive and event.is_directory:
+            self._on_folder_event(event)
+        elif isinstance(event, FileMovedEvent | DirMovedEvent):
             self._candidates.pop(self._here(event.src_path), None)
-            self._track(self._here(event.dest_path), moved=True)
+            # A file inside a moved folder (watchdog's synthetic event) was not itself moved.
+            self._track(self._here(event.dest_path), moved=not event.is_synthetic)
+        else:
+            self._on_file_event(event, self._here(event.src_path))
+
+    def _on_folder_event(self, event: FileSystemEvent) -> None:
+        # watchdog follows each folder event with synthetic ones for what is inside; the walk
+        # of the top folder has seen all of that.
+        if event.is_synthetic:
             return
-        path = self._here(event.src_path)
+        # The candidates of a folder deleted or moved away go at their next check (not found).
+        if isinstance(event, DirMovedEvent):
+            self._scan_new(self._here(event.dest_path))
+        elif isinstance(event, DirCreatedEvent):
+            self._scan_new(self._here(event.src_path))
+
+    def _scan_new(self, folder: Path) -> None:
+        """List a folder that was just made, moved or renamed (events can be left out for it).
+
+        On inotify, watchdog 7 watches a new folder's tree from its own thread when the folder's
+        IN_CREATE or IN_MOVED_TO arrives, then replays what it then finds inside as created
+        events; files made before those watches existed get no event of their own. We rely on
+        the watch being added, and list the folder ourselves rather than on the replay: a
+        replayed created event looks like a moved-in file's, though the file may still be open
+        for writing, so whatever this walk finds waits for the settle time (or its close).
+        Polling lists the whole tree at each poll: there this walk only looks sooner.
+        """
+        if self.tree.folder_depth(folder) is None:
+            return
+        try:
+            if not stat.S_ISDIR(os.lstat(folder).st_mode):
+                return  # a symlink to a folder: not followed
+        except OSError:
+            return
+        for path in self.tree.walk(folder):
+            if path not in self._handed_out:
+                candidate = self._candidates.setdefault(path, _Candidate())
+                candidate.found = True
+                self._check(path, candidate)
+
+    def _on_file_event(self, event: FileSystemEvent, path: Path) -> None:
         if isinstance(event, FileDeletedEvent):
             self._candidates.pop(path, None)
         elif isinstance(event, FileClosedEvent):
@@ -228,9 +320,7 @@ class Inbox:
         writing: bool | None = None,
         created: bool = False,
     ) -> None:
-        if path.parent != self.folder or path in self._handed_out:
-            return
-        if not is_job_name(path.name, self.patterns):
+        if path in self._handed_out or not self.tree.holds(path):
             return
         now = time.monotonic()
         candidate = self._candidates.setdefault(path, _Candidate())
@@ -245,7 +335,7 @@ class Inbox:
             # Written in place after all (reopened, or created by an open): its next close
             # starts the quiet period again.
             candidate.arrived, candidate.closed = None, False
-        if created and self._close_events and not candidate.writing:
+        if created and self._close_events and not candidate.writing and not candidate.found:
             candidate.arrived = now + _ARRIVAL_GRACE
         if self._loop is not None:
             # Look again when the file may have become complete, rather than at the next tick.
@@ -262,15 +352,13 @@ class Inbox:
             self._check(path, candidate)
 
     def scan(self) -> int:
-        """Look at every entry in the folder (the backlog, or files whose events were lost)."""
+        """Look at every job file in the tree (the backlog, or files whose events were lost).
+
+        New candidates join in the inbox's `order`, so a backlog is handed out in it.
+        """
         count = 0
-        try:
-            entries = list(os.scandir(self.folder))
-        except FileNotFoundError:
-            return 0
-        for entry in entries:
-            path = Path(entry.path)
-            if path in self._handed_out or not is_job_name(entry.name, self.patterns):
+        for path in self.tree.walk():
+            if path in self._handed_out:
                 continue
             count += 1
             self._candidates.setdefault(path, _Candidate())

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from watchdog.events import DirCreatedEvent, FileCreatedEvent
 
 from watcher.jobs.names import is_job_name
 from watcher.service.inbox import Inbox
@@ -337,3 +338,308 @@ async def test_an_inbox_reached_through_a_symlink_gets_its_events(tmp_path: Path
         assert _jobs(ready) == [link / "job.yaml"]
 
     await _with_inbox(link, 600.0, False, body)
+
+
+# -- recursive inboxes -----------------------------------------------------------------------
+
+LONG_AGO = time.time() - 600
+
+
+def _drop(path: Path, *, old: bool = True) -> Path:
+    """Write a job file in place (its folders too); `old` backdates it, so a scan or a first
+    look takes it at once."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("timeout: 1\n")
+    if old:
+        os.utime(path, (LONG_AGO, LONG_AGO))
+    return path
+
+
+class _Taken:
+    """What `on_ready` handed out, in order; tests await it instead of polling a list."""
+
+    def __init__(self) -> None:
+        self.queue: asyncio.Queue[Path] = asyncio.Queue()
+        self.seen: list[Path] = []
+
+    def __call__(self, path: Path) -> None:
+        self.seen.append(path)
+        self.queue.put_nowait(path)
+
+    def drain(self) -> list[Path]:
+        """What was handed out and not yet awaited (e.g. by the scan in `start`)."""
+        got: list[Path] = []
+        while not self.queue.empty():
+            got.append(self.queue.get_nowait())
+        return got
+
+    async def next(self, timeout: float = 10) -> Path:
+        return await asyncio.wait_for(self.queue.get(), timeout)
+
+    async def until(self, path: Path, timeout: float = 10) -> list[Path]:
+        """Wait for `path` to be handed out; return what else was handed out meanwhile."""
+        others: list[Path] = []
+        while (got := await self.next(timeout)) != path:
+            others.append(got)
+        return others
+
+    async def fence(self, folder: Path) -> list[Path]:
+        """Rename a marker into `folder` and wait for it: events come in order, so what was
+        done before has been handled. Returns what else was handed out meanwhile."""
+        marker = folder / f"zz-fence-{time.monotonic_ns()}.yaml"
+        # Backdated: where the rename is seen as a creation (polling), it is taken at once too.
+        staged = _drop(folder / f".{marker.name}")
+        os.rename(staged, marker)
+        return await self.until(marker)
+
+
+async def _with_tree(
+    folder: Path,
+    body: Callable[[Inbox, _Taken], Coroutine[Any, Any, None]],
+    *,
+    polling: bool = False,
+    settle: float = 0.1,
+    before_start: Callable[[], None] | None = None,
+    **options: Any,
+) -> None:
+    taken = _Taken()
+    options.setdefault("recursive", True)
+    inbox = Inbox(
+        folder, ("*.yaml",), settle_seconds=settle, polling=polling, on_ready=taken, **options
+    )
+    inbox.start()
+
+    async def tick() -> None:  # the service's tick: look again at files not yet complete
+        while True:
+            await asyncio.sleep(0.05)
+            inbox.check_all()
+
+    ticker = asyncio.create_task(tick())
+    try:
+        await body(inbox, taken)
+    finally:
+        ticker.cancel()
+        inbox.stop()
+
+
+@pytest.mark.parametrize("polling", [False, True], ids=["native", "polling"])
+async def test_a_file_dropped_right_after_mkdir_p_is_taken(tmp_path: Path, polling: bool) -> None:
+    async def body(inbox: Inbox, taken: _Taken) -> None:
+        await taken.fence(tmp_path)  # the observer is running (polling: its first snapshot)
+        for i in range(5):
+            deep = tmp_path / f"batch{i}" / "b" / "c"
+            os.makedirs(deep)  # no pause: the file may come before watchdog's watch on it
+            path = _drop(deep / "job.yaml", old=False)
+            assert await taken.until(path) == []
+
+    await _with_tree(tmp_path, body, polling=polling)
+
+
+async def test_a_new_subfolder_is_listed_whatever_its_files_events(tmp_path: Path) -> None:
+    """inotify gives no event for a file made before the watch on its new folder existed:
+    the folder's own event must be enough (watchdog's event fed in, the observer stopped)."""
+
+    async def body(inbox: Inbox, taken: _Taken) -> None:
+        inbox.stop()  # no event from the observer now: only the one fed in below
+        path = _drop(tmp_path / "new" / "sub" / "job.yaml")
+        inbox._on_event(DirCreatedEvent(str(tmp_path / "new")))
+        assert await taken.next() == path
+
+    await _with_tree(tmp_path, body, settle=60.0)
+
+
+async def test_a_replayed_created_event_in_a_new_subfolder_is_no_arrival(tmp_path: Path) -> None:
+    """watchdog replays a new folder's files as created events; one still open for writing
+    must wait for its close, not go after the moved-in grace."""
+
+    async def body(inbox: Inbox, taken: _Taken) -> None:
+        inbox.stop()
+        path = tmp_path / "new" / "job.yaml"
+        path.parent.mkdir()
+        with open(path, "w") as handle:
+            handle.write("timeout: 1\n")
+            handle.flush()
+            inbox._on_event(DirCreatedEvent(str(path.parent)))
+            inbox._on_event(FileCreatedEvent(str(path)))  # the replay, as watchdog sends it
+            await asyncio.sleep(0.3)  # the scenario: well past a moved-in file's grace
+            inbox.check_all()
+            assert taken.seen == []
+
+    await _with_tree(tmp_path, body, settle=60.0)
+
+
+async def test_depth_is_bounded(tmp_path: Path) -> None:
+    at_limit = _drop(tmp_path / "a" / "b" / "at-limit.yaml")
+    _drop(tmp_path / "a" / "b" / "c" / "too-deep.yaml")
+
+    async def body(inbox: Inbox, taken: _Taken) -> None:
+        assert taken.drain() == [at_limit]  # the scan at start
+        live = _drop(tmp_path / "x" / "y" / "live.yaml", old=False)
+        _drop(tmp_path / "x" / "y" / "z" / "live-too-deep.yaml", old=False)
+        assert await taken.until(live) == []
+        assert inbox.scan() == 0
+        assert await taken.fence(tmp_path) == []
+
+    await _with_tree(tmp_path, body, max_depth=2)
+
+
+async def test_dotfolders_are_skipped(tmp_path: Path) -> None:
+    _drop(tmp_path / ".staging" / "job.yaml")
+    _drop(tmp_path / "a" / ".tmp" / "deep" / "job.yaml")
+    seen = _drop(tmp_path / "a" / "job.yaml")
+
+    async def body(inbox: Inbox, taken: _Taken) -> None:
+        assert taken.drain() == [seen]
+        _drop(tmp_path / ".staging" / "later.yaml")
+        _drop(tmp_path / ".new" / "sub" / "later.yaml")
+        assert inbox.scan() == 0
+        assert await taken.fence(tmp_path) == []
+
+    await _with_tree(tmp_path, body)
+
+
+@pytest.mark.parametrize("polling", [False, True], ids=["native", "polling"])
+async def test_a_symlinked_folder_is_not_followed(tmp_path: Path, polling: bool) -> None:
+    inbox_folder, outside = tmp_path / "inbox", tmp_path / "outside"
+    _drop(outside / "before.yaml")
+    inbox_folder.mkdir()
+    (inbox_folder / "link").symlink_to(outside)
+
+    async def body(inbox: Inbox, taken: _Taken) -> None:
+        assert taken.seen == []
+        await taken.fence(inbox_folder)  # watching (polling: its first snapshot is taken)
+        _drop(outside / "after.yaml")
+        (inbox_folder / "link2").symlink_to(outside)
+        assert inbox.scan() == 0
+        # Twice: polling may report a change one poll after the first fence's.
+        assert await taken.fence(inbox_folder) == []
+        assert await taken.fence(inbox_folder) == []
+
+    await _with_tree(inbox_folder, body, polling=polling)
+
+
+@pytest.mark.parametrize("polling", [False, True], ids=["native", "polling"])
+async def test_a_subfolder_moved_in_is_scanned_and_one_moved_out_forgotten(
+    tmp_path: Path, polling: bool
+) -> None:
+    inbox_folder, outside = tmp_path / "inbox", tmp_path / "outside"
+    inbox_folder.mkdir()
+    made = [_drop(outside / "batch" / f"{i}.yaml") for i in range(3)]
+    made.append(_drop(outside / "batch" / "deeper" / "3.yaml"))
+
+    async def body(inbox: Inbox, taken: _Taken) -> None:
+        await taken.fence(inbox_folder)
+        os.rename(outside / "batch", inbox_folder / "batch")
+        expected = {inbox_folder / p.relative_to(outside) for p in made}
+        got = {await taken.next() for _ in expected}
+        assert got == expected
+        # A folder of files not yet complete, moved away: its candidates go with it.
+        fresh = _drop(inbox_folder / "going" / "job.yaml", old=False)
+        os.rename(fresh.parent, outside / "going")
+        await taken.fence(inbox_folder)
+        assert inbox.pending == 0
+
+    await _with_tree(inbox_folder, body, polling=polling, settle=60.0)
+
+
+@pytest.mark.parametrize(
+    ("order", "expected"),
+    [
+        ("oldest", ["b/2", "c", "a/1"]),
+        ("newest", ["a/1", "c", "b/2"]),
+        ("name", ["a/1", "b/2", "c"]),
+    ],
+)
+async def test_a_backlog_is_handed_out_in_order(
+    tmp_path: Path, order: str, expected: list[str]
+) -> None:
+    for age, name in [(100, "a/1"), (300, "b/2"), (200, "c")]:
+        path = _drop(tmp_path / f"{name}.yaml")
+        os.utime(path, (LONG_AGO - age, LONG_AGO - age))
+
+    async def body(inbox: Inbox, taken: _Taken) -> None:
+        assert taken.seen == [tmp_path / f"{name}.yaml" for name in expected]
+
+    await _with_tree(tmp_path, body, order=order)
+
+
+async def test_an_inbox_reached_through_a_symlink_names_deep_files_through_it(
+    tmp_path: Path,
+) -> None:
+    real = tmp_path / "real"
+    (real / "a" / "b").mkdir(parents=True)
+    link = tmp_path / "inbox"
+    link.symlink_to(real)
+
+    async def body(inbox: Inbox, taken: _Taken) -> None:
+        staged = _drop(tmp_path / "job.yaml", old=False)
+        os.rename(staged, real / "a" / "b" / "job.yaml")  # an event only: no scan finds it
+        assert await taken.next() == link / "a" / "b" / "job.yaml"
+
+    await _with_tree(link, body, settle=600.0)
+
+
+async def test_not_recursive_ignores_subfolders(tmp_path: Path) -> None:
+    _drop(tmp_path / "sub" / "before.yaml")
+    top = _drop(tmp_path / "top.yaml")
+
+    async def body(inbox: Inbox, taken: _Taken) -> None:
+        assert taken.drain() == [top]
+        _drop(tmp_path / "sub" / "after.yaml")
+        _drop(tmp_path / "new" / "after.yaml")
+        assert inbox.scan() == 0
+        assert await taken.fence(tmp_path) == []
+        assert inbox.watch_count() in (None, 1)
+
+    await _with_tree(tmp_path, body, recursive=False)
+
+
+@pytest.mark.skipif(not Path("/proc/self/fdinfo").is_dir(), reason="Linux /proc only")
+async def test_watch_count_counts_the_inotify_watches(tmp_path: Path) -> None:
+    (tmp_path / "a" / "b").mkdir(parents=True)
+
+    async def body(inbox: Inbox, taken: _Taken) -> None:
+        assert inbox.watch_count() == 3  # the inbox, a, a/b
+        (tmp_path / "c").mkdir()
+        await taken.fence(tmp_path)
+        assert inbox.watch_count() == 4
+
+    await _with_tree(tmp_path, body)
+
+
+async def test_watch_count_is_none_when_polling(tmp_path: Path) -> None:
+    async def body(inbox: Inbox, taken: _Taken) -> None:
+        assert inbox.watch_count() is None
+
+    await _with_tree(tmp_path, body, polling=True)
+
+
+@pytest.mark.skipif(not Path("/proc/self/fdinfo").is_dir(), reason="Linux /proc only")
+async def test_many_nested_folders_at_once_leave_the_observer_alive(tmp_path: Path) -> None:
+    """watchdog warns when `mkdir -p` races its walk; where warnings are errors (as here), that
+    warning raised in its reader thread would end it and every watch after it."""
+
+    async def body(inbox: Inbox, taken: _Taken) -> None:
+        for i in range(500):
+            os.makedirs(tmp_path / f"t{i}" / "a" / "b" / "c")
+        last = _drop(tmp_path / "t499" / "a" / "b" / "c" / "job.yaml", old=False)
+        await taken.until(last)
+        await taken.fence(tmp_path)
+        assert inbox.watch_count() == 1 + 500 * 4
+
+    await _with_tree(tmp_path, body)
+
+
+async def test_an_inbox_that_cannot_be_listed_raises_from_scan(tmp_path: Path) -> None:
+    """The serve loop reports and retries what `scan` raises for the inbox itself (a subfolder
+    that cannot be listed is only logged)."""
+    folder = tmp_path / "in"
+
+    async def body(inbox: Inbox, taken: _Taken) -> None:
+        inbox.stop()
+        folder.rmdir()
+        folder.write_text("not a folder\n")
+        with pytest.raises(NotADirectoryError):
+            inbox.scan()
+
+    await _with_tree(folder, body)
