@@ -373,3 +373,35 @@ def test_submit_route_default_waits_on_the_served_inbox(
     code, out, err = dropflow(capsys, "submit", "--route", "defualt", "jobs/one.yaml")
     assert (code, out) == (2, "")
     assert "no route named 'defualt' (did you mean 'default'?)" in err
+
+
+def test_submit_route_and_status_against_a_service_of_two_routes(
+    service: ServiceFactory, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = {
+        "defaults": {"timeout": 5, "sleep": 0},
+        "routes": {
+            "fast": {"inbox": "./hot/fast"},
+            "slow": {"inbox": "./hot/slow", "defaults": {"timeout": 9}},
+        },
+    }
+    svc = service(config)
+    assert svc.proc is not None
+    monkeypatch.chdir(svc.root)
+    write(svc.root / "jobs/one.yaml", "sleep: 0\n")
+    code, out, err = dropflow(capsys, "submit", "--wait", "jobs/one.yaml")
+    assert (code, out) == (2, "") and "this config has 2 routes" in err
+    code, out, err = dropflow(capsys, "submit", "-r", "slow", "--wait", "--json", "jobs/one.yaml")
+    assert (code, err) == (0, "")
+    [submitted] = json.loads(out)
+    result = submitted["result"]
+    assert (result["status"], result["route"], result["timeout"]) == ("completed", "slow", 9)
+    assert Path(submitted["result_path"]).parent == svc.root / "results/slow"
+
+    code, out, err = dropflow(capsys, "status", "--json")
+    assert (code, err) == (0, "")
+    status = json.loads(out)
+    assert status["service"]["pid"] == svc.proc.pid
+    assert status["routes"]["slow"]["results"]["completed"] == 1
+    assert status["routes"]["fast"]["results"]["completed"] == 0
+    assert status["results"]["newest"][0]["file"] == "slow/one.result.yaml"
