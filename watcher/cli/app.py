@@ -28,18 +28,21 @@ _EXAMPLES = {
         "examples:\n"
         "  dropflow submit --wait hello.yaml        # wait for its result; exit 0 if completed\n"
         "  dropflow submit --wait --timeout 60 --json a.yaml b.yaml\n"
-        "  dropflow submit nightly.yaml             # drop it and return\n\n"
+        "  dropflow submit nightly.yaml             # drop it and return\n"
+        "  dropflow submit --route invoices march.yaml   # into that route's inbox\n\n"
         "exit status: 0 completed (or submitted, without --wait), 1 canceled, 2 error or an\n"
         "invalid file (nothing is then submitted), 3 --timeout ran out (the job goes on),\n"
         "4 --wait with no service serving this config (nothing is submitted)"
     ),
     "validate": (
-        "example:\n  dropflow validate --config config.yaml jobs/*.yaml\n\n"
+        "examples:\n  dropflow validate --config config.yaml jobs/*.yaml\n"
+        "  dropflow validate --route invoices march.yaml\n\n"
         "exit status: 0 if every file is valid, 2 otherwise"
     ),
     "status": "examples:\n  dropflow status --config config.yaml\n  dropflow status --json",
     "schema": (
-        "example:\n  dropflow schema --config config.yaml > job.schema.json\n"
+        "examples:\n  dropflow schema --config config.yaml > job.schema.json\n"
+        "  dropflow schema --route invoices > invoices.schema.json\n"
         "then start job files with:  # yaml-language-server: $schema=job.schema.json"
     ),
     "deploy": (
@@ -72,6 +75,10 @@ def _command(
         "relative to the current folder",
     )
     return command
+
+
+def _route_option(command: argparse.ArgumentParser, text: str) -> None:
+    command.add_argument("--route", "-r", default=None, metavar="NAME", help=text)
 
 
 def _seconds(text: str) -> float:
@@ -140,6 +147,11 @@ def _parser() -> argparse.ArgumentParser:
         help="with --wait: stop waiting after this long, exit 3 (the job goes on)",
     )
     submit.add_argument("--json", action="store_true", help="print JSON, no progress")
+    _route_option(
+        submit,
+        "the route whose inbox takes the files, with its defaults and flows (needed when the "
+        "config has several routes)",
+    )
     validate = _command(
         commands,
         "validate",
@@ -148,25 +160,38 @@ def _parser() -> argparse.ArgumentParser:
         "would carry. Changes nothing.",
     )
     validate.add_argument("files", nargs="+", metavar="FILE", help="job files to check")
+    _route_option(
+        validate,
+        "check every file as a job of this route (its defaults and flows); without it, a file "
+        "in a route's inbox is checked as that route's job, any other with the top-level "
+        "settings",
+    )
     status = _command(
         commands,
         "status",
         "show the service, inbox backlog, jobs in flight, recent results",
         "Show whether a service serves this config (pid, host, since when, runner, Prefect "
         "API), the job files waiting in the inbox, the jobs in flight, and the results of the "
-        "last hour and day with the newest ten. Works with or without a running service.",
+        "last hour and day with the newest ten; with routes, the totals and one line per route "
+        "(waiting, in flight, the last hour's results). Works with or without a running service.",
     )
     status.add_argument(
         "--json",
         action="store_true",
-        help="print JSON with the keys service, inbox, in_flight, results",
+        help="print JSON with the keys service, inbox, in_flight, results (and routes, for a "
+        "config with routes)",
     )
-    _command(
+    schema = _command(
         commands,
         "schema",
         "print the JSON Schema of a job file, for editors",
         "Print the JSON Schema (draft 2020-12) of a job file, made from the model that "
         "validates job files, with this config's caps and defaults.",
+    )
+    _route_option(
+        schema,
+        "the schema of this route's job files (its default flow, defaults and flows); needed "
+        "when the config's routes differ",
     )
     deploy = _command(
         commands,
@@ -221,26 +246,26 @@ def _main(argv: Sequence[str] | None) -> int:
 
 def _operator_command(args: argparse.Namespace, settings: Settings) -> int:
     """The commands beside `run`: they read and write the folders, never Prefect."""
+    from watcher.cli.routes import RouteChoiceError
+
+    try:
+        return _folders_command(args, settings)
+    except RouteChoiceError as exc:
+        print(f"dropflow: {exc}", file=sys.stderr)
+        return defaults.EXIT_USAGE
+
+
+def _folders_command(args: argparse.Namespace, settings: Settings) -> int:
     out = sys.stdout
     if args.command == "validate":
+        from watcher.cli.routes import choose
         from watcher.cli.validate import validate
 
+        if args.route is not None:
+            settings = choose(settings, args.route, "validate")
         return validate(args.files, settings, out)
     if args.command == "schema":
-        from watcher.cli.validate import loaded_registry
-        from watcher.config.registry import RegistryError
-        from watcher.config.schema import job_schema
-
-        flows = {}
-        if set(settings.flows) - {WAIT_FLOW}:
-            try:
-                registry = loaded_registry(settings)
-            except RegistryError as exc:
-                print(f"dropflow: bad config: {args.config}: {exc}", file=sys.stderr)
-                return defaults.EXIT_USAGE
-            flows = {flow.name: flow for flow in registry.loaded_flows()}
-        print(json.dumps(job_schema(settings.job_limits, flows), indent=2), file=out)
-        return 0
+        return _schema(args, settings)
     if args.command == "status":
         from watcher.cli.status import gather, render
 
@@ -250,15 +275,17 @@ def _operator_command(args: argparse.Namespace, settings: Settings) -> int:
         else:
             render(status, out)
         return 0
+    from watcher.cli.routes import choose
     from watcher.cli.submit import submit
 
     if args.timeout is not None and not args.wait:
         print("dropflow: submit: --timeout needs --wait", file=sys.stderr)
         return defaults.EXIT_USAGE
+    route = choose(settings, args.route, "submit")
     try:
         return submit(
             args.files,
-            settings,
+            route,
             wait=args.wait,
             timeout=args.timeout,
             as_json=args.json,
@@ -273,3 +300,33 @@ def _operator_command(args: argparse.Namespace, settings: Settings) -> int:
     except OSError as exc:
         print(f"dropflow: cannot submit: {exc}", file=sys.stderr)
         return defaults.EXIT_FATAL
+
+
+def _schema(args: argparse.Namespace, settings: Settings) -> int:
+    """`dropflow schema`: the route's schema; without --route, the one schema every route
+    shares (a config without routes has one), else an error naming the routes."""
+    from watcher.cli.routes import RouteChoiceError, choose, listed
+    from watcher.cli.validate import loaded_registry
+    from watcher.config.registry import RegistryError
+    from watcher.config.schema import job_schema
+
+    names = [args.route] if args.route is not None else list(settings.served)
+    schemas = []
+    for name in names:
+        route = choose(settings, name, "schema")
+        flows = {}
+        if set(route.route.flows) - {WAIT_FLOW}:
+            try:
+                registry = loaded_registry(route)
+            except RegistryError as exc:
+                print(f"dropflow: bad config: {args.config}: {exc}", file=sys.stderr)
+                return defaults.EXIT_USAGE
+            flows = {flow.name: flow for flow in registry.loaded_flows()}
+        schemas.append(job_schema(route.job_limits, flows))
+    if any(schema != schemas[0] for schema in schemas):
+        raise RouteChoiceError(
+            "schema: this config's routes take different job files (flows or defaults): name "
+            f"one with --route NAME: {listed(settings)}"
+        )
+    print(json.dumps(schemas[0], indent=2), file=sys.stdout)
+    return 0

@@ -16,14 +16,17 @@ It works whether or not a service runs, and changes nothing (the only lock it to
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from dataclasses import asdict
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TextIO
 
+from watcher.config.routes import Route
 from watcher.config.settings import Settings
-from watcher.folders.claims import CLAIM_FOLDER, STAGED_RESULT
+from watcher.folders.claims import CLAIM_FOLDER, STAGED_RESULT, SUBFOLDER
 from watcher.folders.lock import is_held, read_owner
 from watcher.folders.results import read_result
 from watcher.jobs.messages import one_line
@@ -39,27 +42,51 @@ STATUSES = ("completed", "canceled", "error")
 
 
 def _service(settings: Settings) -> dict[str, Any] | None:
-    if not is_held(settings.inbox, settings.processing):
+    """The service that holds the folders: any route's lock held means served (a service takes
+    every route's lock), and its owner record is in every route's processing folder."""
+    routes = list(settings.served.values())
+    if not any(is_held(route.inbox, route.processing) for route in routes):
         return None
-    owner = read_owner(settings.processing)
-    if owner is None:
-        return {
-            "pid": None,
-            "host": None,
-            "since": None,
-            "runner": None,
-            "api": None,
-            "runner_down": None,
-        }
-    return asdict(owner)
+    for route in routes:
+        owner = read_owner(route.processing)
+        if owner is not None:
+            return asdict(owner)
+    return {
+        "pid": None,
+        "host": None,
+        "since": None,
+        "runner": None,
+        "api": None,
+        "runner_down": None,
+    }
 
 
 def _entries(folder: Path) -> list[os.DirEntry[str]]:
     """A folder's entries; none if it does not exist (yet)."""
     try:
         return list(os.scandir(folder))
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):
         return []
+
+
+def _files(folder: Path, depth: int, under: str = "") -> Iterator[tuple[str, os.DirEntry[str]]]:
+    """The entries that are not folders in `folder` and, `depth` levels down, in its
+    subfolders, each with its path relative to `folder`; dotfolders are skipped and symbolic
+    links never followed, as a recursive route's inbox does."""
+    for entry in _entries(folder):
+        relative = f"{under}{entry.name}"
+        try:
+            is_folder = entry.is_dir(follow_symlinks=False)
+        except OSError:
+            continue
+        if not is_folder:
+            yield relative, entry
+        elif depth > 0 and not entry.name.startswith("."):
+            yield from _files(Path(entry.path), depth - 1, f"{relative}/")
+
+
+def _depth(route: Route) -> int:
+    return route.max_depth if route.recursive else 0
 
 
 def _age(seconds: float) -> float:
@@ -68,21 +95,36 @@ def _age(seconds: float) -> float:
     return max(0.0, round(seconds, 1))
 
 
-def _inbox(settings: Settings, now: float) -> dict[str, Any]:
+def _waiting(route: Route, patterns: tuple[str, ...]) -> list[tuple[float, str]]:
+    """The job files waiting in the route's inbox (and its subfolders, for a recursive route):
+    (mtime, path relative to the inbox), oldest first."""
     waiting: list[tuple[float, str]] = []
-    for entry in _entries(settings.inbox):
-        if is_job_name(entry.name, settings.patterns):
+    for relative, entry in _files(route.inbox, _depth(route)):
+        if is_job_name(entry.name, patterns):
             try:
-                waiting.append((entry.stat(follow_symlinks=False).st_mtime, entry.name))
+                waiting.append((entry.stat(follow_symlinks=False).st_mtime, relative))
             except FileNotFoundError:
                 continue
     waiting.sort()
+    return waiting
+
+
+def _inbox(
+    folder: Path | None, waiting: list[tuple[float, str, str]], now: float
+) -> dict[str, Any]:
+    waiting = sorted(waiting)
     return {
-        "folder": str(settings.inbox),
+        "folder": str(folder) if folder else None,
         "backlog": len(waiting),
         "oldest_age_s": _age(now - waiting[0][0]) if waiting else None,
-        "files": [name for _, name in waiting[:NEWEST]],
+        "files": [_shown(route, name, folder) for _, route, name in waiting[:NEWEST]],
     }
+
+
+def _shown(route: str, relative: str, folder: Path | None) -> str:
+    """A path relative to the top-level folder: with several routes (no one folder), the
+    route's name first."""
+    return relative if folder is not None else f"{route}/{relative}"
 
 
 def _in_flight(settings: Settings, now: datetime) -> list[dict[str, Any]]:
@@ -97,18 +139,20 @@ def _in_flight(settings: Settings, now: datetime) -> list[dict[str, Any]]:
             continue  # finished meanwhile
         staged = read_result(Path(entry.path) / STAGED_RESULT) or {}
         claimed = datetime.strptime(match["at"], ID_TIME_FORMAT).replace(tzinfo=UTC)
-        claims.append(
-            {
-                "job": names[0] if names else None,
-                "claim_id": match["id"],
-                "attempt": int(match["attempt"]),
-                "age_s": _age((now - claimed).total_seconds()),
-                "state": "finishing" if staged else "claimed",
-                "flow_run_id": staged.get("flow_run_id"),
-                "flow_run_name": staged.get("flow_run_name")
-                or _run_name(Path(entry.path), names, settings),
-            }
-        )
+        claim = {
+            "job": names[0] if names else None,
+            "route": settings.route.name,
+            "claim_id": match["id"],
+            "attempt": int(match["attempt"]),
+            "age_s": _age((now - claimed).total_seconds()),
+            "state": "finishing" if staged else "claimed",
+            "flow_run_id": staged.get("flow_run_id"),
+            "flow_run_name": staged.get("flow_run_name")
+            or _run_name(Path(entry.path), names, settings),
+        }
+        with contextlib.suppress(OSError):
+            claim["subfolder"] = os.fsdecode((Path(entry.path) / SUBFOLDER).read_bytes())
+        claims.append(claim)
     return claims
 
 
@@ -126,34 +170,54 @@ def _run_name(folder: Path, names: list[str], settings: Settings) -> str | None:
     return job.name or os.fsencode(Path(names[0]).stem).decode("utf-8", "replace")
 
 
-def _results(settings: Settings, now: float) -> dict[str, Any]:
-    found: list[tuple[float, Path]] = []
-    for entry in _entries(settings.results):
-        if entry.name.startswith(".") or ".result" not in entry.name:
-            continue
-        try:
-            if entry.is_file(follow_symlinks=False):
-                found.append((entry.stat(follow_symlinks=False).st_mtime, Path(entry.path)))
-        except FileNotFoundError:
-            continue
-    found.sort(reverse=True)
+def _result_files(routes: list[Route]) -> list[tuple[float, Path, list[tuple[str, str]]]]:
+    """Every result file of the routes, newest first: (mtime, path, the routes whose results
+    folder holds it, each with the file's path relative to that folder). Two routes may share
+    a results folder, or one's lie in another's recursive one: a file is listed once."""
+    found: dict[Path, tuple[float, Path, list[tuple[str, str]]]] = {}
+    for route in routes:
+        for relative, entry in _files(route.results, _depth(route)):
+            if entry.name.startswith(".") or ".result" not in entry.name:
+                continue
+            try:
+                if not entry.is_file(follow_symlinks=False):
+                    continue
+                mtime = entry.stat(follow_symlinks=False).st_mtime
+            except FileNotFoundError:
+                continue
+            key = Path(os.path.realpath(entry.path))
+            found.setdefault(key, (mtime, Path(entry.path), []))[2].append((route.name, relative))
+    return sorted(found.values(), key=lambda item: item[0], reverse=True)
+
+
+def _results(
+    routes: list[Route], folder: Path | None, now: float
+) -> tuple[dict[str, Any], dict[str, dict[str, int]]]:
+    """The results of the last hour and day, in all and by route (last hour), and the newest."""
     hour = dict.fromkeys(STATUSES, 0)
     day = dict.fromkeys(STATUSES, 0)
+    by_route = {route.name: dict.fromkeys(STATUSES, 0) for route in routes}
     newest: list[dict[str, Any]] = []
-    for mtime, path in found:
+    for mtime, path, owners in _result_files(routes):
         recent = now - mtime <= timedelta(days=1).total_seconds()
         if not recent and len(newest) >= NEWEST:
             break
         data = read_result(path) or {}
+        # A shared results folder: the result says whose it is.
+        route, relative = next(
+            ((name, rel) for name, rel in owners if name == data.get("route")), owners[0]
+        )
         status = str(data.get("status"))
         if recent and status in day:
             day[status] += 1
             if now - mtime <= 3600:
                 hour[status] += 1
+                by_route[route][status] += 1
         if len(newest) < NEWEST:
             newest.append(
                 {
-                    "file": path.name,
+                    "file": _shown(route, relative, folder),
+                    "route": route,
                     "job": data.get("job"),
                     "status": data.get("status"),
                     "finished_at": data.get("finished_at"),
@@ -161,22 +225,48 @@ def _results(settings: Settings, now: float) -> dict[str, Any]:
                     "submission": data.get("submission"),
                 }
             )
-    return {
-        "folder": str(settings.results),
+    results = {
+        "folder": str(folder) if folder else None,
         "last_hour": hour,
         "last_day": day,
         "newest": newest,
     }
+    return results, by_route
 
 
 def gather(settings: Settings) -> dict[str, Any]:
-    """The status of the folders of `settings`, as `dropflow status --json` prints it."""
-    return {
-        "service": _service(settings),
-        "inbox": _inbox(settings, datetime.now().timestamp()),
-        "in_flight": _in_flight(settings, datetime.now(UTC)),
-        "results": _results(settings, datetime.now().timestamp()),
+    """The status of the folders of `settings`, as `dropflow status --json` prints it: for a
+    config with `routes`, a `routes` mapping too, and the top-level counts are the totals."""
+    routes = list(settings.served.values())
+    one = routes[0] if len(routes) == 1 else None
+    now = datetime.now().timestamp()
+    waiting = {route.name: _waiting(route, settings.patterns) for route in routes}
+    flights = {
+        route.name: _in_flight(settings.for_route(route.name), datetime.now(UTC))
+        for route in routes
     }
+    results, by_route = _results(routes, one.results if one else None, now)
+    status: dict[str, Any] = {
+        "service": _service(settings),
+        "inbox": _inbox(
+            one.inbox if one else None,
+            [(t, name, rel) for name, files in waiting.items() for t, rel in files],
+            now,
+        ),
+        "in_flight": [claim for claims in flights.values() for claim in claims],
+        "results": results,
+    }
+    if settings.routes is not None:
+        status["routes"] = {
+            route.name: {
+                "inbox": str(route.inbox),
+                "waiting": len(waiting[route.name]),
+                "in_flight": len(flights[route.name]),
+                "results": by_route[route.name],
+            }
+            for route in routes
+        }
+    return status
 
 
 def _counts(counts: dict[str, int]) -> str:
@@ -184,11 +274,15 @@ def _counts(counts: dict[str, int]) -> str:
 
 
 def render(status: dict[str, Any], out: TextIO) -> None:
-    """Print `status` (from `gather`) for people."""
+    """Print `status` (from `gather`) for people; with several routes, one line per route and
+    each file named after its route."""
     service, inbox = status["service"], status["inbox"]
+    routes: dict[str, dict[str, Any]] = status.get("routes") or {}
+    several = inbox["folder"] is None
     lines = []
     if service is None:
-        lines.append(f"service:    none is serving {inbox['folder']}")
+        where = f"routes {', '.join(routes)}" if several else inbox["folder"]
+        lines.append(f"service:    none is serving {where}")
     else:
         lines.append(
             f"service:    serving, pid {service['pid']} on {service['host']}, since "
@@ -197,18 +291,29 @@ def render(status: dict[str, Any], out: TextIO) -> None:
         lines.append(f"            runner {service['runner'] or '?'}: {service['api'] or '?'}")
         if service.get("runner_down"):
             lines.append(f"            runner DOWN: {service['runner_down']}; jobs wait")
+    if several:
+        lines.append(f"routes:     {len(routes)}")
+        width = max(len(name) for name in routes)
+        for name, route in routes.items():
+            lines.append(
+                f"  {name:<{width}}  {route['waiting']} waiting, {route['in_flight']} in flight, "
+                f"last hour {_counts(route['results'])}  (inbox {route['inbox']})"
+            )
     oldest = f", oldest {inbox['oldest_age_s']:g} s" if inbox["backlog"] else ""
-    lines.append(f"inbox:      {inbox['backlog']} waiting in {inbox['folder']}{oldest}")
+    where = f"{len(routes)} routes" if several else inbox["folder"]
+    lines.append(f"inbox:      {inbox['backlog']} waiting in {where}{oldest}")
     lines.extend(f"              {name}" for name in inbox["files"])
     lines.append(f"in flight:  {len(status['in_flight'])}")
     for claim in status["in_flight"]:
         run = f"{claim['flow_run_name'] or '-'} ({claim['flow_run_id'] or 'id not known yet'})"
+        job = "/".join(filter(None, [claim.get("subfolder"), claim["job"]]))
+        job = f"{claim['route']}/{job}" if several else job
         lines.append(
-            f"              {claim['job']}  attempt {claim['attempt']}  age {claim['age_s']:g} s"
+            f"              {job}  attempt {claim['attempt']}  age {claim['age_s']:g} s"
             f"  {claim['state']}  flow run {run}  (claim {claim['claim_id']})"
         )
     results = status["results"]
-    lines.append(f"results:    {results['folder']}")
+    lines.append(f"results:    {results['folder'] if not several else f'{len(routes)} routes'}")
     lines.append(f"  last hour:  {_counts(results['last_hour'])}")
     lines.append(f"  last day:   {_counts(results['last_day'])}")
     lines.append(f"  newest {len(results['newest'])}:")

@@ -1,6 +1,10 @@
 """`dropflow submit`: check job files, drop them into the inbox safely, and wait for their
 results.
 
+It works on one route's settings (`Settings.for_route`, chosen by `watcher.cli.routes`): the
+files are checked with that route's defaults and flows, dropped into its inbox, and their
+results looked for in its results folder.
+
 - Every file is checked first with the service's rules (`watcher.cli.validate`); if any is
   invalid, its message is printed and nothing at all is dropped.
 - A file is dropped the safe way: written and fsynced under a hidden temp name in the inbox,
@@ -25,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
+from watcher.cli.routes import inbox_route
 from watcher.cli.validate import Checked, check_file, shown
 from watcher.config.settings import Settings
 from watcher.folders.durable import fsync_dir, rename_exclusive, write_atomic
@@ -217,9 +222,11 @@ class _Screen:
 
 def _check(path: Path, settings: Settings) -> Checked:
     checked = check_file(path, settings)
-    if checked.ok and path.resolve().parent == settings.inbox.resolve():
+    where = inbox_route(settings, path) if checked.ok else None
+    if where is not None:
         # Dropping a copy would run the job twice: the file itself is already a job.
-        return Checked(path, None, "already in the inbox: the service takes it as it is")
+        inbox = "the inbox" if where == settings.route else f"route {where.name}'s inbox"
+        return Checked(path, None, f"already in {inbox}: the service takes it as it is")
     return checked
 
 
@@ -267,9 +274,10 @@ def submit(
         return _finish(subs, {id(s): EXIT_CODES["invalid"] for s in subs}, as_json, out)
 
     served = is_held(settings.inbox, settings.processing)
+    inbox = f"{settings.inbox} (route {settings.route.name})" if settings.routes else settings.inbox
     if wait and not served:
         screen.say(
-            f"dropflow: no service is serving {settings.inbox}; nothing was submitted "
+            f"dropflow: no service is serving {inbox}; nothing was submitted "
             "(start one with `dropflow run`, or submit without --wait to queue the job)"
         )
         return _finish(subs, {id(s): EXIT_NO_SERVICE for s in subs}, as_json, out, EXIT_NO_SERVICE)
@@ -281,7 +289,7 @@ def submit(
         screen.say(one_line(f"{sub.given}: submitted as {sub.dropped}{renamed}"))
     if not served:
         screen.say(
-            f"dropflow: no service is serving {settings.inbox} now: the job waits in the inbox "
+            f"dropflow: no service is serving {inbox} now: the job waits in the inbox "
             "until one starts"
         )
     if not wait:

@@ -6,26 +6,32 @@ than wait, its parameters against the flow's schema: that loads the registry, wh
 Prefect and the flows), and a problem is told in
 the words of the result file it would get: `<file name>: <problem>`. `dropflow submit` runs
 the same checks first.
+
+With several routes, `validate --route NAME` checks every file as that route's job (its
+defaults and flows); without it, a file in a route's inbox is checked as that route's job and
+any other file with the top-level settings (every registered flow, the top-level defaults).
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
+from watcher.cli.routes import inbox_route
 from watcher.config.registry import Registry, RegistryError
 from watcher.config.settings import Settings
 from watcher.defaults import WAIT_FLOW
 from watcher.jobs.messages import one_line
-from watcher.jobs.model import Job, JobError
+from watcher.jobs.model import Job, JobError, JobLimits
 from watcher.jobs.names import is_job_name
 from watcher.jobs.reading import parse_job, read_job_bytes
 
-__all__ = ["Checked", "check_file", "one_line", "validate"]
+__all__ = ["Checked", "check_file", "job_limits", "one_line", "validate"]
 
 logger = logging.getLogger(__name__)
 
@@ -67,7 +73,7 @@ def check_file(path: Path, settings: Settings) -> Checked:
             f"not a job file name: the inbox takes {patterns} (never dotfiles or editor temp "
             "files), so the service would never see it",
         )
-    limits = settings.job_limits
+    limits = job_limits(settings)
     try:
         data = read_job_bytes(path, limits.max_bytes)
     except JobError as exc:
@@ -83,6 +89,29 @@ def check_file(path: Path, settings: Settings) -> Checked:
     except RegistryError as exc:
         return Checked(path, None, f"flow '{job.flow}' cannot be checked: {exc}", data=data)
     return Checked(path, job, data=data)
+
+
+def job_limits(settings: Settings) -> JobLimits:
+    """The caps and defaults of the settings' route, or for settings of several routes with
+    none chosen, the top-level ones: every registered flow, the top-level defaults."""
+    if one_route(settings):
+        return settings.job_limits
+    return JobLimits(
+        max_timeout=settings.max_timeout,
+        max_sleep=settings.max_sleep,
+        max_bytes=settings.max_job_bytes,
+        default_timeout=settings.defaults.timeout,
+        default_sleep=settings.defaults.sleep,
+        flows=tuple(settings.flows),
+    )
+
+
+def one_route(settings: Settings) -> bool:
+    """Whether the settings are one route's (the config's only route, or one chosen)."""
+    try:
+        return settings.route is not None
+    except ValueError:
+        return False
 
 
 def loaded_registry(settings: Settings) -> Registry:
@@ -116,20 +145,40 @@ def describe(job: Job) -> str:
     return f"timeout {job.timeout:g} s, sleep {drawn} s{name}"
 
 
-def shown(checked: Checked, given: str) -> str:
-    """The line `validate` prints for a file given as `given` on the command line."""
+def shown(checked: Checked, given: str, route: str | None = None) -> str:
+    """The line `validate` prints for a file given as `given` on the command line; `route`:
+    the route it was checked for, to name (with several routes)."""
     if checked.ok:
         assert checked.job is not None
-        return one_line(f"{given}: valid ({describe(checked.job)})")
-    return one_line(f"{given}: {checked.problem}")
+        where = f"route {route}: " if route else ""
+        return one_line(f"{given}: valid ({where}{describe(checked.job)})")
+    return one_line(f"{given}: {checked.problem}" + (f" (route {route})" if route else ""))
 
 
 def validate(files: Sequence[str], settings: Settings, out: TextIO) -> int:
-    """Check each file and print one line for it; 0 if all are valid, 2 otherwise."""
+    """Check each file and print one line for it; 0 if all are valid, 2 otherwise.
+
+    Settings of several routes with none chosen check each file as the job of the route whose
+    inbox holds it (the line says which), or else with the top-level settings (a note on
+    stderr says so once).
+    """
     status = EXIT_VALID
+    several = not one_route(settings)
+    elsewhere = 0
     for given in files:
-        checked = check_file(Path(given), settings)
-        print(shown(checked, given), file=out)
+        path = Path(given)
+        route = inbox_route(settings, path) if several else None
+        checked = check_file(path, settings.for_route(route.name) if route else settings)
+        if route is None and several:
+            elsewhere += 1
+        print(shown(checked, given, route.name if route else None), file=out)
         if not checked.ok:
             status = EXIT_INVALID
+    if elsewhere:
+        print(
+            f"dropflow: validate: {elsewhere} of the files are in no route's inbox: checked with "
+            "the top-level settings (every registered flow, the top-level defaults); "
+            "--route NAME checks them as that route's jobs",
+            file=sys.stderr,
+        )
     return status

@@ -75,7 +75,8 @@ def job_schema(
         schema["additionalProperties"] = False
         return schema
     schema["description"] = (
-        "A job for a dropflow hot folder: which registered flow runs (flow, default wait), "
+        "A job for a dropflow hot folder: which registered flow runs (flow, default "
+        f"{limits.default_flow}), "
         "with what (parameters; for wait: sleep), for how long (timeout, at most "
         f"{limits.max_timeout:g} s here), and a name."
     )
@@ -86,18 +87,15 @@ def job_schema(
         wait_props = {"flow": {"const": defaults.WAIT_FLOW}, **props}
         branches.append(
             {
-                "if": {
-                    "anyOf": [
-                        {"not": {"required": ["flow"]}},
-                        {"properties": {"flow": {"const": defaults.WAIT_FLOW}}},
-                    ]
-                },
+                "if": _chosen(defaults.WAIT_FLOW, limits.default_flow),
                 "then": {"properties": wait_props, "additionalProperties": False},
             }
         )
     for name in others:
         params = _embedded(name, flows[name], definitions)
         params["description"] = parameters["description"]
+        if name == limits.default_flow:
+            _with_defaults(params, limits.default_parameters)
         branch_props = {
             "flow": {"const": name},
             "parameters": params,
@@ -107,7 +105,7 @@ def job_schema(
         required = ["parameters"] if params.get("required") else []
         branches.append(
             {
-                "if": {"required": ["flow"], "properties": {"flow": {"const": name}}},
+                "if": _chosen(name, limits.default_flow),
                 "then": {
                     "properties": branch_props,
                     "required": required,
@@ -119,6 +117,29 @@ def job_schema(
     if definitions:
         schema["$defs"] = definitions
     return schema
+
+
+def _chosen(name: str, default_flow: str) -> dict[str, Any]:
+    """The condition of a job that runs `name`: it says so, or, for the default flow (its
+    route's `flow`), it names no flow."""
+    says = {"properties": {"flow": {"const": name}}}
+    if name == default_flow:
+        return {"anyOf": [{"not": {"required": ["flow"]}}, says]}
+    return {"required": ["flow"], **says}
+
+
+def _with_defaults(params: dict[str, Any], given: Mapping[str, Any]) -> None:
+    """The default flow's parameter schema with its route's default parameters: each one's
+    `default`, and no longer required."""
+    properties = params.get("properties", {})
+    for key, value in given.items():
+        if key in properties:
+            properties[key]["default"] = value
+    required = [key for key in params.get("required", []) if key not in given]
+    if required:
+        params["required"] = required
+    else:
+        params.pop("required", None)
 
 
 def _embedded(name: str, flow: RegisteredFlow, definitions: dict[str, Any]) -> dict[str, Any]:
@@ -179,8 +200,9 @@ def _properties(limits: JobLimits) -> dict[str, Any]:
 
     props["flow"] = {
         "type": "string",
-        "description": props["flow"]["description"],
-        "default": defaults.WAIT_FLOW,
+        "description": "The registered flow to run (the config's `flows`); default: "
+        f"{limits.default_flow}.",
+        "default": limits.default_flow,
     }
     props["parameters"] = {"description": props["parameters"]["description"]}
     for key in props.values():
