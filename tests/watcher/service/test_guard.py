@@ -1,19 +1,22 @@
-"""The service's folder checks where identities are unavailable: it falls back to paths."""
+"""The service's folder checks: without identities it falls back to paths; with them, routes
+that are one folder through a bind mount are refused."""
 
 from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from tests.harness import wait_until
 from watcher import defaults
-from watcher.config.settings import load_config
+from watcher.config.settings import Settings, load_config
 from watcher.folders import identity
 from watcher.folders.lock import LOCK_NAME
 from watcher.running.direct import DirectRunner
+from watcher.service.guard import routes_overlap
 from watcher.service.loop import Service
 
 
@@ -47,3 +50,36 @@ def test_without_identities_the_service_serves_and_still_sees_a_lost_lock_file(
             service.request_stop()
             thread.join(30)
     assert codes == [defaults.EXIT_FATAL]
+
+
+def _routes(tmp_path: Path, routes: str) -> Settings:
+    config = tmp_path / "config.yaml"
+    config.write_text(f"runner: direct\nroutes: {routes}\n")
+    settings = load_config(config)
+    for route in settings.served.values():
+        for folder in route.folders().values():
+            folder.mkdir(parents=True, exist_ok=True)
+    return settings
+
+
+def test_routes_that_are_one_folder_through_a_bind_mount_are_refused(
+    tmp_path: Path, bind: Callable[[Path, Path], None]
+) -> None:
+    settings = _routes(tmp_path, "{a: {inbox: ./one}, b: {inbox: ./two}}")
+    assert routes_overlap(settings) is None
+    bind(tmp_path / "one", tmp_path / "two")
+    reason = routes_overlap(settings)
+    assert reason is not None
+    assert f"routes: a's inbox ({tmp_path / 'one'}) and b's inbox ({tmp_path / 'two'})" in reason
+    assert "are the same folder, counting bind mounts" in reason
+
+
+def test_a_routes_results_inside_another_routes_inbox_through_a_bind_mount_are_refused(
+    tmp_path: Path, bind: Callable[[Path, Path], None]
+) -> None:
+    (tmp_path / "in-b").mkdir()
+    bind(tmp_path / "in-b", tmp_path / "mnt")  # mnt/out is in-b/out: paths cannot tell
+    routes = "{a: {inbox: ./in-a, results: ./mnt/out}, b: {inbox: ./in-b, recursive: true}}"
+    reason = routes_overlap(_routes(tmp_path, routes))
+    assert reason is not None
+    assert f"routes: a's results ({tmp_path / 'mnt/out'}) is inside b's inbox" in reason
