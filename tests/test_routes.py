@@ -152,6 +152,10 @@ def test_a_subfolder_made_while_running_is_watched_at_once(
     (tmp_path / "elsewhere").mkdir()
     (tmp_path / "elsewhere/linked.yaml").write_text("{}\n")
     (tmp_path / "in/link").symlink_to(tmp_path / "elsewhere")
+    odd = os.path.join(os.fsencode(tmp_path / "in"), b"odd\xff")  # not UTF-8
+    os.mkdir(odd)
+    with open(os.path.join(odd, b"job.yaml"), "w") as job:
+        job.write("{}\n")
     (tmp_path / "in/last.yaml").write_text("{}\n")
 
     x = _result(svc, tmp_path / "results/tree/a/b/c/x.result.yaml", 30)
@@ -161,11 +165,18 @@ def test_a_subfolder_made_while_running_is_watched_at_once(
     assert (tmp_path / "in/a/b/c/d/too-deep.yaml").exists()
     assert (tmp_path / "in/.hidden/secret.yaml").exists()
     assert (tmp_path / "elsewhere/linked.yaml").exists()
+    # The odd subfolder's job gets an error result saying why, in the same relative folder.
+    odd_result = Path(os.fsdecode(os.path.join(os.fsencode(tmp_path), b"results/tree/odd\xff")))
+    refused = _result(svc, odd_result / "job.result.yaml", 30)
+    assert refused["status"] == "error" and "is not UTF-8 text" in refused["message"]
+    assert os.path.exists(
+        os.path.join(os.fsencode(tmp_path / "archive/tree"), b"odd\xff", b"job.yaml")
+    )
     done = sorted(
         p.relative_to(tmp_path / "results/tree").as_posix()
         for p in (tmp_path / "results/tree").rglob("*.yaml")
     )
-    assert done == ["a/b/c/x.result.yaml", "last.result.yaml"]
+    assert done == ["a/b/c/x.result.yaml", "last.result.yaml", "odd\udcff/job.result.yaml"]
     assert svc.stop() == 0
 
 
