@@ -37,6 +37,7 @@ bench: install
 	$(BIN)/python -m bench.flows
 	$(BIN)/python -m bench.deployment
 	$(BIN)/python -m bench.in_process
+	$(BIN)/python -m bench.routes
 
 # The start-up half of `make bench` alone (its section of bench/RESULTS.md).
 bench-startup: install
