@@ -38,7 +38,7 @@ def test_a_second_service_waits_as_standby_and_takes_over(service: ServiceFactor
     standby.wait_for_log("standby:")
     line = next(x for x in standby.log().splitlines() if "standby:" in x)
     assert f"pid {owner.proc.pid} on {socket.gethostname()}, since " in line
-    owner.drop("long.yaml", "timeout: 60\nsleep: 30\n")
+    owner.drop("long.yaml", "timeout: 60\nsleep: 6\n")  # still running when killed
     owner.wait_for_log("job started: long.yaml")
     assert "watching" not in standby.log() and "recovering" not in standby.log()
     owner.kill()
