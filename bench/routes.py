@@ -72,32 +72,11 @@ class Pair:
 
 
 class RouteService(Service):
-    """`dropflow run` of `bench.startup`, whose log is read from where the last look ended
-    (a backlog's log grows by megabytes while it is waited on)."""
+    """`dropflow run` of `bench.startup`, with its wall-clock start and its inotify watches."""
 
     def start(self, config: dict[str, object] | None = None) -> None:
         self.started_at = time.time()
         super().start(config)
-        self._offset = 0
-        self._seen = ""
-
-    def wait_log(self, text: str, timeout: float = 180) -> float:
-        deadline = time.monotonic() + timeout
-        while True:
-            with self.log_path.open("rb") as log:
-                log.seek(self._offset)
-                chunk = log.read()
-            self._offset += len(chunk)
-            # Keep a tail, so that a line cut by a read is still found whole.
-            self._seen = self._seen[-4096:] + chunk.decode(errors="replace")
-            if text in self._seen:
-                return time.monotonic() - self.started
-            assert self.proc is not None
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"service exited:\n{self.log_path.read_text()[-3000:]}")
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"no {text!r} after {timeout}s")
-            time.sleep(0.01)
 
     def inotify_watches(self) -> int:
         """The `inotify wd:` lines of every file descriptor of the service process."""

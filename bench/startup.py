@@ -108,12 +108,14 @@ class Service:
         self.proc: subprocess.Popen[bytes] | None = None
         self.started = 0.0
         self._n = 0
+        self._offset, self._seen = 0, ""
 
     def start(self, config: dict[str, object] | None = None) -> None:
         self.inbox.mkdir(parents=True, exist_ok=True)
         (self.root / "config.yaml").write_text(yaml.safe_dump({**self.config, **(config or {})}))
         self._n += 1
         self.log_path = self.root / f"service-{self._n}.log"
+        self._offset, self._seen = 0, ""
         log = self.log_path.open("wb")
         self.started = time.monotonic()
         self.proc = subprocess.Popen(
@@ -127,16 +129,24 @@ class Service:
         log.close()
 
     def wait_log(self, text: str, timeout: float = 180) -> float:
-        """Seconds from start until `text` appears in the log."""
+        """Seconds from start until `text` appears in the log, read from where the last look
+        ended (a backlog's log grows by megabytes while it is waited on)."""
         deadline = time.monotonic() + timeout
-        while text not in self.log_path.read_text(errors="replace"):
+        while True:
+            with self.log_path.open("rb") as log:
+                log.seek(self._offset)
+                chunk = log.read()
+            self._offset += len(chunk)
+            # Keep a tail, so that a line cut by a read is still found whole.
+            self._seen = self._seen[-4096:] + chunk.decode(errors="replace")
+            if text in self._seen:
+                return time.monotonic() - self.started
             assert self.proc is not None
             if self.proc.poll() is not None:
                 raise RuntimeError(f"service exited:\n{self.log_path.read_text()[-3000:]}")
             if time.monotonic() > deadline:
                 raise TimeoutError(f"no {text!r} after {timeout}s")
             time.sleep(0.01)
-        return time.monotonic() - self.started
 
     def wait_results(self, names: Sequence[str], timeout: float = 600) -> float:
         """Monotonic time when the last of `names` has a result."""

@@ -94,16 +94,7 @@ def check_file(path: Path, settings: Settings) -> Checked:
 def job_limits(settings: Settings) -> JobLimits:
     """The caps and defaults of the settings' route, or for settings of several routes with
     none chosen, the top-level ones: every registered flow, the top-level defaults."""
-    if one_route(settings):
-        return settings.job_limits
-    return JobLimits(
-        max_timeout=settings.max_timeout,
-        max_sleep=settings.max_sleep,
-        max_bytes=settings.max_job_bytes,
-        default_timeout=settings.defaults.timeout,
-        default_sleep=settings.defaults.sleep,
-        flows=tuple(settings.flows),
-    )
+    return settings.job_limits if one_route(settings) else settings.top_level_limits
 
 
 def one_route(settings: Settings) -> bool:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -316,16 +317,28 @@ class Settings(BaseModel):
 
     @property
     def job_limits(self) -> JobLimits:
-        """The caps and defaults job files are checked against."""
+        """The caps and defaults job files are checked against: this settings' route's."""
+        if not self._routes:  # while validating, before the routes are resolved
+            return self.top_level_limits
+        route = self.route
+        return replace(
+            self.top_level_limits,
+            flows=route.flows,
+            default_flow=route.flow,
+            default_parameters=dict(route.parameters),
+        )
+
+    @property
+    def top_level_limits(self) -> JobLimits:
+        """The caps and the top-level defaults, with every registered flow and wait by
+        default: a job file of no route in particular."""
         return JobLimits(
             max_timeout=self.max_timeout,
             max_sleep=self.max_sleep,
             max_bytes=self.max_job_bytes,
             default_timeout=self.defaults.timeout,
             default_sleep=self.defaults.sleep,
-            flows=self.route.flows if self._routes else tuple(self.flows),
-            default_flow=self.route.flow if self._routes else builtin.WAIT_FLOW,
-            default_parameters=dict(self.route.parameters) if self._routes else {},
+            flows=tuple(self.flows),
         )
 
 

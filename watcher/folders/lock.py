@@ -32,6 +32,7 @@ import os
 import socket
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -48,6 +49,7 @@ __all__ = [
     "Owner",
     "is_held",
     "read_owner",
+    "wait_for",
 ]
 
 logger = logging.getLogger(__name__)
@@ -233,11 +235,7 @@ class FolderLock:
 
     def wait(self, stop: threading.Event) -> bool:
         """Try the lock every `POLL_SECONDS` until taken (True) or `stop` is set (False)."""
-        while not stop.is_set():
-            if self.try_acquire():
-                return True
-            stop.wait(POLL_SECONDS)
-        return False
+        return wait_for(self.try_acquire, stop)
 
     def record(self, owner: Owner) -> None:
         """Write the owner record (atomically: a reader never sees half of it)."""
@@ -251,6 +249,16 @@ class FolderLock:
         pinned, self._pinned = self._pinned, None
         if pinned is not None:
             os.close(pinned)  # flock locks belong to filelock's descriptor: this one holds none
+
+
+def wait_for(try_acquire: Callable[[], bool], stop: threading.Event) -> bool:
+    """Call `try_acquire` every `POLL_SECONDS` until it takes its locks (True) or `stop` is
+    set (False): how a standby waits."""
+    while not stop.is_set():
+        if try_acquire():
+            return True
+        stop.wait(POLL_SECONDS)
+    return False
 
 
 def _inbox_lock(inbox: Path) -> FileLock | _FolderFlock:

@@ -24,7 +24,7 @@ from watcher.config.routes import Route
 from watcher.config.settings import Settings
 from watcher.folders.claims import Claim, ClaimStore
 from watcher.folders.durable import TEMP_PREFIX
-from watcher.folders.lock import DataDirLock, FolderLock, Owner, read_owner
+from watcher.folders.lock import DataDirLock, FolderLock, Owner, read_owner, wait_for
 from watcher.folders.results import now_iso
 from watcher.running.contract import Runner, RunnerHealth
 from watcher.service.gate import RunGate, Slots
@@ -40,7 +40,6 @@ logger = logging.getLogger(__name__)
 
 _TICK = 0.1  # seconds between settle checks while files wait to be complete
 _FOLDER_CHECK = 1.0  # seconds between checks that the folders are still the ones served
-LOCK_POLL_SECONDS = 0.1  # how often a standby tries the locks (as `FolderLock.wait`)
 
 
 class FolderError(Exception):
@@ -224,14 +223,6 @@ class Service:
             taken.append(served.lock)
         return True
 
-    def _wait_locks(self, stop: threading.Event) -> bool:
-        """Try every lock each `POLL_SECONDS` until all are taken (True) or `stop` (False)."""
-        while not stop.is_set():
-            if self._try_locks():
-                return True
-            stop.wait(LOCK_POLL_SECONDS)
-        return False
-
     def _release_locks(self) -> None:
         for served in self.served:
             served.lock.release()
@@ -258,7 +249,7 @@ class Service:
             if not self.standby:
                 raise ServedElsewhere(held)
             logger.info("standby: %s; taking over when it stops", held)
-            if not await asyncio.to_thread(self._wait_locks, self.signals.stopping):
+            if not await asyncio.to_thread(wait_for, self._try_locks, self.signals.stopping):
                 return False
             logger.info("taking over %s", inboxes)
         self._owner = Owner.me(now_iso(), self.settings.runner)
