@@ -111,6 +111,7 @@ class Service:
         self._main: asyncio.Task[None] | None = None
         self._job_tasks: set[asyncio.Task[None]] = set()
         self._recording: set[asyncio.Task[None]] = set()  # owner records being written
+        self._slots: Slots | None = None  # made in `_serve`: the run slots every route shares
 
     # -- running in a thread, stopping from the main thread --------------------------------
 
@@ -259,8 +260,7 @@ class Service:
     async def _serve(self, recovered: list[tuple[_Served, Claim]]) -> None:
         s = self.settings
         assert self._stop is not None
-        slots = Slots(s.max_concurrent_jobs, self._stop, self.runner.health)
-        self._slots = slots
+        self._slots = slots = Slots(s.max_concurrent_jobs, self._stop, self.runner.health)
         for served in self.served:
             self._start_route(served, slots)
         for served, claim in recovered:
@@ -370,7 +370,7 @@ class Service:
 
     async def _drain(self) -> None:
         # Jobs still waiting for a run slot do not start now: they go back at once.
-        waiting = self._slots.waiting if hasattr(self, "_slots") else set()
+        waiting = self._slots.waiting if self._slots is not None else set()
         for task in list(waiting):
             if task is not None:
                 task.cancel()

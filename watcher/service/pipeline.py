@@ -195,7 +195,7 @@ class JobPipeline:
                 outcome = RunOutcome("error", f"{claim.name}: {exc}")
                 return result_of(base, job, outcome, started_at, t0)
             # Stopping: no flow starts now, even for a job that reached its slot just now.
-            if not await self.gate.take_slot(claim.name, mtime_ns):
+            if not await self.gate.take_slot(claim.relative, mtime_ns):
                 return None
         finally:
             self.gate.waiting.discard(me)

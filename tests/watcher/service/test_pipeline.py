@@ -221,6 +221,30 @@ def test_a_job_asks_for_its_slot_with_its_name_and_its_file_mtime(tmp_path: Path
     assert len(runner.requests) == 1
 
 
+def test_a_job_from_a_subfolder_asks_with_its_path_and_its_result_says_where(
+    tmp_path: Path,
+) -> None:
+    settings = _settings(tmp_path)
+    (settings.inbox / "2026/12").mkdir(parents=True)
+    _, claim = _claim(settings, "2026/12/page.yaml")  # `order: name` goes by the path
+    runner = _Runner()
+
+    async def main() -> None:
+        gate = _Gate(1)
+        await _pipeline(settings, runner, gate).handle(claim)
+        assert [name for name, _ in gate.asked] == ["2026/12/page.yaml"]
+
+    asyncio.run(main())
+    result = read_result(settings.results / "2026/12/page.result.yaml")
+    assert result is not None
+    assert (result["route"], result["subfolder"], result["status"]) == (
+        "default",
+        "2026/12",
+        "completed",
+    )
+    assert (settings.archive / "2026/12/page.yaml").exists()
+
+
 def _record_waits(monkeypatch: pytest.MonkeyPatch) -> list[float]:
     """The backoff's waits, recorded instead of slept (the boundary: time itself)."""
     waits: list[float] = []
