@@ -8,9 +8,11 @@ variable.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import inspect
 import logging
+import re
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 from uuid import UUID
@@ -25,10 +27,12 @@ __all__ = [
     "EPHEMERAL_ONLY_SERVICES_OFF",
     "FLOW_RUN_RESOURCE",
     "PROCESS_POOL_TYPE",
+    "RECORDER_LOGGER",
     "SERVER_APP",
     "SERVER_PROCESS_ENVIRONMENT",
     "TIMEOUT_LINES",
     "WORKER_SUBMITTED_EVENT",
+    "StoppedFlushFilter",
     "TimeoutRecordFilter",
     "configure_prefect_logging",
     "enter_shared_clients",
@@ -133,6 +137,29 @@ class TimeoutRecordFilter(logging.Filter):
             return False
         starts = TIMEOUT_LINES.get(record.name)
         return not (starts and record.getMessage().startswith(starts))
+
+
+RECORDER_LOGGER = "prefect.server.services.task_run_recorder"
+"""The logger of Prefect's task-run recorder, the server service that writes task runs from
+their events."""
+_RETRIED_FLUSH = re.compile(r"^Error flushing (\d+) events \(\1 to retry, 0 dropped\)$")
+
+
+class StoppedFlushFilter(logging.Filter):
+    """Drop the task-run recorder's ERROR (and traceback) for a flush cut by the server's stop.
+
+    When Prefect stops its services it cancels a periodic flush in flight; the recorder logs
+    `Error flushing N events (N to retry, 0 dropped)` with the CancelledError, puts the batch
+    back and writes it in its final flush (`task_run_recorder.consumer`, prefect 3.9.1):
+    nothing is lost, and an ERROR with a traceback in `server.log` at every such stop would say
+    otherwise. Installed on that logger only once the server is stopping; a flush that drops
+    events, or fails for another reason, is still logged.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        cut = isinstance(error, asyncio.CancelledError)
+        return not (cut and _RETRIED_FLUSH.match(record.getMessage()))
 
 
 # -- events and workers (`runner: deployment`) ------------------------------------------------

@@ -112,7 +112,7 @@ def _serve(options: EmbeddedOptions, gone: threading.Event) -> int:
     """Serve until the service lets go (0) or uvicorn stops by itself (1)."""
     import uvicorn
 
-    from watcher.server.prefect_internals import SERVER_APP
+    from watcher.server.prefect_internals import RECORDER_LOGGER, SERVER_APP, StoppedFlushFilter
 
     config = uvicorn.Config(
         SERVER_APP, factory=True, host=HOST, port=options.port, log_level="error", lifespan="on"
@@ -135,6 +135,8 @@ def _serve(options: EmbeddedOptions, gone: threading.Event) -> int:
     if stopped.is_set():
         logger.error("the Prefect server stopped by itself")
         return 1
+    # Prefect's services stop now: a flush they cut is written again, not lost (see there).
+    logging.getLogger(RECORDER_LOGGER).addFilter(StoppedFlushFilter())
     server.should_exit = True
     if not stopped.wait(SHUTDOWN_TIMEOUT):
         logger.error(

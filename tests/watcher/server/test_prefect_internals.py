@@ -317,3 +317,36 @@ async def test_a_flow_copy_calls_the_function_it_is_given(prefect_api: str) -> N
     # Prefect still reads the parameters from the flow function's signature.
     assert list(copy.parameters.properties) == ["seconds", "label"]
     assert copy.name == nap_async.name and copy.isasync
+
+
+def _flush_record(message: str, error: BaseException | None) -> logging.LogRecord:
+    exc_info = (type(error), error, None) if error is not None else None
+    return logging.LogRecord(
+        internals.RECORDER_LOGGER, logging.ERROR, __file__, 1, message, None, exc_info
+    )
+
+
+def test_the_recorder_logs_a_flush_cut_by_its_stop_as_the_filter_expects() -> None:
+    """The assumption `StoppedFlushFilter` rests on: Prefect's task-run recorder logs a cut
+    flush under this logger, with this message, and retries the batch in its final flush."""
+    from prefect.server.services import task_run_recorder
+
+    assert task_run_recorder.logger.name == internals.RECORDER_LOGGER
+    source = inspect.getsource(task_run_recorder.consumer)
+    assert (
+        'f"Error flushing {len(batch)} events ({to_retry} to retry, {dropped} dropped)"' in source
+    )
+    assert "asyncio.CancelledError" in source and "await queue.put(item)" in source
+    # The final flush, after the periodic one put its batch back.
+    assert source.rstrip().endswith("await flush()")
+
+
+def test_the_stopped_flush_filter_drops_exactly_a_retried_cut_flush() -> None:
+    keep = internals.StoppedFlushFilter()
+    cut = asyncio.CancelledError()
+    assert not keep.filter(_flush_record("Error flushing 2 events (2 to retry, 0 dropped)", cut))
+    # Events dropped, another error, or no error: still logged.
+    assert keep.filter(_flush_record("Error flushing 3 events (2 to retry, 1 dropped)", cut))
+    assert keep.filter(_flush_record("Error flushing 2 events (2 to retry, 0 dropped)", OSError()))
+    assert keep.filter(_flush_record("Error flushing 2 events (2 to retry, 0 dropped)", None))
+    assert keep.filter(_flush_record("Dropping event x after 3 failed attempts", cut))
