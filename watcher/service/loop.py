@@ -27,7 +27,7 @@ from watcher.folders.durable import TEMP_PREFIX
 from watcher.folders.lock import DataDirLock, FolderLock, Owner, read_owner, wait_for
 from watcher.folders.results import now_iso
 from watcher.running.contract import Runner, RunnerHealth
-from watcher.service.gate import RunGate, Slots
+from watcher.service.gate import Slots
 from watcher.service.guard import FolderGuard, Lost, overlaps, routes_overlap
 from watcher.service.inbox import Inbox
 from watcher.service.pipeline import RETRY_FIRST, JobPipeline
@@ -61,7 +61,6 @@ class _Served:
     guard: FolderGuard | None = None
     inbox: Inbox | None = None
     pipeline: JobPipeline | None = None
-    gate: RunGate | None = None
 
     @property
     def route(self) -> Route:
@@ -173,7 +172,9 @@ class Service:
         if self.signals.count:
             self._stop.set()
 
-        await asyncio.to_thread(_prepare_folders, self.settings)
+        await asyncio.to_thread(
+            _prepare_folders, self.settings, [served.settings for served in self.served]
+        )
         if not await self._own_folders():
             logger.info("stopped before taking over")
             return
@@ -244,9 +245,8 @@ class Service:
         """Take the folders' locks, waiting as a standby while another service holds one."""
         inboxes = ", ".join(str(served.settings.inbox) for served in self.served)
         if not await asyncio.to_thread(self._try_locks):
-            held = f"{inboxes} is served by another dropflow ({self._holder()})"
-            if len(self.served) > 1:
-                held = f"a folder of {inboxes} is served by another dropflow ({self._holder()})"
+            some = "a folder of " if len(self.served) > 1 else ""
+            held = f"{some}{inboxes} is served by another dropflow ({self._holder()})"
             if not self.standby:
                 raise ServedElsewhere(held)
             logger.info("standby: %s; taking over when it stops", held)
@@ -308,7 +308,7 @@ class Service:
             max_depth=route.max_depth,
             order=route.order,
         )
-        served.gate = slots.gate(
+        gate = slots.gate(
             route.name,
             cap=route.max_concurrent_jobs,
             priority=route.priority,
@@ -320,7 +320,7 @@ class Service:
             self.registry,
             served.processing,
             inbox=served.inbox,
-            gate=served.gate,
+            gate=gate,
             forced=lambda: self.signals.forced,
         )
 
@@ -467,21 +467,21 @@ class Service:
         self._stop.set()
 
 
-def _prepare_folders(settings: Settings) -> None:
-    """Create every route's folders; none may be an inbox under another path, and each inbox
-    and its processing must share a file system."""
-    for name in settings.served:
-        s = settings.for_route(name)
+def _prepare_folders(settings: Settings, routes: list[Settings]) -> None:
+    """Create every route's folders (`routes`: the settings as each route sees them); none may
+    be an inbox under another path, and each inbox and its processing must share a file
+    system."""
+    for s in routes:
         for folder in (s.inbox, s.results, s.archive, s.processing):
             folder.mkdir(parents=True, exist_ok=True)
+        where = "" if settings.routes is None else f"routes: {s.route.name}: "
         # The settings compare paths; only the folders themselves show a bind mount or a link.
         overlap = overlaps(s)
         if overlap is not None:
-            raise FolderError(overlap if settings.routes is None else f"routes: {name}: {overlap}")
+            raise FolderError(f"{where}{overlap}")
         # A claim is a link (or a rename) from the inbox into processing: atomic only within
         # one file system. Results and the archive may be anywhere.
         if os.stat(s.inbox).st_dev != os.stat(s.processing).st_dev:
-            where = "" if settings.routes is None else f"routes: {name}: "
             raise FolderError(
                 f"{where}inbox ({s.inbox}) and processing ({s.processing}) are on different file "
                 "systems; a job is claimed by moving it from one to the other, which is atomic "
