@@ -232,7 +232,8 @@ class Settings(BaseModel):
         resolved = {}
         for name, given in self.routes.items():
             flows = given.flows if given.flows is not None else tuple(self.flows)
-            for flow in (*flows, given.flow or builtin.WAIT_FLOW):
+            # The flows it names (a flow it leaves to its default is checked below).
+            for flow in (*flows, *([given.flow] if given.flow else [])):
                 if flow not in self.flows:
                     registered = ", ".join(self.flows)
                     raise _problem(

@@ -168,3 +168,21 @@ def test_overlap_messages_name_both_routes_and_folders(tmp_path: Path) -> None:
     path = tmp_path / "config.yaml"
     path.write_text("routes: {a: {inbox: ./x}, b: {inbox: ./x/y}}\n")
     assert list(load_config(path).served) == ["a", "b"]
+
+
+def test_routes_need_no_wait_flow_when_the_config_registers_none(tmp_path: Path) -> None:
+    path = tmp_path / "config.yaml"
+    path.write_text(
+        "flows: {csv_summary: examples.csv_summary:csv_summary}\n"
+        "routes: {a: {inbox: ./x}, b: {inbox: ./y, flow: csv_summary}}\n"
+    )
+    served = load_config(path).served
+    assert (served["a"].flow, served["a"].flows) == ("csv_summary", ("csv_summary",))
+    assert served["b"].flow == "csv_summary"
+    # With several flows and none named, the default is wait: not registered here, said so.
+    path.write_text(
+        "flows: {csv_summary: examples.csv_summary:csv_summary, nap: flows.work:nap}\n"
+        "routes: {a: {inbox: ./x}}\n"
+    )
+    with pytest.raises(ConfigError, match=r"routes: a: flow: wait is not among the route's flows"):
+        load_config(path)
