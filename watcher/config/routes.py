@@ -136,7 +136,8 @@ def work_queue_problem(value: str) -> str | None:
     return None
 
 
-def _inside(inner: Path, outer: Path) -> bool:
+def inside(inner: Path, outer: Path) -> bool:
+    """Whether `inner` is `outer` or inside it, by path (both resolved)."""
     return inner == outer or outer in inner.parents
 
 
@@ -159,7 +160,7 @@ def folder_overlap(routes: Iterable[Route]) -> str | None:
                         "one folder is served by one route"
                     )
                 continue
-            if b.recursive and _inside(fa["inbox"], fb["inbox"]):
+            if b.recursive and inside(fa["inbox"], fb["inbox"]):
                 return (
                     f"routes: {a.name}'s inbox ({a.inbox}) is inside {b.name}'s inbox "
                     f"({b.inbox}), which is recursive: its files would be {b.name}'s jobs too"
@@ -168,10 +169,10 @@ def folder_overlap(routes: Iterable[Route]) -> str | None:
         for b, fb in listed:
             for key in ("results", "archive", "processing"):
                 where = f"{b.name}'s {key}"
-                if _inside(fa["inbox"], fb[key]) or _inside(fb[key], fa["inbox"]):
+                if inside(fa["inbox"], fb[key]) or inside(fb[key], fa["inbox"]):
                     inner, outer = (
                         ((f"{a.name}'s inbox", a.inbox), (where, fb[key]))
-                        if _inside(fa["inbox"], fb[key])
+                        if inside(fa["inbox"], fb[key])
                         else ((where, fb[key]), (f"{a.name}'s inbox", a.inbox))
                     )
                     relation = "is" if fa["inbox"] == fb[key] else "is inside"

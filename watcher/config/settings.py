@@ -31,6 +31,7 @@ from watcher.config.routes import (
     RouteConfig,
     deployment_problem,
     folder_overlap,
+    inside,
     work_queue_problem,
 )
 from watcher.config.routes import KNOWN_KEYS as ROUTE_KEYS
@@ -196,7 +197,7 @@ class Settings(BaseModel):
             for route in self._routes.values():
                 for key, folder in route.folders().items():
                     there = folder.resolve()
-                    if there == data or data in there.parents or there in data.parents:
+                    if inside(there, data) or inside(data, there):
                         raise _problem(
                             f"data_dir ({self.data_dir}) and routes: {route.name}'s {key} "
                             f"({folder}) must be apart, neither inside the other"
