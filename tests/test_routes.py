@@ -73,6 +73,11 @@ def _result(svc: ServiceProcess, path: Path, timeout: float = 60) -> dict[str, A
     return found
 
 
+def _archived(path: Path | bytes) -> None:
+    """Wait for a job file to be archived: its result is published first, then it is moved."""
+    wait_until(lambda: os.path.exists(path), 10)
+
+
 def test_the_docs_config_is_the_one_tested() -> None:
     text = (ROOT / "docs/routes.md").read_text()
     block = text.split("## A real config", 1)[1].split("```yaml\n", 1)[1].split("```", 1)[0]
@@ -105,19 +110,19 @@ def test_three_routes_each_run_their_own_flow_defaults_and_folders(
     assert (invoice["flow"], invoice["timeout"]) == ("csv_summary", 60)
     assert invoice["return_value"]["rows"] == 2  # split on ';', the route's default
     assert invoice["return_value"]["columns"] == ["region", "units"]
-    assert (tmp_path / "done/invoices/march.yaml").exists()
+    _archived(tmp_path / "done/invoices/march.yaml")
 
     page = _result(svc, tmp_path / "results/scans/2026/12/06/page.result.yaml")
     assert page["status"] == "completed", page
     assert (page["route"], page["subfolder"], page["flow"]) == ("scans", "2026/12/06", "wait")
     assert (page["timeout"], page["sleep"]) == (10, 0)
-    assert (tmp_path / "archive/scans/2026/12/06/page.yaml").exists()
+    _archived(tmp_path / "archive/scans/2026/12/06/page.yaml")
     assert deep.is_dir() and os.listdir(deep) == []  # the emptied subfolder is left alone
 
     big = _result(svc, tmp_path / "results/slow/big.result.yaml")
     assert big["status"] == "completed", big
     assert big["route"] == "slow" and big["timeout"] == 30 and 1 <= big["sleep"] <= 2
-    assert (tmp_path / "archive/slow/big.yaml").exists()
+    _archived(tmp_path / "archive/slow/big.yaml")
 
     # A flow the route does not take is an error result naming the route's flows.
     _drop(tmp_path, tmp_path / "hot/invoices/wrong.yaml", "flow: wait\nsleep: 0\n")
@@ -169,9 +174,7 @@ def test_a_subfolder_made_while_running_is_watched_at_once(
     odd_result = Path(os.fsdecode(os.path.join(os.fsencode(tmp_path), b"results/tree/odd\xff")))
     refused = _result(svc, odd_result / "job.result.yaml", 30)
     assert refused["status"] == "error" and "is not UTF-8 text" in refused["message"]
-    assert os.path.exists(
-        os.path.join(os.fsencode(tmp_path / "archive/tree"), b"odd\xff", b"job.yaml")
-    )
+    _archived(os.path.join(os.fsencode(tmp_path / "archive/tree"), b"odd\xff", b"job.yaml"))
     done = sorted(
         p.relative_to(tmp_path / "results/tree").as_posix()
         for p in (tmp_path / "results/tree").rglob("*.yaml")
