@@ -32,6 +32,7 @@ from watcher.service.guard import FolderGuard, Lost, overlaps, routes_overlap
 from watcher.service.inbox import Inbox
 from watcher.service.pipeline import RETRY_FIRST, JobPipeline
 from watcher.service.signals import StopSignals
+from watcher.service.vitals import Vitals
 
 __all__ = ["FolderError", "ServedElsewhere", "Service"]
 
@@ -83,10 +84,12 @@ class Service:
         standby: bool = True,
         registry: Registry | None = None,
         data_lock: DataDirLock | None = None,
+        vitals: Vitals | None = None,
     ) -> None:
         """`registry`: the flows jobs may name, shared with the runner, which loads them at its
         start (default: the config's, never loaded: only wait jobs run). `data_lock`: the
-        embedded server's `data_dir`, taken once the folders are this service's."""
+        embedded server's `data_dir`, taken once the folders are this service's. `vitals`: kept
+        up to date while it serves, for whatever tells the outside (health, metrics, events)."""
         self.settings = settings
         self.runner = runner
         self.registry = registry or settings.registry()
@@ -100,6 +103,9 @@ class Service:
             for name in settings.served
         ]
         self.data_lock = data_lock
+        self.vitals = vitals or Vitals(list(settings.served))
+        health = runner.health
+        self.vitals.runner_up = lambda: (health.up.is_set(), health.reason)
         self.started = threading.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop: asyncio.Event | None = None
@@ -203,6 +209,7 @@ class Service:
             if self.data_lock is not None:
                 self.data_lock.release()
             self._release_locks()
+        self.vitals.set_phase("stopped")
         if self._fatal is not None:
             raise self._fatal
         logger.info("stopped" if self._lost is None else "stopped: the folders were lost")
@@ -250,12 +257,23 @@ class Service:
             if not self.standby:
                 raise ServedElsewhere(held)
             logger.info("standby: %s; taking over when it stops", held)
-            if not await asyncio.to_thread(wait_for, self._try_locks, self.signals.stopping):
-                return False
+            self.vitals.set_phase("standby")
+            beating = asyncio.create_task(self._beat_while_standby())
+            try:
+                if not await asyncio.to_thread(wait_for, self._try_locks, self.signals.stopping):
+                    return False
+            finally:
+                beating.cancel()
             logger.info("taking over %s", inboxes)
         self._owner = Owner.me(now_iso(), self.settings.runner)
         await asyncio.to_thread(self._record, self._owner)
         return True
+
+    async def _beat_while_standby(self) -> None:
+        # The standby's loop is alive too (a watchdog must see it), though it has no tick.
+        while True:
+            self.vitals.beat()
+            await asyncio.sleep(_TICK)
 
     async def _serve(self, recovered: list[tuple[_Served, Claim]]) -> None:
         s = self.settings
@@ -276,6 +294,7 @@ class Service:
                 route.results,
                 min(s.max_concurrent_jobs, route.max_concurrent_jobs or s.max_concurrent_jobs),
             )
+        self.vitals.set_phase("serving")
         self.started.set()
         # The runner (Prefect's embedded server: seconds) starts meanwhile: files are claimed
         # and read at once, bad ones get their error result, and good ones wait for it.
@@ -286,6 +305,7 @@ class Service:
             await self._stop.wait()
             logger.info("stopping: no new jobs; %d in progress", len(self._job_tasks))
         finally:
+            self.vitals.set_phase("stopping")
             for served in self.served:
                 if served.inbox is not None:
                     served.inbox.stop()
@@ -314,6 +334,8 @@ class Service:
             priority=route.priority,
             order=route.order,
         )
+        inbox = served.inbox
+        self.vitals.watch_route(route.name, lambda: inbox.pending)
         served.pipeline = JobPipeline(
             s,
             self.runner,
@@ -322,6 +344,7 @@ class Service:
             inbox=served.inbox,
             gate=gate,
             forced=lambda: self.signals.forced,
+            vitals=self.vitals,
         )
 
     async def _start_runner(self) -> None:
@@ -395,6 +418,7 @@ class Service:
             await asyncio.wait(wakers, timeout=_TICK, return_when=asyncio.FIRST_COMPLETED)
             for waker in wakers:
                 waker.cancel()
+            self.vitals.beat()
             check = time.monotonic() >= next_check
             if check:
                 next_check = time.monotonic() + _FOLDER_CHECK
@@ -415,6 +439,7 @@ class Service:
                 if self._check_folders(served):
                     return True
                 healthy = inbox.healthy()
+            self.vitals.inbox_alive(served.route.name, healthy)
             if not healthy:
                 logger.error("inbox %s or its watcher is gone: restarting", inbox.folder)
                 if not self._rewatch_inbox(served):

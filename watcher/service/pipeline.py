@@ -38,6 +38,7 @@ from watcher.running.contract import Runner, RunnerUnavailable, RunOutcome, RunR
 from watcher.service.backoff import ClaimBackoff
 from watcher.service.gate import RunGate
 from watcher.service.inbox import Inbox
+from watcher.service.vitals import JobSeen, Vitals
 
 __all__ = ["RETRY_FIRST", "RETRY_MAX", "JobPipeline"]
 
@@ -61,9 +62,11 @@ class JobPipeline:
         inbox: Inbox,
         gate: RunGate,
         forced: Callable[[], bool],
+        vitals: Vitals | None = None,
     ) -> None:
         """`gate`: the runner's readiness, the run slots and the stop; `forced()`: whether the
-        stop is forced (a second signal)."""
+        stop is forced (a second signal); `vitals`: told each job's steps (received, started,
+        finished), for the health, metrics and events."""
         self.settings = settings
         self.runner = runner
         self.registry = registry
@@ -71,6 +74,7 @@ class JobPipeline:
         self.inbox = inbox
         self.gate = gate
         self.forced = forced
+        self.vitals = vitals or Vitals([settings.route.name])
         self.claims = ClaimBackoff(RETRY_FIRST, RETRY_MAX)
         self._claims_timer: asyncio.TimerHandle | None = None
 
@@ -79,11 +83,27 @@ class JobPipeline:
         claim = await self._claim(item) if isinstance(item, Path) else item
         if claim is None:
             return
+        mtime_ns = await asyncio.to_thread(_mtime_ns, claim.path)  # its place in `oldest` order
+        seen = JobSeen(
+            self.settings.route.name,
+            claim.id,
+            claim.name,
+            claim.relative,
+            mtime_ns / 1e9 if mtime_ns else None,
+            recovered=not isinstance(item, Path),
+        )
+        self.vitals.received(seen)
+        try:
+            await self._handle(claim, seen, mtime_ns)
+        finally:
+            self.vitals.forget(seen)  # a no-op once it finished
+
+    async def _handle(self, claim: Claim, seen: JobSeen, mtime_ns: int) -> None:
         if claim.staged_result.exists():
-            await self._complete(claim, None)
+            await self._complete(claim, None, seen)
             return
         try:
-            outcome = await self._run(claim)
+            outcome = await self._run(claim, seen, mtime_ns)
         except asyncio.CancelledError:
             if not self.forced():
                 await self._leave_claimed(claim)
@@ -92,7 +112,7 @@ class JobPipeline:
             await self._leave_claimed(claim)
             return
         # From here on the outcome is known: finish even if a stop is requested meanwhile.
-        await asyncio.shield(self._complete(claim, outcome))
+        await asyncio.shield(self._complete(claim, outcome, seen))
 
     # -- claim -----------------------------------------------------------------------------
 
@@ -157,7 +177,7 @@ class JobPipeline:
 
     # -- run, or refuse --------------------------------------------------------------------
 
-    async def _run(self, claim: Claim) -> Result | None:
+    async def _run(self, claim: Claim, seen: JobSeen, mtime_ns: int) -> Result | None:
         """The job's result, or None when the service stopped before its flow could start."""
         started_at, t0 = now_iso(), time.monotonic()
         base = await self._base(claim)
@@ -180,7 +200,6 @@ class JobPipeline:
             logger.exception("%s: reading the job failed", claim.name)
             outcome = RunOutcome("error", f"{claim.name}: internal error reading it: {exc}")
             return result_of(base, None, outcome, started_at, t0)
-        mtime_ns = await asyncio.to_thread(_mtime_ns, claim.path)  # its place in `oldest` order
         # A file name need not be valid UTF-8; Prefect's names must be.
         stem = os.fsencode(Path(claim.name).stem).decode("utf-8", "replace")
         me = asyncio.current_task()
@@ -222,6 +241,7 @@ class JobPipeline:
                 job.timeout,
                 f", sleep {job.sleep}" if job.flow == WAIT_FLOW else "",
             )
+            self.vitals.started(seen, job.flow)
             outcome = await self._run_with_retries(claim, request)
         finally:
             self.gate.leave()
@@ -297,7 +317,7 @@ class JobPipeline:
 
     # -- stage, publish, archive -----------------------------------------------------------
 
-    async def _complete(self, claim: Claim, result: Result | None) -> None:
+    async def _complete(self, claim: Claim, result: Result | None, seen: JobSeen) -> None:
         """Stage, publish and archive; retried with backoff while the disk fails us, logged
         when the error starts or changes and when the write works again, not at every try."""
         errors: list[str] = []
@@ -324,6 +344,7 @@ class JobPipeline:
         )
         if errors:
             logger.warning("%s: its result could be written again", claim.name)
+        self.vitals.finished(seen, staged)
         status = staged.get("status", "?")
         if result is None:  # its run ended before the service stopped: nothing ran now
             flow_run = staged.get("flow_run_name")
