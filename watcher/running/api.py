@@ -11,7 +11,7 @@ from watcher.running.contract import FLOW_RUN_TAG, RunnerUnavailable
 if TYPE_CHECKING:
     from prefect.client.orchestration import PrefectClient
 
-__all__ = ["api_down", "crash_leftovers", "overloaded", "unavailable"]
+__all__ = ["api_down", "crash_leftovers", "overloaded", "unavailable", "unreachable"]
 
 
 def overloaded(exc: Exception) -> bool:
@@ -24,6 +24,29 @@ def overloaded(exc: Exception) -> bool:
         503,
         504,
     )
+
+
+def unreachable(exc: BaseException) -> bool:
+    """Whether `exc` (or an error it was raised from, or one in its group) says the API could
+    not be reached at all: an httpx transport error (connection refused or reset, a timeout)
+    or the OS's `ConnectionError`. The engine raises these from its own calls to the API,
+    never from the job's code (a flow's failure is its state), so they mean "not now", even
+    when the API answers again by the time anyone asks it (`api_down`)."""
+    import httpx
+
+    seen: set[int] = set()
+    todo: list[BaseException] = [exc]
+    while todo:
+        one = todo.pop()
+        if id(one) in seen:
+            continue
+        seen.add(id(one))
+        if isinstance(one, httpx.TransportError | ConnectionError):
+            return True
+        if isinstance(one, BaseExceptionGroup):
+            todo.extend(one.exceptions)
+        todo.extend(e for e in (one.__cause__, one.__context__) if e is not None)
+    return False
 
 
 async def api_down(client: PrefectClient | None = None) -> bool:

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from watcher import defaults
 from watcher.config.registry import Registry
 from watcher.retry import retry
-from watcher.running.api import api_down, crash_leftovers, overloaded, unavailable
+from watcher.running.api import api_down, crash_leftovers, overloaded, unavailable, unreachable
 from watcher.running.child import warm_up
 from watcher.running.contract import (
     FLOW_RUN_TAG,
@@ -325,7 +325,7 @@ class PrefectRunner:
         except Exception as exc:
             # Prefect reports an unreachable API in several shapes (httpx errors, a
             # RuntimeError "Failed to reach API", 503s after its own retries): ask the API.
-            if overloaded(exc) or await self._lost(restarts):
+            if overloaded(exc) or unreachable(exc) or await self._lost(restarts):
                 raise unavailable(exc) from exc
             raise
         if state.is_completed() or state.is_cancelled():

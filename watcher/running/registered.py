@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from watcher.config.registry import RegisteredFlow
-from watcher.running.api import overloaded, unavailable
+from watcher.running.api import overloaded, unavailable, unreachable
 from watcher.running.child import run_in_child, shape_return
 from watcher.running.contract import (
     FLOW_RUN_TAG,
@@ -98,7 +98,7 @@ class RegisteredRun:
         except RunnerUnavailable:
             raise
         except Exception as exc:
-            if overloaded(exc) or await self.api_down():
+            if overloaded(exc) or unreachable(exc) or await self.api_down():
                 raise unavailable(exc) from exc
             raise
         flow_run_id = str(state.state_details.flow_run_id or "") or None

@@ -33,7 +33,7 @@ from uuid import UUID
 from flows.wait import draw_sleep
 from watcher import defaults
 from watcher.config.registry import Registry
-from watcher.running.api import api_down, unavailable
+from watcher.running.api import api_down, unavailable, unreachable
 from watcher.running.contract import (
     FLOW_RUN_TAG,
     RunnerHealth,
@@ -170,7 +170,7 @@ class DeploymentRunner:
         except (RunnerUnavailable, asyncio.CancelledError):
             raise
         except Exception as exc:
-            if self._client is None or await api_down(self._client):
+            if self._client is None or unreachable(exc) or await api_down(self._client):
                 raise unavailable(repr(exc)) from exc
             raise
 
