@@ -17,6 +17,11 @@ Last, W1 (100 `sleep: 0` jobs dropped together) and 8 jobs of `sleep: 1.5` dropp
 on PostgreSQL and in-memory SQLite in alternating rounds, so that the machine's load weighs on
 both alike: the wall times, the CPU per job and the throughput ratio.
 
+First of all, the restart before and after the start-up leads (`watcher/server/startup.py`), in
+alternating rounds on the shipped PostgreSQL: the service as it started before them
+(`DROPFLOW_FAST_START=0`), with all of them, and with all but one (what each lead is worth), each
+mode a cold start then two warm ones per round, the modes' order reversed every round.
+
 Writes its section ("startup") of `bench/RESULTS.md`.
 """
 
@@ -45,6 +50,7 @@ from bench.measure import ProcessTree
 from bench.peers import MEMORY_DATABASE, ROOT, free_port
 from bench.report import machine
 from bench.sections import write_section
+from watcher.server.startup import ENVIRONMENT_VARIABLE, LEADS
 
 __all__ = ["main"]
 
@@ -69,6 +75,18 @@ DEFAULT_BACKENDS = (SHIPPED, MEMORY)
 class Start:
     watching: float
     first_result: float
+    api: float = 0.0  # the runner's line: the Prefect API answers
+
+
+BEFORE, AFTER = "before (DROPFLOW_FAST_START=0)", "after (all leads)"
+
+
+def restart_modes() -> dict[str, str]:
+    """`DROPFLOW_FAST_START` by mode: none, all, and all but each lead."""
+    modes = {BEFORE: "0", AFTER: ",".join(LEADS)}
+    for lead in LEADS:
+        modes[f"all but {lead}"] = ",".join(x for x in LEADS if x != lead)
+    return modes
 
 
 @dataclass
@@ -201,8 +219,9 @@ def _timed_start(svc: Service, label: str, config: dict[str, object] | None = No
     (svc.inbox / name).write_text("timeout: 10\nsleep: 0\n")
     svc.start(config)
     watching = svc.wait_log("watching ")
+    api = svc.wait_log("runner: ")
     done = svc.wait_results([name])
-    return Start(watching, done - svc.started)
+    return Start(watching, done - svc.started, api)
 
 
 def _batch(svc: Service, prefix: str, count: int, text: str) -> Batch:
@@ -310,6 +329,102 @@ def run_backend(name: str, env: dict[str, str], work: Path, history: int) -> Bac
 
 
 @dataclass
+class Restarts:
+    """Cold and warm starts by mode, from the alternating rounds."""
+
+    cold: dict[str, list[Start]] = field(default_factory=dict)
+    warm: dict[str, list[Start]] = field(default_factory=dict)
+    load: list[float] = field(default_factory=list)
+
+
+def restarts(work: Path, rounds: int, modes: dict[str, str]) -> Restarts:
+    """Each round, each mode on a fresh `data_dir` and PREFECT_HOME: a cold start, then two warm
+    ones; the modes take turns, their order reversed every round."""
+    result = Restarts({m: [] for m in modes}, {m: [] for m in modes})
+    names = list(modes)
+    for r in range(rounds):
+        result.load.append(os.getloadavg()[0])
+        for index, mode in enumerate(names if r % 2 == 0 else list(reversed(names))):
+            svc = Service(work / f"restart-{r}-{index}", {ENVIRONMENT_VARIABLE: modes[mode]}, {})
+            try:
+                result.cold[mode].append(_timed_start(svc, "cold"))
+                svc.stop()
+                for n in range(2):
+                    result.warm[mode].append(_timed_start(svc, f"warm{n}"))
+                    svc.stop()
+            finally:
+                if svc.proc is not None and svc.proc.poll() is None:
+                    svc.stop()
+                shutil.rmtree(svc.root, ignore_errors=True)
+            cold, warm = result.cold[mode][-1], result.warm[mode][-2:]
+            print(
+                f"   round {r} {mode}: cold {cold.first_result:.2f} s, warm "
+                + ", ".join(f"{w.first_result:.2f}" for w in warm)
+                + " s",
+                flush=True,
+            )
+    return result
+
+
+def _median(values: Sequence[float]) -> float:
+    ordered = sorted(values)
+    middle = len(ordered) // 2
+    if len(ordered) % 2:
+        return ordered[middle]
+    return (ordered[middle - 1] + ordered[middle]) / 2
+
+
+def render_restarts(res: Restarts) -> list[str]:
+    if not res.cold or not next(iter(res.cold.values())):
+        return []
+    rounds = len(next(iter(res.cold.values())))
+    lines = [
+        "",
+        f"### Restart: before and after the start-up leads ({rounds} alternating rounds)",
+        "",
+        "Shipped PostgreSQL, `ui: true`. Each round runs every mode on a fresh `data_dir` and "
+        "PREFECT_HOME: a cold start, then two warm ones, each with one `sleep: 0` job in the "
+        "inbox; the modes take turns, their order reversed every round. Seconds from the "
+        "`dropflow run` process start; medians over the rounds (cold) and over every warm "
+        f"start; load average (1 min) at each round's start: "
+        f"{', '.join(f'{x:.1f}' for x in res.load)}.",
+        "",
+        "| mode | cold -> API | cold -> first result | warm -> API | warm -> first result "
+        "| warm first results s |",
+        "|---|---|---|---|---|---|",
+    ]
+    for mode in res.cold:
+        cold, warm = res.cold[mode], res.warm[mode]
+        lines.append(
+            f"| {mode} | {_median([s.api for s in cold]):.2f} "
+            f"| {_median([s.first_result for s in cold]):.2f} "
+            f"| {_median([s.api for s in warm]):.2f} "
+            f"| {_median([s.first_result for s in warm]):.2f} "
+            f"| {', '.join(f'{s.first_result:.2f}' for s in warm)} |"
+        )
+    if BEFORE in res.cold and AFTER in res.cold:
+        before_w = _median([s.first_result for s in res.warm[BEFORE]])
+        after_w = _median([s.first_result for s in res.warm[AFTER]])
+        before_c = _median([s.first_result for s in res.cold[BEFORE]])
+        after_c = _median([s.first_result for s in res.cold[AFTER]])
+        lines += [
+            "",
+            f"- warm start to the first backlog result: {before_w:.2f} s before, "
+            f"**{after_w:.2f} s** after (target <= 3 s); cold: {before_c:.2f} s before, "
+            f"**{after_c:.2f} s** after (target <= 6 s).",
+        ]
+        for lead in LEADS:
+            without = f"all but {lead}"
+            if without in res.warm:
+                w = _median([s.first_result for s in res.warm[without]]) - after_w
+                c = _median([s.first_result for s in res.cold[without]]) - after_c
+                lines.append(
+                    f"- `{lead}` is worth {w:+.2f} s warm, {c:+.2f} s cold (all but it, minus all)."
+                )
+    return lines
+
+
+@dataclass
 class Alternating:
     """W1 and 8 x 1.5 s, by database, from the alternating rounds."""
 
@@ -402,7 +517,12 @@ def render_alternating(alt: Alternating) -> list[str]:
 
 
 def render(
-    runs: list[BackendRun], alt: Alternating, info: dict[str, str], command: str, minutes: float
+    runs: list[BackendRun],
+    alt: Alternating,
+    info: dict[str, str],
+    command: str,
+    minutes: float,
+    res: Restarts | None = None,
 ) -> str:
     lines = [
         "## Start-up and the embedded server's database",
@@ -415,6 +535,14 @@ def render(
         f"- load average (1/5/15 min): {info['load']} before, "
         f"{' '.join(f'{x:.2f}' for x in os.getloadavg())} after; the machine may be shared, so "
         "compare rows of one run, not runs",
+        "",
+        *render_restarts(res or Restarts()),
+    ]
+    if not runs:
+        return "\n".join(lines) + "\n"
+    lines += [
+        "",
+        "### By database",
         "",
         "Times in seconds from the `dropflow run` process start, with one `sleep: 0` job already "
         "in the inbox. Cold: empty `data_dir` and PREFECT_HOME. Warm: the same folders again.",
@@ -445,6 +573,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--rounds", type=int, default=3, help="alternating W1 rounds per database (0: none)"
     )
     parser.add_argument("--w1-jobs", type=int, default=100, help="jobs in each W1 burst")
+    parser.add_argument(
+        "--restart-rounds",
+        type=int,
+        default=3,
+        help="alternating rounds of the restart before/after the start-up leads (0: none)",
+    )
+    parser.add_argument(
+        "--no-ablation",
+        action="store_true",
+        help="compare only before and after, not all-but-each-lead",
+    )
+    parser.add_argument(
+        "--only-restarts", action="store_true", help="the restart rounds alone, nothing else"
+    )
     args = parser.parse_args(argv)
     names = [name for name in args.backends.split(",") if name]
     info = machine()
@@ -453,7 +595,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.chmod(work, 0o755)  # PostgreSQL runs as a user of its own when we are root
     runs = []
     alt = Alternating()
+    res = Restarts()
+    modes = restart_modes()
+    if args.no_ablation:
+        modes = {m: v for m, v in modes.items() if m in (BEFORE, AFTER)}
     try:
+        if args.restart_rounds:
+            print("== restart: before and after the start-up leads", flush=True)
+            res = restarts(work, args.restart_rounds, modes)
+        if args.only_restarts:
+            names = []
+            args.rounds = 0
         for index, name in enumerate(names):
             runs.append(run_backend(name, BACKENDS[name], work, args.history if index == 0 else 0))
         if args.rounds:
@@ -462,7 +614,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         shutil.rmtree(work, ignore_errors=True)
     command = " ".join(["python -m bench.startup", *(argv if argv is not None else sys.argv[1:])])
-    text = render(runs, alt, info, command, (time.monotonic() - started) / 60)
+    text = render(runs, alt, info, command, (time.monotonic() - started) / 60, res)
     write_section(args.output, "startup", text)
     print(text)
     print(f"written to {args.output}")

@@ -54,12 +54,19 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     data_lock = None
     if settings.runner == "prefect":
         from watcher.server.embedded import EmbeddedOptions
+        from watcher.server.startup import ENVIRONMENT_VARIABLE, parse_leads
 
+        try:
+            fast_start = parse_leads(os.environ.get(ENVIRONMENT_VARIABLE))
+        except ValueError as exc:
+            print(f"dropflow: {exc}", file=sys.stderr)
+            return defaults.EXIT_USAGE
         options = EmbeddedOptions(
             port=settings.server_port,
             data_dir=settings.data_dir,
             ui=settings.ui,
             history_days=settings.history_days,
+            fast_start=fast_start,
         )
         if not os.environ.get("PREFECT_API_URL"):
             # The embedded default: one service per data_dir (its PostgreSQL and history).

@@ -30,6 +30,7 @@ from watcher.running.contract import (
 )
 from watcher.server.embedded import EmbeddedOptions, EmbeddedServer, EmbeddedServerError
 from watcher.server.prefect_internals import enter_shared_clients, flush_prefect
+from watcher.server.startup import EARLY_SERVER
 from watcher.server.supervisor import Supervisor
 
 if TYPE_CHECKING:
@@ -106,8 +107,10 @@ class PrefectRunner:
         return await asyncio.create_task(self._start(), context=self._context)
 
     async def _start(self) -> str:
+        launched = await self._launch_early()
         # Prefect takes more than a second to import here: it is imported now, in a thread,
-        # while the service already watches the inbox and reads job files.
+        # while the service already watches the inbox and reads job files (and the embedded
+        # server, launched above, imports its own).
         await asyncio.to_thread(self._import_prefect)
         from prefect.client.orchestration import get_client
         from prefect.settings import (
@@ -121,7 +124,7 @@ class PrefectRunner:
         if self._embedded is not None and not get_current_settings().api.url:
             # No API URL in the environment, a .env or prefect.toml file, or the Prefect
             # profile: the embedded default.
-            self._server = EmbeddedServer(
+            self._server = launched or EmbeddedServer(
                 self._embedded, self._environ, inherit_fds=self._inherit_fds
             )
             logger.info("no PREFECT_API_URL: starting Prefect's embedded server")
@@ -135,6 +138,9 @@ class PrefectRunner:
                 temporary_settings({PREFECT_API_URL: url, PREFECT_UI_URL: ui_url})
             )
             mode = "embedded server" + (f", UI at {ui_url}/" if ui_url else ", no UI")
+        elif launched is not None:
+            # Prefect's settings name a server after all (a profile, a .env file): not needed.
+            await asyncio.to_thread(launched.stop)
         self._ui_url = PREFECT_UI_URL.value() or None
         async with get_client() as client:
             url = str(client.api_url)
@@ -183,6 +189,23 @@ class PrefectRunner:
             )
             self._supervisor.start()
         return f"Prefect API at {url} ({mode})"
+
+    async def _launch_early(self) -> EmbeddedServer | None:
+        """Launch the embedded server before Prefect is imported (`early-server`), when the
+        environment names no API URL: Prefect's own settings, read once it is imported, decide
+        whether it is kept. A launch that fails is tried again then, and its error counts only
+        if the embedded server is needed."""
+        options = self._embedded
+        if options is None or EARLY_SERVER not in options.fast_start:
+            return None
+        if self._environ.get("PREFECT_API_URL"):
+            return None
+        server = EmbeddedServer(options, self._environ, inherit_fds=self._inherit_fds)
+        try:
+            await asyncio.to_thread(server.launch)
+        except EmbeddedServerError:
+            return None
+        return server
 
     def _served_again(self) -> None:
         self.health.mark_up()

@@ -33,6 +33,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import IO
 
+from watcher.server.startup import LEADS
+
 __all__ = [
     "EmbeddedOptions",
     "EmbeddedServer",
@@ -106,6 +108,8 @@ class EmbeddedOptions:
     data_dir: Path
     ui: bool
     history_days: float
+    fast_start: tuple[str, ...] = LEADS
+    """The start-up leads in use (`watcher.server.startup`)."""
 
 
 def check_port(port: int) -> None:
@@ -198,9 +202,25 @@ class EmbeddedServer:
             EmbeddedServerError: naming `data_dir` or `server_port` when one is unusable.
         """
         with self._guard:
-            return self._start(timeout)
+            if self._proc is None:  # else `launch` started it: wait for that one
+                self._launch()
+            return self._wait_serving(timeout)
+
+    def launch(self) -> None:
+        """Start the server process and return at once: `start` then waits for it. The service
+        calls it before it imports Prefect, so both imports overlap (`early-server`).
+
+        Raises:
+            EmbeddedServerError: as `start`.
+        """
+        with self._guard:
+            self._launch()
 
     def _start(self, timeout: float = START_TIMEOUT) -> str:
+        self._launch()
+        return self._wait_serving(timeout)
+
+    def _launch(self) -> None:
         check_data_dir(self.options.data_dir)
         check_port(self.options.port)
         if self.owns_cluster:
@@ -230,6 +250,10 @@ class EmbeddedServer:
                 **kwargs,
             )
         self._proc = proc
+
+    def _wait_serving(self, timeout: float) -> str:
+        proc = self._proc
+        assert proc is not None, "launch() first"
         deadline = time.monotonic() + timeout
         while not self._healthy():
             if proc.poll() is not None:
@@ -348,5 +372,6 @@ if __name__ == "__main__":
             data_dir=Path(raw["data_dir"]),
             ui=bool(raw["ui"]),
             history_days=float(raw["history_days"]),
+            fast_start=tuple(raw.get("fast_start", LEADS)),
         )
     )

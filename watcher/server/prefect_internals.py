@@ -14,6 +14,7 @@ import inspect
 import logging
 import re
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
@@ -41,12 +42,15 @@ __all__ = [
     "file_entrypoint_type",
     "flow_run_events",
     "flush_prefect",
+    "import_server_app",
     "load_deployed_flow",
+    "migrations_fingerprint",
     "module_entrypoint_type",
     "process_pool_template",
     "run_flow_run_here",
     "submitted_flow_run_events",
     "submitting_worker",
+    "use_database_url",
     "with_function",
 ]
 
@@ -76,6 +80,50 @@ SERVER_PROCESS_ENVIRONMENT: Mapping[str, str] = {
     "PREFECT__SERVER_FINAL": "1",
 }
 """The embedded server process's Prefect environment beyond the user-facing settings."""
+
+
+MIGRATIONS_FOLDER = ("server", "database", "_migrations", "versions", "postgresql")
+"""Where, inside the `prefect` package, the PostgreSQL migrations alembic runs live: one file
+per revision, the head among them."""
+
+
+def migrations_fingerprint() -> str:
+    """A digest of the names of Prefect's PostgreSQL migration files, found without importing
+    Prefect (a second or more): a Prefect that ships another migration gives another digest."""
+    import hashlib
+    from importlib.util import find_spec
+
+    spec = find_spec("prefect")
+    locations = list(spec.submodule_search_locations or []) if spec is not None else []
+    if not locations:
+        raise RuntimeError("the prefect package has no folder: cannot find its migrations")
+    folder = Path(locations[0]).joinpath(*MIGRATIONS_FOLDER)
+    names = sorted(path.name for path in folder.glob("*.py") if path.name != "__init__.py")
+    if not names:
+        raise RuntimeError(f"no migrations in {folder}: Prefect moved them")
+    return hashlib.sha256("\n".join(names).encode()).hexdigest()[:16]
+
+
+def import_server_app() -> None:
+    """Import Prefect's server app (what `SERVER_APP` names), and uvicorn, without building it."""
+    import prefect.server.api.server  # noqa: F401
+    import uvicorn  # noqa: F401
+
+
+def use_database_url(url: str) -> None:
+    """Make `url` the server's database after Prefect was imported.
+
+    Prefect reads its settings from the environment once, when `prefect.context` is imported,
+    and keeps them; `refresh_global_settings_context` reads them again (Prefect calls it after
+    its plugins set variables). The server's database is chosen later, when the app is built
+    and at its first query, from those settings.
+    """
+    import os
+
+    from prefect.context import refresh_global_settings_context
+
+    os.environ["PREFECT_SERVER_DATABASE_CONNECTION_URL"] = url
+    refresh_global_settings_context()
 
 
 def enter_shared_clients(stack: contextlib.AsyncExitStack) -> Any:

@@ -22,6 +22,7 @@ import os
 import signal
 import sys
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 from typing import IO, NoReturn
@@ -37,6 +38,13 @@ SHUTDOWN_TIMEOUT = 10.0
 
 Kept under `watcher.server.embedded.STOP_TIMEOUT`, after which the service kills this process:
 a kill then would leave PostgreSQL running."""
+
+SERVING_POLL = 0.05
+"""Seconds between looks at whether uvicorn serves yet."""
+
+DATABASE_URL = "PREFECT_SERVER_DATABASE_CONNECTION_URL"
+MIGRATE_ON_START = "PREFECT_SERVER_DATABASE_MIGRATE_ON_START"
+"""Prefect's setting to check (and run) its migrations at every start; a user's value is kept."""
 
 EXIT_POSTGRES = 3
 """This process's exit status when PostgreSQL did not start (the reason is in
@@ -66,7 +74,7 @@ def _wait_for_end_of_file(stdin: IO[bytes], gone: threading.Event) -> None:
 
 def main(options: EmbeddedOptions) -> None:
     """Start PostgreSQL, serve Prefect until the service lets go, then stop both."""
-    from watcher.server.postgres import PostgresError, start_cluster, stop_cluster
+    from watcher.server.postgres import PostgresError, stop_cluster
 
     _ignore_stop_signals()
     logging.basicConfig(level=logging.WARNING, format="embedded server: %(message)s")
@@ -79,19 +87,17 @@ def main(options: EmbeddedOptions) -> None:
         error_file.unlink(missing_ok=True)
     cluster: Path | None = None
     if not any(os.environ.get(name) for name in GIVEN_DATABASE):
-        # Before Prefect reads its settings: the database URL is known only now.
         try:
-            url = start_cluster(options.data_dir)
+            _start_database(options)
         except PostgresError as exc:
             logger.error("%s", exc)
             # The service reads the reason from there: it names it in its own error.
             with contextlib.suppress(OSError):
                 error_file.write_text(str(exc), encoding="utf-8")
             _exit(EXIT_POSTGRES)
-        os.environ["PREFECT_SERVER_DATABASE_CONNECTION_URL"] = url
         cluster = options.data_dir
     try:
-        status = _serve(options, gone)
+        status = _serve(options, gone, on_serving=lambda: _serving(options, cluster))
     except Exception:
         logger.exception("the Prefect server failed")
         status = 1
@@ -101,6 +107,53 @@ def main(options: EmbeddedOptions) -> None:
     _exit(status)
 
 
+def _start_database(options: EmbeddedOptions) -> None:
+    """Start the cluster in `data_dir` and give its URL to Prefect; with `postgres-alongside`,
+    import Prefect's server meanwhile (PostgreSQL runs in processes of its own)."""
+    from watcher.server.postgres import PGDATA, start_cluster
+    from watcher.server.prefect_internals import import_server_app, use_database_url
+    from watcher.server.startup import MIGRATIONS_ONCE, POSTGRES_ALONGSIDE, migrated
+
+    if (
+        MIGRATIONS_ONCE in options.fast_start
+        and MIGRATE_ON_START not in os.environ
+        and migrated(options.data_dir / PGDATA)
+    ):
+        os.environ[MIGRATE_ON_START] = "false"
+    if POSTGRES_ALONGSIDE not in options.fast_start:
+        # Before Prefect reads its settings: the database URL is known only now.
+        os.environ[DATABASE_URL] = start_cluster(options.data_dir)
+        return
+    started: list[str | BaseException] = []
+
+    def start() -> None:
+        try:
+            started.append(start_cluster(options.data_dir))
+        except BaseException as exc:
+            started.append(exc)
+
+    thread = threading.Thread(target=start, name="postgres", daemon=True)
+    thread.start()
+    # An import that fails here fails again in `_serve`, which reports it and stops PostgreSQL.
+    with contextlib.suppress(Exception):
+        import_server_app()
+    thread.join()
+    if isinstance(started[0], BaseException):
+        raise started[0]
+    use_database_url(started[0])
+
+
+def _serving(options: EmbeddedOptions, cluster: Path | None) -> None:
+    """The app serves: its migrations ran (uvicorn serves only once Prefect's start-up is done)."""
+    from watcher.server.postgres import PGDATA
+    from watcher.server.startup import MIGRATIONS_ONCE, record_migrated
+
+    # MIGRATE_ON_START set (by `_start_database` or the user): no migration was checked now.
+    checked = MIGRATE_ON_START not in os.environ
+    if cluster is not None and checked and MIGRATIONS_ONCE in options.fast_start:
+        record_migrated(cluster / PGDATA)
+
+
 def _exit(status: int) -> NoReturn:
     # Not sys.exit: the thread reading stdin (and uvicorn's, if it did not stop in time) would
     # still hold the stream's lock at interpreter shutdown, and Python aborts then.
@@ -108,8 +161,9 @@ def _exit(status: int) -> NoReturn:
     os._exit(status)
 
 
-def _serve(options: EmbeddedOptions, gone: threading.Event) -> int:
-    """Serve until the service lets go (0) or uvicorn stops by itself (1)."""
+def _serve(options: EmbeddedOptions, gone: threading.Event, on_serving: Callable[[], None]) -> int:
+    """Serve until the service lets go (0) or uvicorn stops by itself (1); call `on_serving`
+    once the app answers."""
     import uvicorn
 
     from watcher.server.prefect_internals import RECORDER_LOGGER, SERVER_APP, StoppedFlushFilter
@@ -131,6 +185,10 @@ def _serve(options: EmbeddedOptions, gone: threading.Event) -> int:
     # thread): the handlers above stay.
     serving = threading.Thread(target=serve, name="uvicorn", daemon=True)
     serving.start()
+    while not gone.wait(SERVING_POLL):
+        if server.started:
+            on_serving()
+            break
     gone.wait()
     if stopped.is_set():
         logger.error("the Prefect server stopped by itself")

@@ -14,6 +14,7 @@ import subprocess
 import sys
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -350,3 +351,50 @@ def test_the_stopped_flush_filter_drops_exactly_a_retried_cut_flush() -> None:
     assert keep.filter(_flush_record("Error flushing 2 events (2 to retry, 0 dropped)", OSError()))
     assert keep.filter(_flush_record("Error flushing 2 events (2 to retry, 0 dropped)", None))
     assert keep.filter(_flush_record("Dropping event x after 3 failed attempts", cut))
+
+
+def test_the_migrations_fingerprint_reads_the_folder_alembic_runs_for_postgresql() -> None:
+    import prefect
+    from alembic.script import ScriptDirectory
+    from prefect.server.database.orm_models import AsyncPostgresORMConfiguration
+
+    versions = AsyncPostgresORMConfiguration().versions_dir
+    assert versions == Path(prefect.__file__).parent.joinpath(*internals.MIGRATIONS_FOLDER)
+    # The head revision alembic upgrades to is one of the files named in the fingerprint.
+    script = ScriptDirectory(str(versions.parent.parent), version_locations=[str(versions)])
+    head = script.get_revision(script.get_current_head())
+    assert head is not None and Path(head.path).parent == versions
+    assert len(internals.migrations_fingerprint()) == 16
+
+
+def test_a_database_url_set_after_the_import_is_the_servers() -> None:
+    # In a fresh interpreter: Prefect reads its settings once, at import.
+    url = "postgresql+asyncpg://postgres:@/postgres?host=/nowhere"
+    code = (
+        "import os\n"
+        "from watcher.server import prefect_internals as internals\n"
+        "internals.import_server_app()\n"
+        "from prefect.server.database import provide_database_interface\n"
+        "from prefect.settings import PREFECT_API_DATABASE_CONNECTION_URL\n"
+        f"internals.use_database_url({url!r})\n"
+        "print(PREFECT_API_DATABASE_CONNECTION_URL.value())\n"
+        "print(provide_database_interface().database_config.connection_url)\n"
+    )
+    env = {k: v for k, v in os.environ.items() if "DATABASE_CONNECTION_URL" not in k}
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+    )
+    assert out.stdout.strip().splitlines()[-2:] == [url, url]
+
+
+def test_migrate_on_start_is_the_setting_create_app_checks(monkeypatch: pytest.MonkeyPatch) -> None:
+    from prefect.server.api.server import create_app
+    from prefect.settings import Settings
+
+    from watcher.server.process import MIGRATE_ON_START
+
+    # create_app runs the migrations only when this setting is true ...
+    assert "PREFECT_API_DATABASE_MIGRATE_ON_START" in inspect.getsource(create_app)
+    # ... and the variable dropflow sets is that setting.
+    monkeypatch.setenv(MIGRATE_ON_START, "false")
+    assert Settings().server.database.migrate_on_start is False
