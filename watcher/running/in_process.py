@@ -140,6 +140,7 @@ class PrefectRunner:
             mode = "embedded server" + (f", UI at {ui_url}/" if ui_url else ", no UI")
         elif launched is not None:
             # Prefect's settings name a server after all (a profile, a .env file): not needed.
+            self._server = None
             await asyncio.to_thread(launched.stop)
         self._ui_url = PREFECT_UI_URL.value() or None
         async with get_client() as client:
@@ -205,6 +206,7 @@ class PrefectRunner:
             await asyncio.to_thread(server.launch)
         except EmbeddedServerError:
             return None
+        self._server = server  # `close` stops it, even if the service stops before it serves
         return server
 
     def _served_again(self) -> None:

@@ -164,6 +164,8 @@ def _exit(status: int) -> NoReturn:
 def _serve(options: EmbeddedOptions, gone: threading.Event, on_serving: Callable[[], None]) -> int:
     """Serve until the service lets go (0) or uvicorn stops by itself (1); call `on_serving`
     once the app answers."""
+    if gone.is_set():
+        return 0  # let go of before it served (a launch Prefect's settings made needless)
     import uvicorn
 
     from watcher.server.prefect_internals import RECORDER_LOGGER, SERVER_APP, StoppedFlushFilter
