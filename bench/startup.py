@@ -337,29 +337,36 @@ class Restarts:
     load: list[float] = field(default_factory=list)
 
 
-def restarts(work: Path, rounds: int, modes: dict[str, str]) -> Restarts:
-    """Each round, each mode on a fresh `data_dir` and PREFECT_HOME: a cold start, then two warm
-    ones; the modes take turns, their order reversed every round."""
+def restarts(work: Path, rounds: int, modes: dict[str, str], warm: int = 2) -> Restarts:
+    """Each round, each mode on a fresh `data_dir` and PREFECT_HOME: a cold start each, then
+    `warm` warm starts each, the modes taking turns start by start (the order reversed every
+    turn), so that a change in the machine's load weighs on all of them alike."""
     result = Restarts({m: [] for m in modes}, {m: [] for m in modes})
     names = list(modes)
     for r in range(rounds):
         result.load.append(os.getloadavg()[0])
-        for index, mode in enumerate(names if r % 2 == 0 else list(reversed(names))):
-            svc = Service(work / f"restart-{r}-{index}", {ENVIRONMENT_VARIABLE: modes[mode]}, {})
-            try:
-                result.cold[mode].append(_timed_start(svc, "cold"))
-                svc.stop()
-                for n in range(2):
-                    result.warm[mode].append(_timed_start(svc, f"warm{n}"))
+        services = {
+            mode: Service(work / f"restart-{r}-{i}", {ENVIRONMENT_VARIABLE: modes[mode]}, {})
+            for i, mode in enumerate(names)
+        }
+        try:
+            for turn in range(1 + warm):
+                order = names if (r + turn) % 2 == 0 else list(reversed(names))
+                for mode in order:
+                    svc = services[mode]
+                    start = _timed_start(svc, f"start{turn}")
+                    (result.warm if turn else result.cold)[mode].append(start)
                     svc.stop()
-            finally:
+        finally:
+            for svc in services.values():
                 if svc.proc is not None and svc.proc.poll() is None:
                     svc.stop()
                 shutil.rmtree(svc.root, ignore_errors=True)
-            cold, warm = result.cold[mode][-1], result.warm[mode][-2:]
+        for mode in names:
+            cold, warms = result.cold[mode][-1], result.warm[mode][-warm:]
             print(
                 f"   round {r} {mode}: cold {cold.first_result:.2f} s, warm "
-                + ", ".join(f"{w.first_result:.2f}" for w in warm)
+                + ", ".join(f"{w.first_result:.2f}" for w in warms)
                 + " s",
                 flush=True,
             )
@@ -382,9 +389,10 @@ def render_restarts(res: Restarts) -> list[str]:
         "",
         f"### Restart: before and after the start-up leads ({rounds} alternating rounds)",
         "",
-        "Shipped PostgreSQL, `ui: true`. Each round runs every mode on a fresh `data_dir` and "
-        "PREFECT_HOME: a cold start, then two warm ones, each with one `sleep: 0` job in the "
-        "inbox; the modes take turns, their order reversed every round. Seconds from the "
+        "Shipped PostgreSQL, `ui: true`. Each round gives every mode a fresh `data_dir` and "
+        "PREFECT_HOME: a cold start each, then two warm ones each, with one `sleep: 0` job in "
+        "the inbox every time; the modes take turns start by start, their order reversed every "
+        "turn, so that the machine's load weighs on all alike. Seconds from the "
         "`dropflow run` process start; medians over the rounds (cold) and over every warm "
         f"start; load average (1 min) at each round's start: "
         f"{', '.join(f'{x:.1f}' for x in res.load)}.",

