@@ -93,8 +93,8 @@ def test_canceled_jobs_retried_with_a_longer_timeout_complete_in_their_own_folde
     svc: ServiceProcess,
 ) -> None:
     # One right in a route's inbox, one in a subfolder of the recursive route.
-    _drop(svc, "mail/late.yaml", "timeout: 0.5\nsleep: 2  # the work\n")
-    _drop(svc, "scans/2026/12/late.yaml", "timeout: 0.5\nsleep: 2\n")
+    _drop(svc, "mail/late.yaml", "timeout: 0.5\nsleep: 1  # the work\n")
+    _drop(svc, "scans/2026/12/late.yaml", "timeout: 0.5\nsleep: 1\n")
     first = _finished(svc, "mail/late.result.yaml")
     deep = _finished(svc, "scans/2026/12/late.result.yaml")
     assert first["status"] == deep["status"] == "canceled", (first, deep)
@@ -115,7 +115,7 @@ def test_canceled_jobs_retried_with_a_longer_timeout_complete_in_their_own_folde
     assert mail["retry_of"] == "late.result.yaml"
     assert mail["result_path"] == str(svc.root / "results/mail/late.result.2.yaml")
     result = mail["result"]
-    assert (result["status"], result["timeout"], result["sleep"]) == ("completed", 10, 2)
+    assert (result["status"], result["timeout"], result["sleep"]) == ("completed", 10, 1)
     assert result["retry_of"] == "late.result.yaml" and result["route"] == "mail"
     assert result["submission"] == mail["submission"] and result["flow_run_id"]
 
@@ -128,7 +128,7 @@ def test_canceled_jobs_retried_with_a_longer_timeout_complete_in_their_own_folde
     archived = (svc.root / "archive/scans/2026/12").iterdir()
     again = next(p for p in archived if p.name != "late.yaml").read_text()
     assert again.startswith(
-        "timeout: 10\nsleep: 2\n# dropflow-retry-of: 2026/12/late.result.yaml\n"
+        "timeout: 10\nsleep: 1\n# dropflow-retry-of: 2026/12/late.result.yaml\n"
     )
 
 
