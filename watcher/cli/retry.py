@@ -43,6 +43,7 @@ from watcher.cli.submit import (
 from watcher.cli.validate import Checked, check_bytes, job_limits
 from watcher.config.settings import Settings
 from watcher.folders.archive import find_archived, unique_archive_name
+from watcher.folders.claims import CLAIM_FOLDER
 from watcher.folders.results import read_result
 from watcher.jobs.messages import one_line
 from watcher.jobs.model import JobError
@@ -54,7 +55,6 @@ __all__ = ["NotRetried", "duration", "refusal", "refused_job", "retry", "select"
 logger = logging.getLogger(__name__)
 
 STATUSES = ("completed", "canceled", "error")
-_CLAIM_ID = re.compile(r"^\d{8}T\d{6}\.\d{6}-[0-9a-f]{6}$")  # as `claims.CLAIM_FOLDER` has it
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*([smhd]?)\s*$")
 _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 
@@ -124,11 +124,14 @@ def _problem(data: Any) -> str | None:
     if not isinstance(data, dict):
         return "not a dropflow result file"
     job, claim_id = data.get("job"), data.get("claim_id")
-    if not isinstance(job, str) or not job or "/" in job or "\\" in job:
+    if not isinstance(job, str) or job in ("", ".", "..") or "/" in job or "\\" in job:
         return "not a dropflow result file (no job file name)"
+    if not isinstance(data.get("route", ""), str):
+        return "not a dropflow result file (route)"
     if data.get("status") not in STATUSES:
         return f"not a dropflow result file (status {data.get('status')!r})"
-    if not isinstance(claim_id, str) or not _CLAIM_ID.match(claim_id):
+    # A claim id is what names its claim folder, with the attempt after it.
+    if not isinstance(claim_id, str) or not CLAIM_FOLDER.fullmatch(f"{claim_id}.1"):
         return "not a dropflow result file (no claim_id)"
     subfolder = data.get("subfolder", "")
     parts = subfolder.split("/") if isinstance(subfolder, str) else None

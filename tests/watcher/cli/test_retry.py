@@ -359,6 +359,8 @@ def test_a_result_file_is_refused_with_a_reason_before_anything_is_read(tmp_path
         str(_result(tmp_path, "o.result.yaml", 0)): "it names no route, and this config has",
         str(_result(tmp_path, "p.result.yaml", 0, claim_id="../x")): "not a dropflow result",
         str(_result(tmp_path, "q.result.yaml", 0, subfolder="../x")): "not a dropflow result",
+        str(_result(tmp_path, "r.result.yaml", 0, route=["a"])): "not a dropflow result",
+        str(_result(tmp_path, "s.result.yaml", 0, job="..")): "not a dropflow result",
         str(elsewhere): "not in route a's results folder",
     }
     for given, reason in cases.items():
