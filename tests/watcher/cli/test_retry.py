@@ -37,8 +37,7 @@ CONFIG: dict[str, Any] = {
     "defaults": {"timeout": 5, "sleep": 0},
     "max_timeout": 60,
     "max_concurrent_jobs": 8,
-    "flows": {"wait": "flows.wait:wait", "read_text": f"{ROOT / 'tests/userflows.py'}:read_text"},
-    "files_dir": "./files",
+    "flows": {"wait": "flows.wait:wait", "windowed": f"{ROOT / 'tests/userflows.py'}:windowed"},
     "routes": {
         "scans": {"inbox": "./hot/scans", "recursive": True},
         "mail": {"inbox": "./hot/mail"},
@@ -49,7 +48,6 @@ CONFIG: dict[str, Any] = {
 @pytest.fixture(scope="module")
 def svc(prefect_server: PrefectServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     root = tmp_path_factory.mktemp("retry")
-    (root / "files").mkdir()
     proc = ServiceProcess(root, CONFIG, api_url=prefect_server.url, prefect_home=root / "home")
     proc.start()
     for name in CONFIG["routes"]:
@@ -176,44 +174,46 @@ def test_an_invalid_job_a_completed_one_and_a_gone_one_are_refused(svc: ServiceP
 def test_status_error_since_picks_exactly_the_errors_of_that_time_not_retried_yet(
     svc: ServiceProcess,
 ) -> None:
-    # Errors of a run (a missing file), one refused file, one error too old, one canceled job.
-    _drop(svc, "mail/needs.yaml", "flow: read_text\nparameters: {path: needs.txt}\n")
-    _drop(svc, "scans/in/needs.yaml", "flow: read_text\nparameters: {path: deep.txt}\n")
-    _drop(svc, "mail/old.yaml", "flow: read_text\nparameters: {path: old.txt}\n")
+    # Errors of a run (the flow raises), one refused file, one error too old, one canceled job.
+    failing = "flow: windowed\nparameters: {window: {start: 0, end: 3}, step: 0}\n"
+    _drop(svc, "mail/raise.yaml", failing)
+    _drop(svc, "scans/in/raise.yaml", failing)
+    _drop(svc, "mail/old.yaml", failing)
     _drop(svc, "mail/bad.yaml", "flow: wait\ntimeout: ten\n")
     _drop(svc, "mail/short.yaml", "timeout: 0.5\nsleep: 1\n")
-    for relative in ("mail/needs", "scans/in/needs", "mail/old", "mail/bad"):
+    for relative in ("mail/raise", "scans/in/raise", "mail/old", "mail/bad"):
         assert _finished(svc, f"{relative}.result.yaml")["status"] == "error", relative
     assert _finished(svc, "mail/short.result.yaml")["status"] == "canceled"
     old = svc.root / "results/mail/old.result.yaml"
     two_hours_ago = time.time() - 7200
     os.utime(old, (two_hours_ago, two_hours_ago))
-    for name in ("needs.txt", "deep.txt", "old.txt"):  # what they lacked is there now
-        (svc.root / "files" / name).write_text(name)
 
     code, out, err = _retry(svc, "--route", "scans", "--status", "error", "--since", "1h", "--wait")
-    assert (code, err) == (0, ""), (out, err)
-    assert [o["file"] for o in out] == [str(svc.root / "results/scans/in/needs.result.yaml")]
-    assert out[0]["result"]["status"] == "completed"
-    assert out[0]["result"]["retry_of"] == "in/needs.result.yaml"
+    assert (code, err) == (2, ""), (out, err)  # it fails again: the flow still raises
+    assert [o["file"] for o in out] == [str(svc.root / "results/scans/in/raise.result.yaml")]
+    again = out[0]["result"]
+    assert again["status"] == "error" and again["flow_run_id"]  # an error of a run carries it too
+    assert again["retry_of"] == "in/raise.result.yaml"
 
+    # Left out: the one retried already (its retry, an error not retried yet, is taken), the
+    # old one, the canceled one; a refused file is told on stderr and does not fail the command.
     code, out, err = _retry(svc, "--status", "error", "--since", "1h", "--wait")
-    assert code == 0, (out, err)
     retried = [o for o in out if o["status"] != "not retried"]
-    assert [o["file"] for o in retried] == [str(svc.root / "results/mail/needs.result.yaml")]
-    assert retried[0]["result"]["status"] == "completed"
-    # A refused file is told on stderr, not retried, and does not fail the command.
+    assert [o["file"] for o in retried] == [
+        str(svc.root / "results/mail/raise.result.yaml"),
+        str(svc.root / "results/scans/in/raise.result.2.yaml"),
+    ]
+    assert [o["result"]["retry_of"] for o in retried] == [
+        "raise.result.yaml",
+        "in/raise.result.2.yaml",
+    ]
+    assert code == 2, (out, err)
     assert (
         f"dropflow: retry: {svc.root / 'results/mail/bad.result.yaml'}: its job file was "
         "refused by the service and never ran (bad.yaml: timeout: must be a number of seconds "
         "> 0, got 'ten'); it would fail the same way: fix the file, then `dropflow submit` it"
     ) in err.splitlines()
     assert all("refused by the service" in line for line in err.splitlines()), err
-
-    # Each is retried once: a result a later one retries is left out.
-    code, out, _ = _retry(svc, "--status", "error", "--since", "1h")
-    assert code == 0 and {o["status"] for o in out} == {"not retried"}
-    assert list((svc.root / "hot/mail").iterdir()) == []
 
 
 # -- in-process: what the service writes, and what retry makes of it ------------------------
