@@ -216,6 +216,30 @@ def test_status_error_since_picks_exactly_the_errors_of_that_time_not_retried_ye
     assert all("refused by the service" in line for line in err.splitlines()), err
 
 
+def test_bad_use_exits_2_with_what_to_write(tmp_path: Path) -> None:
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(CONFIG))
+    cases = {
+        (): "dropflow: retry: give RESULT_FILEs, or --status canceled|error --since DURATION\n",
+        ("--status", "error"): "dropflow: retry: --status and --since go together\n",
+        ("--status", "error", "--since", "1h", "x.result.yaml"): (
+            "dropflow: retry: give RESULT_FILEs or --status, not both\n"
+        ),
+        ("--timeout", "5", "x.result.yaml"): "dropflow: retry: --timeout needs --wait\n",
+        ("--status", "error", "--since", "1h", "--route", "mial"): (
+            "dropflow: retry: --route: no route named 'mial' (did you mean 'mail'?); the "
+            f"config's routes: mail ({tmp_path / 'hot/mail'}), scans ({tmp_path / 'hot/scans'})\n"
+        ),
+    }
+    for args, said in cases.items():
+        done = dropflow("retry", "-c", "config.yaml", *args, cwd=tmp_path)
+        assert (done.returncode, done.stdout, done.stderr) == (2, "", said), args
+    done = dropflow(
+        "retry", "-c", "config.yaml", "--status", "error", "--since", "2x", cwd=tmp_path
+    )
+    assert done.returncode == 2
+    assert "--since: must be a duration like 30m, 2h or 1d (s, m, h, d), got '2x'" in done.stderr
+
+
 # -- in-process: what the service writes, and what retry makes of it ------------------------
 
 
