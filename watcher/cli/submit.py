@@ -14,6 +14,9 @@ results looked for in its results folder.
 - The bytes dropped carry a submission id (`watcher.jobs.submission`), which the service copies
   into the result: `--wait` waits for the result of *this* submission, never another job of
   the same name.
+
+The drop and the wait (`deliver`) serve `dropflow retry` too, whose submissions each carry
+their own route and subfolder (`Target`).
 """
 
 from __future__ import annotations
@@ -327,7 +330,8 @@ def deliver(
     """Drop each checked submission into its target's inbox and, with `wait`, wait for their
     results; the exit status of each (by `id`). With `wait` and a target no service serves,
     nothing is dropped: None (the caller's exit status is then `EXIT_NO_SERVICE`)."""
-    targets = {sub.target.inbox: sub.target for sub in subs if sub.target is not None}
+    # One look per route: a service holds a route's folders, subfolders and all.
+    targets = {s.target.settings.inbox: s.target for s in subs if s.target is not None}
     idle = [t for t in targets.values() if not is_held(t.settings.inbox, t.settings.processing)]
     if wait and idle:
         for target in idle:
