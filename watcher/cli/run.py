@@ -44,6 +44,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     from watcher.running.contract import Runner, RunnerUnavailable
     from watcher.running.direct import DirectRunner
     from watcher.running.in_process import PrefectRunner
+    from watcher.service.health import EndpointError, endpoints
     from watcher.service.loop import FolderError, ServedElsewhere, Service
 
     if os.environ.get(features.ENVIRONMENT_VARIABLE, "") not in ("", "0"):
@@ -88,10 +89,12 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             route_deployments=[r.deployment for r in settings.served.values() if r.deployment],
         )
     try:
-        return Service(
+        service = Service(
             settings, runner, standby=not args.no_standby, registry=registry, data_lock=data_lock
-        ).run()
-    except (ServedElsewhere, FolderError, DataDirTaken) as exc:
+        )
+        with endpoints(settings, service.vitals, standby=service.standby):
+            return service.run()
+    except (ServedElsewhere, FolderError, DataDirTaken, EndpointError) as exc:
         fatal(f"dropflow: {exc}", args.log_format)
         return defaults.EXIT_USAGE
     except RegistryError as exc:

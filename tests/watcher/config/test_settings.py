@@ -106,6 +106,32 @@ def test_the_embedded_server_keys(tmp_path: Path) -> None:
     assert (settings.server_port, settings.ui, settings.history_days) == (4321, False, 0)
 
 
+def test_the_metrics_keys(tmp_path: Path) -> None:
+    settings = load_config(_write(tmp_path, ""))
+    assert settings.metrics_port is defaults.METRICS_PORT is None  # off
+    assert settings.metrics_host == defaults.METRICS_HOST == "127.0.0.1"
+    settings = load_config(_write(tmp_path, "metrics_port: 9420\nmetrics_host: '::'\n"))
+    assert (settings.metrics_port, settings.metrics_host) == (9420, "::")
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("metrics_port: 0\n", "metrics_port: Input should be greater than or equal to 1"),
+        ("metrics_port: 65536\n", "metrics_port: Input should be less than or equal to 65535"),
+        ("metrics_port: '9420'\n", "metrics_port: Input should be a valid integer"),
+        ("metrics_port: true\n", "metrics_port: Input should be a valid integer, got true"),
+        ("metrics_host: ''\n", "metrics_host: String should have at least 1 character"),
+        ("metrics_host: 'a b'\n", "metrics_host: Value error, must be an address or host name"),
+        ("metrics_host: 80\n", "metrics_host: Input should be a valid string"),
+    ],
+)
+def test_bad_metrics_keys_are_named(tmp_path: Path, text: str, expected: str) -> None:
+    with pytest.raises(ConfigError) as raised:
+        load_config(_write(tmp_path, text))
+    assert expected in str(raised.value)
+
+
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
