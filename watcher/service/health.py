@@ -64,7 +64,9 @@ class EndpointError(Exception):
 def problems_of_health(snap: Snapshot, beat_limit: float = defaults.HEALTH_BEAT_LIMIT) -> list[str]:
     """Why the service is not alive (`/healthz`), or nothing."""
     problems = []
-    if snap.beat_age_s is None:
+    if snap.phase in ("stopping", "stopped"):
+        pass  # its loop ended on purpose: the drain has a deadline of its own (shutdown_grace)
+    elif snap.beat_age_s is None:
         problems.append("loop: it has not turned yet")
     elif snap.beat_age_s > beat_limit:
         problems.append(

@@ -119,6 +119,14 @@ def test_healthz_and_readyz_tell_what_is_wrong() -> None:
         body = wait_status(port, "/healthz", 503, 5)
         assert body["problems"][0].startswith("loop: it has not turned for ")
         assert body["problems"][0].endswith("s (limit 0.3s)")
+        # Stopping: the loop ended on purpose, while running jobs finish.
+        vitals.set_phase("stopping")
+        assert get(port, "/healthz") == (
+            200,
+            {"healthy": True, "phase": "stopping", "problems": []},
+        )
+        status, body = get(port, "/readyz")
+        assert (status, body["problems"]) == (503, ["stopping: no new job starts"])
         # Anything else is not found; /metrics is Prometheus text.
         with pytest.raises(urllib.error.HTTPError, match="404"):
             urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=10)
