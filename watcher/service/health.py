@@ -164,7 +164,7 @@ class Endpoints:
                 return
             self._server = _Server((self.host, self.port), family, self)
             self._thread(self._server.serve_forever, "dropflow-metrics", 0.2)
-        self.bound.set()
+            self.bound.set()
         logger.info("health and metrics at http://%s/ (/healthz, /readyz, /metrics)", self.where)
 
     def _keep_trying(self) -> None:
@@ -233,16 +233,23 @@ class _Handler(BaseHTTPRequestHandler):
     server: _Server
 
     def do_GET(self) -> None:
+        self._answer(body=True)
+
+    def do_HEAD(self) -> None:
+        self._answer(body=False)
+
+    def _answer(self, *, body: bool) -> None:
         path = urlsplit(self.path).path
-        status, body, content_type = self.server.endpoints.answer(
+        status, content, content_type = self.server.endpoints.answer(
             path, self.headers.get("Accept", "")
         )
         self.send_response(status)
         self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Content-Length", str(len(content)))
         self.send_header("Cache-Control", "no-store")
         self.end_headers()
-        self.wfile.write(body)
+        if body:
+            self.wfile.write(content)
 
     def log_message(self, format: str, *args: Any) -> None:
         logger.debug("health and metrics: " + format, *args)

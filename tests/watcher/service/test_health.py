@@ -127,7 +127,10 @@ def test_healthz_and_readyz_tell_what_is_wrong() -> None:
         )
         status, body = get(port, "/readyz")
         assert (status, body["problems"]) == (503, ["stopping: no new job starts"])
-        # Anything else is not found; /metrics is Prometheus text.
+        # HEAD too (some probes use it); anything else is not found; /metrics is Prometheus text.
+        head = urllib.request.Request(f"http://127.0.0.1:{port}/readyz", method="HEAD")
+        with pytest.raises(urllib.error.HTTPError, match="503"):
+            urllib.request.urlopen(head, timeout=10)
         with pytest.raises(urllib.error.HTTPError, match="404"):
             urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=10)
         status, text = get(port, "/metrics")
