@@ -45,6 +45,10 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     from watcher.running.direct import DirectRunner
     from watcher.running.in_process import PrefectRunner
     from watcher.service.loop import FolderError, ServedElsewhere, Service
+    from watcher.service.notify import SystemdNotifier
+
+    # Before any child is started: NOTIFY_SOCKET and WATCHDOG_* are taken out of the environment.
+    notifier = SystemdNotifier.from_environment(os.environ)
 
     if os.environ.get(features.ENVIRONMENT_VARIABLE, "") not in ("", "0"):
         features.use(features.Platform.portable())
@@ -88,9 +92,12 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             route_deployments=[r.deployment for r in settings.served.values() if r.deployment],
         )
     try:
-        return Service(
+        service = Service(
             settings, runner, standby=not args.no_standby, registry=registry, data_lock=data_lock
-        ).run()
+        )
+        if notifier is not None:
+            notifier.attach(service.vitals)
+        return service.run()
     except (ServedElsewhere, FolderError, DataDirTaken) as exc:
         fatal(f"dropflow: {exc}", args.log_format)
         return defaults.EXIT_USAGE
