@@ -124,12 +124,12 @@ class SystemdNotifier:
 
     def _phase_changed(self, phase: Phase) -> None:
         if phase == "standby":
-            self._status("READY=1", f"STATUS={STANDBY_STATUS}")
+            self._tell(STANDBY_STATUS, "READY=1")
         elif phase == "serving":
-            self._status("READY=1", f"STATUS={self._status_line()}")
+            self._tell(self._status_line(), "READY=1")
         elif phase in ("stopping", "stopped") and not self._stopping:
             self._stopping = True
-            self._status("STOPPING=1", f"STATUS={self._status_line()}")
+            self._tell(self._status_line(), "STOPPING=1")
         if phase == "stopped":
             self.close()
 
@@ -146,12 +146,13 @@ class SystemdNotifier:
             return
         line = self._status_line()
         if line != self._last_status:
-            self._status(f"STATUS={line}")
+            self._tell(line)
 
-    def _status(self, *fields: str) -> None:
+    def _tell(self, status: str, *state: str) -> None:
+        """Send the `state` fields (`READY=1`, `STOPPING=1`), then `STATUS=status`."""
         self._last_status_at = self._clock()
-        self._last_status = next((f[7:] for f in fields if f.startswith("STATUS=")), "")
-        self.send(*fields)
+        self._last_status = status
+        self.send(*state, f"STATUS={status}")
 
     def _status_line(self) -> str:
         assert self._vitals is not None

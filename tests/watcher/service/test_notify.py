@@ -4,8 +4,11 @@
 from __future__ import annotations
 
 import logging
+import os
+import shutil
 import socket
 import sys
+import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -47,14 +50,17 @@ def _received(sock: socket.socket) -> list[str]:
 
 
 @pytest.fixture
-def systemd(tmp_path: Path) -> Iterator[tuple[str, socket.socket]]:
+def systemd() -> Iterator[tuple[str, socket.socket]]:
     """A notify socket standing in for systemd's: its path and the bound socket."""
     if not hasattr(socket, "AF_UNIX") or sys.platform == "win32":
         pytest.skip("no AF_UNIX datagrams")
-    path = str(tmp_path / "notify")
+    # In /tmp: a socket's path has at most 104 bytes on macOS, where tmp_path can be longer.
+    folder = tempfile.mkdtemp(prefix="dropflow-", dir="/tmp")
+    path = os.path.join(folder, "notify")
     sock = _bind(path)
     yield path, sock
     sock.close()
+    shutil.rmtree(folder)
 
 
 def _job(n: int) -> JobSeen:
