@@ -46,6 +46,10 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     from watcher.running.in_process import PrefectRunner
     from watcher.service.health import EndpointError, endpoints
     from watcher.service.loop import FolderError, ServedElsewhere, Service
+    from watcher.service.notify import SystemdNotifier
+
+    # Before any child is started: NOTIFY_SOCKET and WATCHDOG_* are taken out of the environment.
+    notifier = SystemdNotifier.from_environment(os.environ)
 
     if os.environ.get(features.ENVIRONMENT_VARIABLE, "") not in ("", "0"):
         features.use(features.Platform.portable())
@@ -92,6 +96,8 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         service = Service(
             settings, runner, standby=not args.no_standby, registry=registry, data_lock=data_lock
         )
+        if notifier is not None:
+            notifier.attach(service.vitals)
         with endpoints(settings, service.vitals, standby=service.standby):
             return service.run()
     except (ServedElsewhere, FolderError, DataDirTaken, EndpointError) as exc:
