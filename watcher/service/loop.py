@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import os
 import threading
@@ -520,6 +521,35 @@ def _prepare_folders(settings: Settings, routes: list[Settings]) -> None:
                 "systems; a job is claimed by moving it from one to the other, which is atomic "
                 "only within one file system: put processing beside the inbox"
             )
+        if not _moves_within(s.inbox, s.processing):
+            raise FolderError(
+                f"{where}inbox ({s.inbox}) and processing ({s.processing}) are one file system "
+                "mounted twice (a bind mount, or a separate ReadWritePaths= entry of a systemd "
+                "unit for each); a job is claimed by moving it from one to the other, which "
+                "fails across mounts (EXDEV): make both reachable through one mount"
+            )
     overlap = routes_overlap(settings)
     if overlap is not None:
         raise FolderError(overlap)
+
+
+def _moves_within(inbox: Path, processing: Path) -> bool:
+    """Whether a file moves from `inbox` into `processing` (False only for EXDEV: two mounts
+    of one file system, which `st_dev` does not tell apart). Tried with a real rename: no
+    stat field says whether two paths are one mount."""
+    probe = inbox / f"{TEMP_PREFIX}probe-{os.getpid()}"
+    moved = processing / probe.name
+    try:
+        probe.touch()
+        try:
+            os.rename(probe, moved)
+        except OSError as exc:
+            if exc.errno == errno.EXDEV:
+                return False
+            raise
+        finally:
+            probe.unlink(missing_ok=True)
+        moved.unlink(missing_ok=True)
+    except OSError:
+        pass  # not this check's to report: the claims say what fails, and why
+    return True
