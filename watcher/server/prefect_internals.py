@@ -3,7 +3,8 @@
 Each name here is an assumption about Prefect 3.9's internals; `tests/watcher/
 test_prefect_internals.py` checks every one of them and fails, naming it, when an upgrade
 breaks it. Nothing else in dropflow uses a private Prefect name, setting or environment
-variable.
+variable. One engine detail the flows rely on themselves (the level of a Cancelled run's last
+log line) is in `flows/runlogs.py`, since flows never import `watcher`; it has its own test.
 """
 
 from __future__ import annotations
