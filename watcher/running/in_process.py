@@ -262,6 +262,11 @@ class PrefectRunner:
 
     def _import_prefect(self) -> None:
         import flows.wait  # noqa: F401  (Prefect itself, the flow, the engine)
+        from flows.runlogs import log_cancelled_as_info
+
+        # A flow this service stops at its timeout ends Cancelled, which Prefect's engine would
+        # log as an ERROR line (the wait flow installs this too, for the workers it runs in).
+        log_cancelled_as_info()
 
         if self._on_import is not None:
             self._on_import()
