@@ -314,7 +314,11 @@ def test_a_canceled_job_is_one_info_line_in_json_logs_and_in_prefect(
     about_late = [line for line in lines if "late" in line["message"]]
     assert [line["level"] for line in about_late] == ["INFO", "INFO"]  # started, finished
     assert about_late[-1]["message"].startswith("job finished: late.yaml canceled")
-    assert [line for line in lines if line["level"] not in ("INFO", "DEBUG")] == []
+    # Nothing above INFO tells of the timeout; nothing at all is an error. (A WARNING of the
+    # shared server's load, such as a retried API call, is not the canceled job's.)
+    assert [line for line in lines if line["level"] in ("ERROR", "CRITICAL")] == []
+    told = [line for line in lines if line["level"] != "INFO" and "timeout" in str(line).lower()]
+    assert told == []
     assert "Traceback" not in svc.log()
 
     # What the UI shows of it, read from the same API: the task run Cancelled, not Failed
