@@ -30,6 +30,11 @@ SERVER_PORT = 4200
 UI = True
 """Serve the Prefect UI from the embedded server."""
 
+EVENTS = True
+"""Send each job's steps to the Prefect API as events (`dropflow.job.received`, `.started`,
+`.completed`, `.canceled`, `.error`), for the UI's Event Feed and Prefect automations. Not with
+`runner: direct`, which has no Prefect API."""
+
 HISTORY_DAYS = 30.0
 """Flow runs that ended longer ago than this are deleted from the embedded server's history
 (Prefect's db_vacuum service, hourly); 0 keeps them for ever."""

@@ -47,6 +47,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     from watcher.service.health import EndpointError, endpoints
     from watcher.service.loop import FolderError, ServedElsewhere, Service
     from watcher.service.notify import SystemdNotifier
+    from watcher.service.vitals import Vitals
 
     # Before any child is started: NOTIFY_SOCKET and WATCHDOG_* are taken out of the environment.
     notifier = SystemdNotifier.from_environment(os.environ)
@@ -92,9 +93,19 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             registry=registry,
             route_deployments=[r.deployment for r in settings.served.values() if r.deployment],
         )
+    vitals = Vitals(list(settings.served))
+    if settings.events and settings.runner != "direct":
+        from watcher.service.events import with_events
+
+        runner = with_events(runner, vitals)  # sent to the runner's API, flushed before it closes
     try:
         service = Service(
-            settings, runner, standby=not args.no_standby, registry=registry, data_lock=data_lock
+            settings,
+            runner,
+            standby=not args.no_standby,
+            registry=registry,
+            data_lock=data_lock,
+            vitals=vitals,
         )
         if notifier is not None:
             notifier.attach(service.vitals)

@@ -96,6 +96,7 @@ class Settings(BaseModel):
     data_dir: Path = Path(builtin.DATA_DIR)
     server_port: StrictInt = Field(builtin.SERVER_PORT, ge=1, le=65535)
     ui: StrictBool = builtin.UI
+    events: StrictBool = builtin.EVENTS
     # Prefect's retention cannot go below one hour.
     history_days: StrictFloat = Field(builtin.HISTORY_DAYS, allow_inf_nan=False)
     metrics_port: StrictInt | None = Field(builtin.METRICS_PORT, ge=1, le=65535)

@@ -92,6 +92,9 @@ class PrefectRunner:
         self._clients = contextlib.AsyncExitStack()
         self._context: contextvars.Context | None = None
         self._ui_url: str | None = None
+        self.api_url: str | None = None
+        """The Prefect API the flow runs report to, once `start` found it (the embedded
+        server's, or `PREFECT_API_URL`)."""
         self._finishing: set[asyncio.Future[Any]] = set()  # flow runs stopped, still recording
         self.health = RunnerHealth()
         self._supervisor: Supervisor | None = None  # the embedded server's, once it serves
@@ -137,7 +140,7 @@ class PrefectRunner:
             mode = "embedded server" + (f", UI at {ui_url}/" if ui_url else ", no UI")
         self._ui_url = PREFECT_UI_URL.value() or None
         async with get_client() as client:
-            url = str(client.api_url)
+            url = self.api_url = str(client.api_url)
 
         # A server that is down at boot may come back: jobs wait for it (entering the shared
         # clients asks the API for its version).

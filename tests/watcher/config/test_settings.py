@@ -99,6 +99,8 @@ def test_the_embedded_server_keys(tmp_path: Path) -> None:
     assert settings.server_port == defaults.SERVER_PORT == 4200
     assert settings.ui is True
     assert settings.history_days == defaults.HISTORY_DAYS == 30
+    assert settings.events is defaults.EVENTS is True
+    assert load_config(_write(tmp_path, "events: false\n")).events is False
     settings = load_config(
         _write(tmp_path, "data_dir: ../history\nserver_port: 4321\nui: false\nhistory_days: 0\n")
     )
@@ -201,6 +203,7 @@ def test_bad_flows(tmp_path: Path, text: str, message: str) -> None:
         ("polling: 1\n", "polling: Input should be a valid boolean, got 1"),
         ("ui: 0\n", "ui: Input should be a valid boolean, got 0"),
         ("ui: 'yes'\n", "ui: Input should be a valid boolean, got 'yes'"),
+        ("events: 1\n", "events: Input should be a valid boolean, got 1"),
     ],
 )
 def test_a_boolean_is_not_a_number_nor_a_number_a_boolean(
