@@ -22,6 +22,7 @@ import yaml
 from tests.cluster import Cluster
 from tests.conftest import ServiceFactory
 from tests.harness import ServiceProcess, claim_folders, wait_until
+from tests.test_events import check_job_events, wait_events
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(300)]
 
@@ -123,6 +124,13 @@ def test_jobs_through_two_workers_match_the_in_process_runner(
     assert [remote[n]["status"] for n in JOBS] == ["completed"] * 12 + ["canceled"] * 4 + [
         "error"
     ] * 4
+
+    # Each status's events, as with the in-process runner (tests/test_events.py).
+    some = {name: remote[name] for name in ("dp-ok0.yaml", "dp-late0.yaml", "dp-typo.yaml")}
+    events = wait_events(cluster.url, some, 3 + 3 + 2)
+    check_job_events(events, "dp-ok0.yaml", remote["dp-ok0.yaml"])
+    check_job_events(events, "dp-late0.yaml", remote["dp-late0.yaml"])
+    check_job_events(events, "dp-typo.yaml", remote["dp-typo.yaml"], started=False)
 
     ran = [n for n in JOBS if remote[n]["status"] != "error"]
     submitted = {w.name: set(w.submitted()) for w in cluster.workers}

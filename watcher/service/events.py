@@ -291,6 +291,8 @@ class _WithEvents:
         url = getattr(self.runner, "api_url", None)
         if url:
             self.events.start(url)
+        else:
+            logger.warning("no dropflow events: the runner named no Prefect API")
         return description
 
     async def run(self, request: RunRequest) -> RunOutcome:

@@ -19,6 +19,7 @@ import pytest
 
 from tests.conftest import ServiceFactory
 from tests.harness import ServiceProcess, free_port, wait_until
+from tests.test_events import check_job_events, wait_events
 from watcher.server.postgres import PGDATA
 
 
@@ -98,6 +99,10 @@ def test_history_survives_restart_kill_9_and_old_runs_are_vacuumed(
     svc.drop("second.yaml", "timeout: 5\nsleep: 0\n")
     second = svc.wait_result("second.yaml", timeout=60)
     assert _flow_run_exists(svc, first["flow_run_id"])
+    # And the first jobs' events: the typo's were kept until the server was up.
+    events = wait_events(f"http://127.0.0.1:{port}/api", {"f": first, "t": bad}, 3 + 2)
+    check_job_events(events, "first.yaml", first)
+    check_job_events(events, "typo.yaml", bad, started=False)
     assert (data_dir / PGDATA / "PG_VERSION").exists()
 
     # kill -9 of everything, PostgreSQL included: the stale pid file is dealt with.
