@@ -57,6 +57,7 @@ RETRY_FIRST, RETRY_MOST = 1.0, 30.0
 """Seconds between looks at the API's health while it does not answer (doubling)."""
 
 _RECONNECTS = 2  # the events client's quick reconnections before an emit fails
+_CLOSE_TIMEOUT = 2.0  # seconds for the websocket's closing handshake, after the flush
 _MESSAGE_CHARS = 2000  # a result's message in the payload is cut to this length
 
 
@@ -228,7 +229,7 @@ class JobEvents:
         finally:
             if client is not None:
                 with contextlib.suppress(Exception):
-                    await asyncio.wait_for(client.__aexit__(None, None, None), RETRY_FIRST)
+                    await asyncio.wait_for(client.__aexit__(None, None, None), _CLOSE_TIMEOUT)
 
     async def _emit(self, client: EventsClient) -> None:
         from prefect.events import Event
