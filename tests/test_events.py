@@ -144,7 +144,10 @@ class Hooks:
         self.server.server_close()
 
 
-async def _create(url: str, hook_url: str, automation: dict[str, Any]) -> tuple[UUID, UUID]:
+async def create_automation(
+    url: str, hook_url: str, automation: dict[str, Any]
+) -> tuple[UUID, UUID]:
+    """Create a webhook block calling `hook_url` and `automation` (a recipe) acting through it."""
     from prefect.blocks.webhook import Webhook
     from prefect.client.orchestration import get_client
     from prefect.events import AutomationCore
@@ -182,7 +185,7 @@ def automation(prefect_server: PrefectServer, hooks: Hooks) -> Iterator[Any]:
     made: list[tuple[UUID, UUID]] = []
 
     def create(spec: dict[str, Any]) -> None:
-        made.append(asyncio.run(_create(prefect_server.url, hooks.url, spec)))
+        made.append(asyncio.run(create_automation(prefect_server.url, hooks.url, spec)))
 
     yield create
     for automation_id, block_id in made:
