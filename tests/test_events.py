@@ -22,6 +22,7 @@ import yaml
 
 from tests.conftest import ServiceFactory
 from tests.harness import PrefectServer, wait_until
+from watcher.service.events import event_fields
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -199,6 +200,7 @@ def test_each_job_sends_its_events_and_an_error_calls_the_webhook(
     service: ServiceFactory, prefect_server: PrefectServer, hooks: Hooks, automation: Any
 ) -> None:
     automation(recipe("call a webhook when a job errors"))
+    twice = _send_one_event_twice(prefect_server.url)
     svc = service()
     jobs = {
         "ev-ok.yaml": "timeout: 5\nsleep: 0\n",
@@ -224,6 +226,8 @@ def test_each_job_sends_its_events_and_an_error_calls_the_webhook(
     check_job_events(events, "ev-ok.yaml", results["ev-ok.yaml"])
     check_job_events(events, "ev-late.yaml", results["ev-late.yaml"])
     check_job_events(events, "ev-typo.yaml", typo, started=False)
+    # Sent before the jobs' events, it is stored by now: once.
+    assert len(read_events(prefect_server.url, [twice])) == 1
 
 
 def test_no_job_received_within_the_window_calls_the_webhook(
@@ -255,3 +259,27 @@ def _timestamp(text: str) -> float:
     from datetime import datetime
 
     return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+
+
+def _send_one_event_twice(url: str) -> str:
+    """Send one step's event twice, as after a broken connection; return its claim id. A
+    step's event keeps the id it got when recorded (`watcher.service.events.event_fields`), and
+    the server keeps one event per id: so sending one again is harmless."""
+    from prefect.events import Event
+
+    from watcher.service.events import _connect
+    from watcher.service.vitals import JobSeen
+
+    claim = f"twice-{time.time_ns()}"
+    fields = event_fields("received", JobSeen("default", claim, "t.yaml", "t.yaml", None))
+
+    async def send() -> None:
+        client = await _connect(url)
+        try:
+            for event in (Event(**fields), Event(**fields)):
+                await client.emit(event)
+        finally:
+            await client.__aexit__(None, None, None)
+
+    asyncio.run(send())
+    return claim
