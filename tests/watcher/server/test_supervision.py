@@ -18,6 +18,7 @@ import pytest
 
 from tests.conftest import ServiceFactory
 from tests.harness import ServiceProcess, free_port, wait_until
+from tests.test_events import wait_events
 from tests.watcher.service.test_health import get, wait_status
 from watcher.server.postgres import PGDATA
 
@@ -106,6 +107,14 @@ def test_a_killed_server_or_postgres_is_restarted_and_no_job_pays_for_it(
         assert svc.wait_result(name, timeout=120)["status"] == "completed"
     svc.drop("after-server.yaml", "timeout: 30\nsleep: 0\n")
     assert svc.wait_result("after-server.yaml", timeout=60)["status"] == "completed"
+    # Every job's events reached the server: those the killed one took but had not stored yet
+    # were sent again (tests/test_events.py checks the events themselves).
+    names = ("a.yaml", "b.yaml", "c.yaml", "after-server.yaml")
+    wait_events(
+        f"http://127.0.0.1:{svc.config['server_port']}/api",
+        {name: svc.wait_result(name) for name in names},
+        3 * len(names),
+    )
 
     # kill -9 PostgreSQL while 2 jobs run: the server is restarted with it.
     _drop_running(svc, ["d.yaml", "e.yaml"], job)
