@@ -248,10 +248,11 @@ def test_no_job_received_within_the_window_calls_the_webhook(
     assert call["route"] == "default" and call["last_job"] == "ev-last.yaml"
     occurred = _timestamp(received["occurred"])
     assert _timestamp(call["last_received"]) == pytest.approx(occurred, abs=0.01)
-    # Not before the window ends; at most one evaluation period (5 s) and some slack later.
+    # Not before the window ends; then within an evaluation period (5 s), the action's own
+    # time and a loaded machine's slack.
     silence = called_at - occurred
     print(f"webhook called {silence:.1f}s after the last job was received")
-    assert 10 <= silence < 20
+    assert 10 <= silence < 30
     assert svc.stop() == 0
 
 
