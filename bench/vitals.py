@@ -15,6 +15,12 @@ and the PostgreSQL cluster, from the first drop to the last result plus `SETTLE`
 server stores events in batches). Target: metrics and events together <= 5 % more CPU per job
 than none (ratio of the medians of the three parts' sum).
 
+The burst's rounds differ by up to 15 % on a shared 2-core machine, more than events cost: so
+the events' own cost is also measured alone, per event (`per_event`): the embedded server is
+started by itself, `EVENTS` events (received, started, completed in turn) are sent through
+`watcher.service.events.JobEvents`, and the CPU of the sender, the server and PostgreSQL is read
+once the server has stored them (`SETTLE` s later), less the server's idle CPU over as long.
+
 Writes the "vitals" section of `bench/RESULTS.md` (`--quick`: a tenth, to
 `bench/out/RESULTS-partial.md`).
 """
@@ -22,6 +28,7 @@ Writes the "vitals" section of `bench/RESULTS.md` (`--quick`: a tenth, to
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
 import shutil
 import statistics
@@ -46,6 +53,7 @@ SETTLE = 6.0
 """Seconds after the last result before the CPU is read: the server stores events every few
 seconds, work the jobs caused."""
 SCRAPE_INTERVAL = 1.0
+EVENTS = 3000
 
 CONFIGS: dict[str, dict[str, object]] = {
     "none": {"events": False},
@@ -110,6 +118,64 @@ def _round(
     return service, server, cluster
 
 
+def per_event(work: Path, count: int) -> tuple[float, float, float]:
+    """CPU seconds per event: the sender (this process), the server, PostgreSQL."""
+    from bench.measure import ProcessTree
+    from watcher.server.embedded import EmbeddedOptions, EmbeddedServer
+    from watcher.server.settings import embedded_environment
+
+    data = work / "per-event"
+    server = EmbeddedServer(
+        EmbeddedOptions(free_port(), data, ui=False, history_days=0),
+        {**os.environ, **embedded_environment(os.environ)},
+    )
+    url = server.start()
+
+    def stack() -> tuple[float, float]:
+        # The server is this process's only child; PostgreSQL daemonizes.
+        pid = int((data / "postgres" / "postmaster.pid").read_text().split()[0])
+        return ProcessTree(os.getpid()).cpu_seconds()[1], sum(ProcessTree(pid).cpu_seconds())
+
+    try:
+        asyncio.run(_send(url, 30, "warm"))
+        time.sleep(SETTLE)
+        idle0 = stack()
+        time.sleep(SETTLE)
+        idle1 = stack()
+        idle = [(b - a) / SETTLE for a, b in zip(idle0, idle1, strict=True)]
+        before, t0, c0 = stack(), time.monotonic(), time.process_time()
+        asyncio.run(_send(url, count, "e"))
+        sender = time.process_time() - c0
+        time.sleep(SETTLE)
+        after, spent = stack(), time.monotonic() - t0
+        server_cpu, cluster = (
+            (b - a - rate * spent) / count for a, b, rate in zip(before, after, idle, strict=True)
+        )
+    finally:
+        server.stop()
+    return sender / count, server_cpu, cluster
+
+
+async def _send(url: str, count: int, tag: str) -> None:
+    from watcher.service.events import JobEvents
+    from watcher.service.vitals import JobSeen
+
+    events = JobEvents(buffer=count)
+    events.start(url)
+    result = {"status": "completed", "message": "ok", "flow": "wait", "attempt": 1}
+    for i in range(count):
+        job = JobSeen("default", f"{tag}-{i // 3}", f"{tag}-{i // 3}.yaml", "x.yaml", time.time())
+        if i % 3 == 0:
+            events.received(job)
+        elif i % 3 == 1:
+            events.started(job, "wait")
+        else:
+            events.finished(job, result)
+    await events.aclose(timeout=600)
+    if events.sent != count:
+        raise RuntimeError(f"{events.sent} of {count} events sent")
+
+
 def _median(rounds: list[tuple[float, float, float]], part: int | None = None) -> float:
     return statistics.median(sum(r) if part is None else r[part] for r in rounds)
 
@@ -120,6 +186,8 @@ def render(
     command: str,
     elapsed: float,
     jobs: int,
+    alone: tuple[float, float, float] | None = None,
+    sent: int = EVENTS,
 ) -> str:
     none = _median(rounds["none"])
     lines = [
@@ -148,9 +216,17 @@ def render(
     lines += [
         "",
         f"- metrics and events together: **{both * 100:+.1f} %** CPU per job ({verdict}, "
-        "target <= +5 %). The events' cost is mostly the server's: it stores and matches three "
-        "more events a job.",
+        "target <= +5 %), from the medians of the bursts' rounds.",
     ]
+    if alone is not None:
+        job = 3 * sum(alone)
+        lines += [
+            f"- Events alone, {sent} sent to an embedded server: per event, the sender "
+            f"{alone[0] * 1000:.2f} ms, the server {alone[1] * 1000:.2f} ms, PostgreSQL "
+            f"{alone[2] * 1000:.2f} ms of CPU (its idle CPU taken out); three a job: "
+            f"**{job * 1000:.1f} ms, {job / none * 100:.1f} %** of the median CPU per job with "
+            f"none, {3 * alone[0] / _median(rounds['none'], 0) * 100:.1f} % of the service's own.",
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -171,6 +247,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             name: Service(work / name, {}, {"ui": False, "max_concurrent_jobs": 8})
             for name in CONFIGS
         }
+        print("== events alone", flush=True)
+        sent = EVENTS // 10 if args.quick else EVENTS
+        alone = per_event(work, sent)
+        print(f"   per event: {', '.join(f'{c * 1000:.3f}' for c in alone)} ms", flush=True)
         for r in range(count):
             for name, config in CONFIGS.items():
                 cpu = _round(services[name], config, jobs, f"r{r}")
@@ -183,7 +263,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         shutil.rmtree(work, ignore_errors=True)
     text = render(
-        rounds, info, command_line("python -m bench.vitals", argv), time.monotonic() - started, jobs
+        rounds,
+        info,
+        command_line("python -m bench.vitals", argv),
+        time.monotonic() - started,
+        jobs,
+        alone,
+        sent,
     )
     publish(results_path(args.quick), "vitals", text)
     return 0
