@@ -1,17 +1,20 @@
 """The *wait* flow: a task does `sleep` seconds of work, the flow waits for it at most `timeout`.
 
-The work is cooperative (`asyncio.sleep`), so Prefect's task timeout really stops it at the
-deadline: a sync `time.sleep` in a worker thread cannot be interrupted (PrefectHQ/prefect#15760)
-and a timed-out `PrefectFuture.wait()` leaves the thread running. The flow's final state says
-which outcome happened: `Completed` when the work finished in time, `Cancelled` when it ran past
-the timeout. Both carry a `WaitOutcome` as their data.
+The task stops its own work at the flow's deadline and ends `Cancelled`: a timeout is an
+outcome the job asked for, not a failure, and Prefect's `timeout_seconds` would end the task
+run `TimedOut` (type FAILED), with an ERROR line and a traceback in the run's logs. The work is
+cooperative (`asyncio.sleep`), so it really stops at the deadline: a sync `time.sleep` in a
+worker thread cannot be interrupted (PrefectHQ/prefect#15760) and a timed-out
+`PrefectFuture.wait()` leaves the thread running. The flow's final state says which outcome
+happened: `Completed` when the work finished in time, `Cancelled` when it ran past the timeout.
+Both carry a `WaitOutcome` as their data.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, TypedDict
 
 from prefect import flow, task
@@ -21,6 +24,7 @@ from prefect.context import FlowRunContext, TagsContext
 from prefect.runtime import flow_run
 from prefect.states import Cancelled, Completed
 
+from flows.runlogs import log_cancelled_as_info
 from flows.work import Outcome, draw_sleep, outcome_message
 
 __all__ = ["WaitOutcome", "draw_sleep", "outcome_message", "sleep_for", "wait"]
@@ -42,9 +46,21 @@ class WaitOutcome(TypedDict):
 # NO_CACHE: a cache key hashes the task's source and inputs on every run, and a sleep is never
 # worth caching.
 @task(name="sleep", task_run_name="sleep-{seconds}s", cache_policy=NO_CACHE, persist_result=False)
-async def sleep_for(seconds: float) -> float:
-    """Do `seconds` of (cooperative, cancellable) work."""
-    await asyncio.sleep(seconds)
+async def sleep_for(seconds: float, deadline: datetime | None = None) -> float | State[Any]:
+    """Do `seconds` of (cooperative, cancellable) work, stopped at `deadline` if it comes first.
+
+    Returns:
+        `seconds` once the work is done; a `Cancelled` state, which the task run takes, if
+        the deadline stopped it.
+    """
+    started = datetime.now(UTC)
+    left = None if deadline is None else max((deadline - started).total_seconds(), 0.0)
+    try:
+        async with asyncio.timeout(left):
+            await asyncio.sleep(seconds)
+    except TimeoutError:
+        spent = round((datetime.now(UTC) - started).total_seconds(), 2)
+        return Cancelled(message=f"Stopped at its flow's deadline, after {spent:g} s of work.")
     return seconds
 
 
@@ -66,25 +82,24 @@ async def wait(
         state's data is a `WaitOutcome` with the seconds of work actually drawn.
     """
     seconds = draw_sleep(sleep)
-    # The timeout counts from the flow run's start: what Prefect spends before the task runs
-    # (creating the task run: 0.13 s on average, 0.4 s at worst with 8 runs at once on 2
-    # cores) comes out of it instead of being added to it. It is per job, so it is set per
-    # call; Prefect cancels the coroutine at the deadline and ends the task run `TimedOut`.
+    # The deadline counts from the flow run's start: what Prefect spends before the work
+    # begins (creating the task run: 0.13 s on average, 0.4 s at worst with 8 runs at once on
+    # 2 cores) comes out of the timeout instead of being added to it.
     context = FlowRunContext.get()
     started = context.flow_run.start_time if context and context.flow_run else None
-    spent = (datetime.now(UTC) - started).total_seconds() if started else 0.0
-    work = sleep_for.with_options(timeout_seconds=max(timeout - spent, 0.001))
-    # Prefect's overloads type this call as returning the State; for an async task it returns
-    # a coroutine of it.
+    deadline = (started or datetime.now(UTC)) + timedelta(seconds=timeout)
+    log_cancelled_as_info()  # a canceled job's runs end Cancelled, which is no error
     # The flow run carries its caller's tags (dropflow finds its runs by them); the task run
     # gets none. A tagged task run first asks the API for tag concurrency slots, through one
     # service thread per process that serves every task run in turn: while the API is away
     # (a server restart), every flow's task waits behind the others' retries, for minutes.
     with TagsContext(current_tags=set()):
-        task_state: State[float] = await work(seconds, return_state=True)  # type: ignore[misc]
+        # Prefect's overloads type this call as returning the State; for an async task it
+        # returns a coroutine of it.
+        task_state: State[Any] = await sleep_for(seconds, deadline, return_state=True)  # type: ignore[misc]
     if task_state.is_completed():
         outcome: Outcome = "completed"
-    elif task_state.name == "TimedOut":
+    elif task_state.is_cancelled():  # the task ends itself Cancelled only at the deadline
         outcome = "canceled"
     else:
         # Anything else is a real failure of the task: let Prefect fail the flow with it.

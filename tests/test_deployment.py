@@ -22,10 +22,12 @@ import yaml
 from tests.cluster import Cluster
 from tests.conftest import ServiceFactory
 from tests.harness import ServiceProcess, claim_folders, wait_until
+from tests.test_events import check_job_events, wait_events
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(300)]
 
 CompareKeys = ("job", "status", "message", "name", "sleep", "timeout")
+FINAL = {"COMPLETED", "FAILED", "CANCELLED", "CRASHED"}
 
 
 async def _runs(url: str, names: list[str]) -> list[Any]:
@@ -38,6 +40,20 @@ async def _runs(url: str, names: list[str]) -> list[Any]:
             return await client.read_flow_runs(
                 flow_run_filter=FlowRunFilter(name=FlowRunFilterName(any_=names)), limit=200
             )
+
+
+async def _task_run_states(url: str, flow_run_ids: list[str]) -> dict[str, list[str]]:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    flt = FlowRunFilter(id=FlowRunFilterId(any_=[UUID(i) for i in flow_run_ids]))
+    found: dict[str, list[str]] = {i: [] for i in flow_run_ids}
+    with temporary_settings({PREFECT_API_URL: url}):
+        async with get_client() as client:
+            for run in await client.read_task_runs(flow_run_filter=flt, limit=200):
+                found[str(run.flow_run_id)].append(run.state.type.value if run.state else "")
+    return found
 
 
 def runs_by_name(cluster: Cluster, names: list[str]) -> dict[str, list[Any]]:
@@ -109,6 +125,13 @@ def test_jobs_through_two_workers_match_the_in_process_runner(
         "error"
     ] * 4
 
+    # Each status's events, as with the in-process runner (tests/test_events.py).
+    some = {name: remote[name] for name in ("dp-ok0.yaml", "dp-late0.yaml", "dp-typo.yaml")}
+    events = wait_events(cluster.url, some, 3 + 3 + 2)
+    check_job_events(events, "dp-ok0.yaml", remote["dp-ok0.yaml"])
+    check_job_events(events, "dp-late0.yaml", remote["dp-late0.yaml"])
+    check_job_events(events, "dp-typo.yaml", remote["dp-typo.yaml"], started=False)
+
     ran = [n for n in JOBS if remote[n]["status"] != "error"]
     submitted = {w.name: set(w.submitted()) for w in cluster.workers}
     assert all(submitted.values()), f"runs did not spread over both workers: {submitted}"
@@ -128,6 +151,18 @@ def test_jobs_through_two_workers_match_the_in_process_runner(
             # timeout is a performance figure (measured +0.30 s and +0.68 s on the 2-core
             # machine, 4 flow processes at once): W4 measures it (d, `python -m bench.deployment`).
             assert ran_for < 3, (name, ran_for)
+
+    # The task run of a job stopped at its timeout ends Cancelled on the workers too (not
+    # Failed: Prefect's TimedOut). Task run states reach the server as events, a moment late.
+    canceled = [str(remote[n]["flow_run_id"]) for n in ran if remote[n]["status"] == "canceled"]
+
+    def final() -> dict[str, list[str]] | None:
+        states = asyncio.run(_task_run_states(cluster.url, canceled))
+        ended = all(found and set(found) <= FINAL for found in states.values())
+        return states if ended else None
+
+    states = wait_until(final, 30, interval=0.5)
+    assert states == {i: ["CANCELLED"] for i in canceled}
 
 
 def test_a_watcher_killed_three_times_mid_batch_re_attaches(

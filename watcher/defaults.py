@@ -30,9 +30,26 @@ SERVER_PORT = 4200
 UI = True
 """Serve the Prefect UI from the embedded server."""
 
+EVENTS = True
+"""Send each job's steps to the Prefect API as events (`dropflow.job.received`, `.started`,
+`.completed`, `.canceled`, `.error`), for the UI's Event Feed and Prefect automations. Not with
+`runner: direct`, which has no Prefect API."""
+
 HISTORY_DAYS = 30.0
 """Flow runs that ended longer ago than this are deleted from the embedded server's history
 (Prefect's db_vacuum service, hourly); 0 keeps them for ever."""
+
+METRICS_PORT: int | None = None
+"""Port of the health and metrics endpoints (`/healthz`, `/readyz`, `/metrics`); None: not
+served. See docs/operating.md."""
+
+METRICS_HOST = "127.0.0.1"
+"""Address the health and metrics endpoints listen on: loopback only unless told
+(`0.0.0.0` for every IPv4 address, `::` for every address)."""
+
+HEALTH_BEAT_LIMIT = 5.0
+"""`/healthz` fails once the service's loop has not turned for this long (it turns about ten
+times a second, a standby's too): a wedged loop."""
 
 WAIT_FLOW = "wait"
 """The flow a job file runs when it names none: the built-in wait flow."""

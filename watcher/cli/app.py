@@ -1,6 +1,6 @@
 """`dropflow`: the command line. Parses arguments, sets up logging, and hands over to the
 command: `run` (`watcher.cli.run`), `deploy` (`watcher.cli.deploy`), or one of the operator's
-commands (`submit`, `validate`, `status`, `schema`)."""
+commands (`submit`, `retry`, `validate`, `status`, `schema`)."""
 
 from __future__ import annotations
 
@@ -33,6 +33,16 @@ _EXAMPLES = {
         "exit status: 0 completed (or submitted, without --wait), 1 canceled, 2 error or an\n"
         "invalid file (nothing is then submitted), 3 --timeout ran out (the job goes on),\n"
         "4 --wait with no service serving this config (nothing is submitted)"
+    ),
+    "retry": (
+        "examples:\n"
+        "  dropflow retry results/nightly.result.yaml        # its archived job, submitted again\n"
+        "  dropflow retry --wait --job-timeout 60 results/late.result.yaml\n"
+        "  dropflow retry --status canceled --since 2h       # every canceled result of 2 hours\n"
+        "  dropflow retry --route invoices --status error --since 1d --wait\n\n"
+        "exit status: as submit's, the worst of every result's: 0 completed (or submitted,\n"
+        "without --wait), 1 canceled, 2 error or a result given that is not retried, 3 --timeout\n"
+        "ran out, 4 --wait with no service serving its route"
     ),
     "validate": (
         "examples:\n  dropflow validate --config config.yaml jobs/*.yaml\n"
@@ -89,6 +99,15 @@ def _seconds(text: str) -> float:
     if not value > 0 or value == float("inf"):
         raise argparse.ArgumentTypeError(f"must be a number of seconds > 0, got {text!r}")
     return value
+
+
+def _duration(text: str) -> float:
+    from watcher.cli.retry import duration
+
+    try:
+        return duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -151,6 +170,55 @@ def _parser() -> argparse.ArgumentParser:
         submit,
         "the route whose inbox takes the files, with its defaults and flows (needed when the "
         "config has several routes)",
+    )
+    retry = _command(
+        commands,
+        "retry",
+        "submit the archived job of a canceled or errored result again",
+        "Submit the archived job of each finished result again, as a new submission, exactly as "
+        "`submit` does: into its route's inbox (the same subfolder), under the job's name. The "
+        "new result gains `retry_of`, the old result's path in its route's results folder. A "
+        "job the service refused (an invalid file: it never ran) is not retried, nor a "
+        "completed one without --completed, nor one whose archived file is gone.",
+    )
+    retry.add_argument("results", nargs="*", metavar="RESULT_FILE", help="result files to retry")
+    retry.add_argument(
+        "--status",
+        choices=["canceled", "error"],
+        default=None,
+        help="instead of RESULT_FILEs: every result of this status within --since (a result "
+        "a later one retries already is left out; so is, with a note, one that cannot be)",
+    )
+    retry.add_argument(
+        "--since",
+        type=_duration,
+        default=None,
+        metavar="DURATION",
+        help="with --status: how recent (by the result file's time): 30m, 2h, 1d",
+    )
+    retry.add_argument(
+        "--job-timeout",
+        type=_seconds,
+        default=None,
+        metavar="SECONDS",
+        help="the retried job's timeout, in place of its file's (the file is written anew from "
+        "its YAML: its comments are not kept)",
+    )
+    retry.add_argument(
+        "--completed", action="store_true", help="also retry a completed result: it runs again"
+    )
+    retry.add_argument("--wait", action="store_true", help="wait for the new results")
+    retry.add_argument(
+        "--timeout",
+        type=_seconds,
+        default=None,
+        metavar="SECONDS",
+        help="with --wait: stop waiting after this long, exit 3 (the job goes on)",
+    )
+    retry.add_argument("--json", action="store_true", help="print JSON, no progress")
+    _route_option(
+        retry,
+        "only results of this route (with --status: look in its results alone)",
     )
     validate = _command(
         commands,
@@ -279,10 +347,12 @@ def _folders_command(args: argparse.Namespace, settings: Settings) -> int:
     from watcher.cli.submit import submit
 
     if args.timeout is not None and not args.wait:
-        print("dropflow: submit: --timeout needs --wait", file=sys.stderr)
+        print(f"dropflow: {args.command}: --timeout needs --wait", file=sys.stderr)
         return defaults.EXIT_USAGE
-    route = choose(settings, args.route, "submit")
     try:
+        if args.command == "retry":
+            return _retry(args, settings)
+        route = choose(settings, args.route, "submit")
         return submit(
             args.files,
             route,
@@ -300,6 +370,39 @@ def _folders_command(args: argparse.Namespace, settings: Settings) -> int:
     except OSError as exc:
         print(f"dropflow: cannot submit: {exc}", file=sys.stderr)
         return defaults.EXIT_FATAL
+
+
+def _retry(args: argparse.Namespace, settings: Settings) -> int:
+    from watcher.cli.retry import retry
+    from watcher.cli.routes import choose
+
+    problem = None
+    if args.status is None and not args.results:
+        problem = "give RESULT_FILEs, or --status canceled|error --since DURATION"
+    elif args.status is not None and args.results:
+        problem = "give RESULT_FILEs or --status, not both"
+    elif (args.status is None) != (args.since is None):
+        problem = "--status and --since go together"
+    if problem is not None:
+        print(f"dropflow: retry: {problem}", file=sys.stderr)
+        return defaults.EXIT_USAGE
+    if args.route is not None:
+        choose(settings, args.route, "retry")  # a clear error for a name that is no route
+    return retry(
+        args.results,
+        settings,
+        route=args.route,
+        status=args.status,
+        since=args.since,
+        job_timeout=args.job_timeout,
+        completed=args.completed,
+        wait=args.wait,
+        timeout=args.timeout,
+        as_json=args.json,
+        out=sys.stdout,
+        err=sys.stderr,
+        live=sys.stdout.isatty(),
+    )
 
 
 def _schema(args: argparse.Namespace, settings: Settings) -> int:

@@ -65,15 +65,13 @@ def setup_logging(level: str, log_format: str) -> None:
 
 
 def route_prefect_console(log_format: str) -> None:
-    """Print Prefect's console lines in dropflow's format, without expected-outcome errors.
+    """Print Prefect's console lines in dropflow's format.
 
     Prefect's logging config gives the root logger (and a few of its own) a console handler
     of its own style; each is replaced by one with dropflow's format and the same level, so
-    `--log-format json` gives JSON only. A job that runs past its timeout is logged by
-    dropflow as one INFO line; the task engine's ERROR and traceback for it are kept off the
-    console (they still reach the API through Prefect's API handler).
+    `--log-format json` gives JSON only.
     """
-    from watcher.server.prefect_internals import TimeoutRecordFilter, configure_prefect_logging
+    from watcher.server.prefect_internals import configure_prefect_logging
 
     configure_prefect_logging()
     for name in (None, "prefect._internal", "uvicorn", "fastapi"):
@@ -84,7 +82,6 @@ def route_prefect_console(log_format: str) -> None:
             new = logging.StreamHandler(sys.stderr)
             new.setLevel(old.level)
             new.setFormatter(_formatter(log_format))
-            new.addFilter(TimeoutRecordFilter())
             target.handlers[index] = new
 
 

@@ -44,7 +44,13 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     from watcher.running.contract import Runner, RunnerUnavailable
     from watcher.running.direct import DirectRunner
     from watcher.running.in_process import PrefectRunner
+    from watcher.service.health import EndpointError, endpoints
     from watcher.service.loop import FolderError, ServedElsewhere, Service
+    from watcher.service.notify import SystemdNotifier
+    from watcher.service.vitals import Vitals
+
+    # Before any child is started: NOTIFY_SOCKET and WATCHDOG_* are taken out of the environment.
+    notifier = SystemdNotifier.from_environment(os.environ)
 
     if os.environ.get(features.ENVIRONMENT_VARIABLE, "") not in ("", "0"):
         features.use(features.Platform.portable())
@@ -94,11 +100,25 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             registry=registry,
             route_deployments=[r.deployment for r in settings.served.values() if r.deployment],
         )
+    vitals = Vitals(list(settings.served))
+    if settings.events and settings.runner != "direct":
+        from watcher.service.events import with_events
+
+        runner = with_events(runner, vitals)  # sent to the runner's API, flushed before it closes
     try:
-        return Service(
-            settings, runner, standby=not args.no_standby, registry=registry, data_lock=data_lock
-        ).run()
-    except (ServedElsewhere, FolderError, DataDirTaken) as exc:
+        service = Service(
+            settings,
+            runner,
+            standby=not args.no_standby,
+            registry=registry,
+            data_lock=data_lock,
+            vitals=vitals,
+        )
+        if notifier is not None:
+            notifier.attach(service.vitals)
+        with endpoints(settings, service.vitals, standby=service.standby):
+            return service.run()
+    except (ServedElsewhere, FolderError, DataDirTaken, EndpointError) as exc:
         fatal(f"dropflow: {exc}", args.log_format)
         return defaults.EXIT_USAGE
     except RegistryError as exc:

@@ -34,7 +34,7 @@ from watcher.jobs.model import JobError
 from watcher.jobs.names import ID_TIME_FORMAT, is_job_name
 from watcher.jobs.reading import parse_job, read_job_bytes
 
-__all__ = ["gather", "render"]
+__all__ = ["gather", "render", "result_files"]
 
 NEWEST = 10
 """How many of the newest results `status` shows."""
@@ -170,7 +170,7 @@ def _run_name(folder: Path, names: list[str], settings: Settings) -> str | None:
     return job.name or os.fsencode(Path(names[0]).stem).decode("utf-8", "replace")
 
 
-def _result_files(routes: list[Route]) -> list[tuple[float, Path, list[tuple[str, str]]]]:
+def result_files(routes: list[Route]) -> list[tuple[float, Path, list[tuple[str, str]]]]:
     """Every result file of the routes, newest first: (mtime, path, the routes whose results
     folder holds it, each with the file's path relative to that folder). Two routes may share
     a results folder, or one's lie in another's recursive one: a file is listed once."""
@@ -198,7 +198,7 @@ def _results(
     day = dict.fromkeys(STATUSES, 0)
     by_route = {route.name: dict.fromkeys(STATUSES, 0) for route in routes}
     newest: list[dict[str, Any]] = []
-    for mtime, path, owners in _result_files(routes):
+    for mtime, path, owners in result_files(routes):
         recent = now - mtime <= timedelta(days=1).total_seconds()
         if not recent and len(newest) >= NEWEST:
             break

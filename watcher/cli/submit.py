@@ -14,6 +14,9 @@ results looked for in its results folder.
 - The bytes dropped carry a submission id (`watcher.jobs.submission`), which the service copies
   into the result: `--wait` waits for the result of *this* submission, never another job of
   the same name.
+
+The drop and the wait (`deliver`) serve `dropflow retry` too, whose submissions each carry
+their own route and subfolder (`Target`).
 """
 
 from __future__ import annotations
@@ -39,7 +42,16 @@ from watcher.jobs.messages import one_line
 from watcher.jobs.names import cut_stem
 from watcher.jobs.submission import new_id, tagged
 
-__all__ = ["EXIT_CODES", "submit"]
+__all__ = [
+    "EXIT_CODES",
+    "EXIT_NO_SERVICE",
+    "Screen",
+    "Submission",
+    "Target",
+    "deliver",
+    "finish",
+    "submit",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -51,6 +63,34 @@ SWEEP_SECONDS = 2.0
 """How often a waiting `submit` looks through every new result, not only its file name's."""
 
 
+@dataclass(frozen=True)
+class Target:
+    """Where a submission goes: a route's inbox (or a subfolder of it, for a recursive route),
+    its results looked for in the same relative folder of the route's results."""
+
+    settings: Settings
+    """The route's settings (`Settings.for_route`)."""
+    subfolder: str = ""
+
+    @property
+    def inbox(self) -> Path:
+        """The folder the job file is dropped into."""
+        inbox = self.settings.inbox
+        return inbox / self.subfolder if self.subfolder else inbox
+
+    @property
+    def results(self) -> Path:
+        """The folder its result is published in."""
+        results = self.settings.results
+        return results / self.subfolder if self.subfolder else results
+
+    @property
+    def where(self) -> str:
+        """The inbox, for a message: with the route's name, for a config with routes."""
+        route = self.settings.route.name
+        return f"{self.settings.inbox} (route {route})" if self.settings.routes else str(self.inbox)
+
+
 @dataclass
 class Submission:
     """One file's way through `submit`."""
@@ -58,6 +98,10 @@ class Submission:
     given: str
     checked: Checked
     id: str = field(default_factory=new_id)
+    target: Target | None = None
+    """Where it goes (None only before `deliver` is given it)."""
+    extra: dict[str, Any] = field(default_factory=dict)
+    """More keys for its `--json` object (`dropflow retry`'s)."""
     dropped: Path | None = None
     inode: tuple[int, int] | None = None
     claimed_at: float | None = None
@@ -140,6 +184,7 @@ class Submission:
             "message": self.checked.message if not self.checked.ok else None,
             "result_path": str(self.result_path) if self.result_path else None,
             "result": self.result,
+            **self.extra,
         }
 
 
@@ -181,7 +226,7 @@ def unique_name(name: str, token: str) -> str:
     return f"{cut_stem(stem)}.{token}{suffix}"
 
 
-class _Screen:
+class Screen:
     """Progress for people: one live line on a terminal, plain lines elsewhere."""
 
     def __init__(self, out: TextIO, live: bool, quiet: bool) -> None:
@@ -264,36 +309,51 @@ def submit(
     live: bool,
 ) -> int:
     """Run `dropflow submit` (see the module's docstring); return the exit status."""
-    subs = [Submission(given, _check(Path(given), settings)) for given in files]
-    screen = _Screen(out, live=live and not as_json, quiet=as_json)
+    target = Target(settings)
+    subs = [Submission(given, _check(Path(given), settings), target=target) for given in files]
+    screen = Screen(out, live=live and not as_json, quiet=as_json)
     if not all(sub.checked.ok for sub in subs):
         for sub in subs:
             if not sub.checked.ok:
                 screen.say(shown(sub.checked, sub.given))
         screen.say("dropflow: nothing was submitted")
-        return _finish(subs, {id(s): EXIT_CODES["invalid"] for s in subs}, as_json, out)
+        return finish(subs, {id(s): EXIT_CODES["invalid"] for s in subs}, as_json, out)
+    codes = deliver(subs, screen, wait=wait, timeout=timeout)
+    if codes is None:
+        return finish(subs, {id(s): EXIT_NO_SERVICE for s in subs}, as_json, out, EXIT_NO_SERVICE)
+    return finish(subs, codes, as_json, out)
 
-    served = is_held(settings.inbox, settings.processing)
-    inbox = f"{settings.inbox} (route {settings.route.name})" if settings.routes else settings.inbox
-    if wait and not served:
-        screen.say(
-            f"dropflow: no service is serving {inbox}; nothing was submitted "
-            "(start one with `dropflow run`, or submit without --wait to queue the job)"
-        )
-        return _finish(subs, {id(s): EXIT_NO_SERVICE for s in subs}, as_json, out, EXIT_NO_SERVICE)
+
+def deliver(
+    subs: Sequence[Submission], screen: Screen, *, wait: bool, timeout: float | None
+) -> dict[int, int] | None:
+    """Drop each checked submission into its target's inbox and, with `wait`, wait for their
+    results; the exit status of each (by `id`). With `wait` and a target no service serves,
+    nothing is dropped: None (the caller's exit status is then `EXIT_NO_SERVICE`)."""
+    # One look per route: a service holds a route's folders, subfolders and all.
+    targets = {s.target.settings.inbox: s.target for s in subs if s.target is not None}
+    idle = [t for t in targets.values() if not is_held(t.settings.inbox, t.settings.processing)]
+    if wait and idle:
+        for target in idle:
+            screen.say(
+                f"dropflow: no service is serving {target.where}; nothing was submitted "
+                "(start one with `dropflow run`, or submit without --wait to queue the job)"
+            )
+        return None
 
     for sub in subs:
+        assert sub.target is not None
         data = tagged(sub.checked.data, sub.id)
-        sub.dropped, sub.inode = drop(settings.inbox, sub.checked.path.name, data, sub.id[-12:])
+        sub.dropped, sub.inode = drop(sub.target.inbox, sub.checked.path.name, data, sub.id[-12:])
         renamed = "" if sub.dropped.name == sub.checked.path.name else " (the name was taken)"
         screen.say(one_line(f"{sub.given}: submitted as {sub.dropped}{renamed}"))
-    if not served:
+    for target in idle:
         screen.say(
-            f"dropflow: no service is serving {inbox} now: the job waits in the inbox "
+            f"dropflow: no service is serving {target.where} now: the job waits in the inbox "
             "until one starts"
         )
     if not wait:
-        return _finish(subs, {id(s): 0 for s in subs}, as_json, out)
+        return {id(s): 0 for s in subs}
 
     codes: dict[int, int] = {}
     started = time.monotonic()
@@ -312,9 +372,9 @@ def submit(
         if sweep:
             next_sweep = now + SWEEP_SECONDS
         for sub in list(pending):
-            if sub.find_result(settings.results) or (
-                sweep and sub.find_result(settings.results, True)
-            ):
+            assert sub.target is not None
+            results = sub.target.results
+            if sub.find_result(results) or (sweep and sub.find_result(results, True)):
                 pending.remove(sub)
                 codes[id(sub)] = EXIT_CODES.get(sub.status, EXIT_CODES["error"])
                 screen.say(_done_line(sub))
@@ -337,7 +397,7 @@ def submit(
             screen.phase(sub.id, _phase(sub))
         screen.status(_live_line(lines))
         time.sleep(POLL_SECONDS)
-    return _finish(subs, codes, as_json, out)
+    return codes
 
 
 def _live_line(lines: list[str]) -> str:
@@ -352,8 +412,8 @@ def _phase(sub: Submission) -> str:
     return f"{sub.label}: running (timeout {sub.checked.job.timeout:g} s)"
 
 
-def _finish(
-    subs: list[Submission],
+def finish(
+    subs: Sequence[Submission],
     codes: dict[int, int],
     as_json: bool,
     out: TextIO,

@@ -31,7 +31,7 @@ from watcher.jobs.model import Job, JobError, JobLimits
 from watcher.jobs.names import is_job_name
 from watcher.jobs.reading import parse_job, read_job_bytes
 
-__all__ = ["Checked", "check_file", "job_limits", "one_line", "validate"]
+__all__ = ["Checked", "check_bytes", "check_file", "job_limits", "one_line", "validate"]
 
 logger = logging.getLogger(__name__)
 
@@ -66,22 +66,32 @@ def check_file(path: Path, settings: Settings) -> Checked:
     if not os.path.lexists(path):
         return Checked(path, None, "no such file")
     if not is_job_name(path.name, settings.patterns):
-        patterns = ", ".join(settings.patterns)
-        return Checked(
-            path,
-            None,
-            f"not a job file name: the inbox takes {patterns} (never dotfiles or editor temp "
-            "files), so the service would never see it",
-        )
-    limits = job_limits(settings)
+        return Checked(path, None, name_problem(settings))
     try:
-        data = read_job_bytes(path, limits.max_bytes)
+        data = read_job_bytes(path, job_limits(settings).max_bytes)
     except JobError as exc:
         return Checked(path, None, str(exc))
     except OSError as exc:
         return Checked(path, None, f"could not be read: {exc.strerror or exc}")
+    return check_bytes(path, data, settings)
+
+
+def name_problem(settings: Settings) -> str:
+    """What is wrong with a file name that is no job file name (`is_job_name`)."""
+    patterns = ", ".join(settings.patterns)
+    return (
+        f"not a job file name: the inbox takes {patterns} (never dotfiles or editor temp "
+        "files), so the service would never see it"
+    )
+
+
+def check_bytes(path: Path, data: bytes, settings: Settings) -> Checked:
+    """Check a job file's bytes, read already, as `check_file` does (`path`: the file they
+    would be, which names them in a message)."""
+    if not is_job_name(path.name, settings.patterns):
+        return Checked(path, None, name_problem(settings), data=data)
     try:
-        job = parse_job(data, limits)
+        job = parse_job(data, job_limits(settings))
         if job.flow != WAIT_FLOW:
             loaded_registry(settings).parameters(job)
     except JobError as exc:

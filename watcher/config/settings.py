@@ -96,8 +96,11 @@ class Settings(BaseModel):
     data_dir: Path = Path(builtin.DATA_DIR)
     server_port: StrictInt = Field(builtin.SERVER_PORT, ge=1, le=65535)
     ui: StrictBool = builtin.UI
+    events: StrictBool = builtin.EVENTS
     # Prefect's retention cannot go below one hour.
     history_days: StrictFloat = Field(builtin.HISTORY_DAYS, allow_inf_nan=False)
+    metrics_port: StrictInt | None = Field(builtin.METRICS_PORT, ge=1, le=65535)
+    metrics_host: str = Field(builtin.METRICS_HOST, min_length=1, max_length=253)
     routes: dict[str, RouteConfig] | None = None
     """The watched folders, by name; None: one route, `default`, of the top-level folders."""
     _routes: dict[str, Route] = PrivateAttr(default_factory=dict)
@@ -121,6 +124,16 @@ class Settings(BaseModel):
                     f"routes: {show(name)} is not a route name ('a'-'z', '0'-'9', '_' or '-', "
                     "at most 40)",
                 )
+        return value
+
+    @field_validator("metrics_host")
+    @classmethod
+    def _a_host(cls, value: str) -> str:
+        if not value.strip() or any(char.isspace() for char in value):
+            raise ValueError(
+                "must be an address or host name to listen on (127.0.0.1, 0.0.0.0, ::1, "
+                f"localhost), got {show(value)}"
+            )
         return value
 
     @field_validator("history_days")

@@ -25,7 +25,7 @@ import threading
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from watcher.folders.archive import move_file, same_bytes, split_name
+from watcher.folders.archive import move_file, same_bytes, split_name, unique_archive_name
 from watcher.folders.durable import (
     TEMP_PREFIX,
     fsync_dir,
@@ -34,7 +34,7 @@ from watcher.folders.durable import (
     same_file,
     write_atomic,
 )
-from watcher.jobs.names import cut_stem, timed_id
+from watcher.jobs.names import timed_id
 
 __all__ = ["Claim", "ClaimStore"]
 
@@ -356,8 +356,7 @@ class ClaimStore:
         first = folder / claim.name
         if not os.path.lexists(first) and str(first) not in self._reserved:
             return first
-        stem, suffix = split_name(claim.name)
-        return folder / f"{cut_stem(stem)}.{claim.id}{suffix}"
+        return folder / unique_archive_name(claim.name, claim.id)
 
     @staticmethod
     def _journaled(claim: Claim) -> str | None:

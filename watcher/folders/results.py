@@ -60,6 +60,7 @@ class Result(_ResultRequired, total=False):
     flow_run_name: str
     flow_run_url: str
     submission: str
+    retry_of: str
     work_pool: str
     worker: str
     return_value: Any

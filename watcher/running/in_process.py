@@ -93,6 +93,9 @@ class PrefectRunner:
         self._clients = contextlib.AsyncExitStack()
         self._context: contextvars.Context | None = None
         self._ui_url: str | None = None
+        self.api_url: str | None = None
+        """The Prefect API the flow runs report to, once `start` found it (the embedded
+        server's, or `PREFECT_API_URL`)."""
         self._finishing: set[asyncio.Future[Any]] = set()  # flow runs stopped, still recording
         self.health = RunnerHealth()
         self._supervisor: Supervisor | None = None  # the embedded server's, once it serves
@@ -144,7 +147,7 @@ class PrefectRunner:
             await asyncio.to_thread(launched.stop)
         self._ui_url = PREFECT_UI_URL.value() or None
         async with get_client() as client:
-            url = str(client.api_url)
+            url = self.api_url = str(client.api_url)
 
         # A server that is down at boot may come back: jobs wait for it (entering the shared
         # clients asks the API for its version).
@@ -287,6 +290,11 @@ class PrefectRunner:
 
     def _import_prefect(self) -> None:
         import flows.wait  # noqa: F401  (Prefect itself, the flow, the engine)
+        from flows.runlogs import log_cancelled_as_info
+
+        # A flow this service stops at its timeout ends Cancelled, which Prefect's engine would
+        # log as an ERROR line (the wait flow installs this too, for the workers it runs in).
+        log_cancelled_as_info()
 
         if self._on_import is not None:
             self._on_import()

@@ -3,7 +3,8 @@
 Each name here is an assumption about Prefect 3.9's internals; `tests/watcher/
 test_prefect_internals.py` checks every one of them and fails, naming it, when an upgrade
 breaks it. Nothing else in dropflow uses a private Prefect name, setting or environment
-variable.
+variable. One engine detail the flows rely on themselves (the level of a Cancelled run's last
+log line) is in `flows/runlogs.py`, since flows never import `watcher`; it has its own test.
 """
 
 from __future__ import annotations
@@ -31,10 +32,8 @@ __all__ = [
     "RECORDER_LOGGER",
     "SERVER_APP",
     "SERVER_PROCESS_ENVIRONMENT",
-    "TIMEOUT_LINES",
     "WORKER_SUBMITTED_EVENT",
     "StoppedFlushFilter",
-    "TimeoutRecordFilter",
     "configure_prefect_logging",
     "enter_shared_clients",
     "event_flow_run_id",
@@ -158,33 +157,6 @@ def configure_prefect_logging() -> None:
     `setup_logging`: its console handler is then on the root logger, where dropflow can swap it.
     """
     import prefect.main  # noqa: F401
-
-
-TIMEOUT_LINES: Mapping[str, tuple[str, ...]] = {
-    # The task engine, when a task runs past `timeout_seconds`.
-    "prefect.task_runs": ("Task run exceeded timeout", "Finished in state TimedOut("),
-    # The flow engine, when a flow returns its Cancelled state (a timeout, always: the wait
-    # flow's, or dropflow's wrapper of another async flow, see `watcher.running.in_process`).
-    "prefect.flow_runs": ("Finished in state Cancelled(",),
-}
-"""The ERROR lines Prefect's engine logs for a job that ran past its timeout, by logger."""
-
-
-class TimeoutRecordFilter(logging.Filter):
-    """Drop the engine's ERROR records (and traceback) for a job that ran past its timeout.
-
-    That is an expected outcome: dropflow logs it as one INFO line ("job finished: ...
-    canceled"). Installed on console handlers only, so the records still reach the API (and
-    the UI's log view) through Prefect's own API handler.
-    """
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        from prefect.task_engine import TaskRunTimeoutError
-
-        if record.exc_info is not None and isinstance(record.exc_info[1], TaskRunTimeoutError):
-            return False
-        starts = TIMEOUT_LINES.get(record.name)
-        return not (starts and record.getMessage().startswith(starts))
 
 
 RECORDER_LOGGER = "prefect.server.services.task_run_recorder"

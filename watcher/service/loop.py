@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import os
 import threading
@@ -114,6 +115,7 @@ class Service:
         self._fatal: Exception | None = None  # the runner could not start
         self._lost: Lost | None = None  # the folders stopped being ours while serving
         self._main: asyncio.Task[None] | None = None
+        self._beating: asyncio.Task[None] | None = None  # beats until the tick turns
         self._job_tasks: set[asyncio.Task[None]] = set()
         self._recording: set[asyncio.Task[None]] = set()  # owner records being written
         self._slots: Slots | None = None  # made in `_serve`: the run slots every route shares
@@ -177,7 +179,16 @@ class Service:
         self._queue: asyncio.Queue[tuple[_Served, Path | Claim]] = asyncio.Queue()
         if self.signals.count:
             self._stop.set()
+        # Until the tick turns (while a standby waits, and a new owner takes the data_dir's
+        # lock and recovers its claims), the loop beats on its own: a watchdog must see it
+        # alive whenever it is.
+        self._beating = beating = asyncio.create_task(self._beat_until_ticking())
+        try:
+            await self._serve_folders()
+        finally:
+            beating.cancel()
 
+    async def _serve_folders(self) -> None:
         await asyncio.to_thread(
             _prepare_folders, self.settings, [served.settings for served in self.served]
         )
@@ -258,19 +269,15 @@ class Service:
                 raise ServedElsewhere(held)
             logger.info("standby: %s; taking over when it stops", held)
             self.vitals.set_phase("standby")
-            beating = asyncio.create_task(self._beat_while_standby())
-            try:
-                if not await asyncio.to_thread(wait_for, self._try_locks, self.signals.stopping):
-                    return False
-            finally:
-                beating.cancel()
+            if not await asyncio.to_thread(wait_for, self._try_locks, self.signals.stopping):
+                return False
+            self.vitals.set_phase("starting")
             logger.info("taking over %s", inboxes)
         self._owner = Owner.me(now_iso(), self.settings.runner)
         await asyncio.to_thread(self._record, self._owner)
         return True
 
-    async def _beat_while_standby(self) -> None:
-        # The standby's loop is alive too (a watchdog must see it), though it has no tick.
+    async def _beat_until_ticking(self) -> None:
         while True:
             self.vitals.beat()
             await asyncio.sleep(_TICK)
@@ -300,6 +307,8 @@ class Service:
         # and read at once, bad ones get their error result, and good ones wait for it.
         starter = asyncio.create_task(self._start_runner())
         dispatcher = asyncio.create_task(self._dispatch())
+        if self._beating is not None:
+            self._beating.cancel()  # the tick beats from now on
         ticker = asyncio.create_task(self._tick())
         try:
             await self._stop.wait()
@@ -512,6 +521,35 @@ def _prepare_folders(settings: Settings, routes: list[Settings]) -> None:
                 "systems; a job is claimed by moving it from one to the other, which is atomic "
                 "only within one file system: put processing beside the inbox"
             )
+        if not _moves_within(s.inbox, s.processing):
+            raise FolderError(
+                f"{where}inbox ({s.inbox}) and processing ({s.processing}) are one file system "
+                "mounted twice (a bind mount, or a separate ReadWritePaths= entry of a systemd "
+                "unit for each); a job is claimed by moving it from one to the other, which "
+                "fails across mounts (EXDEV): make both reachable through one mount"
+            )
     overlap = routes_overlap(settings)
     if overlap is not None:
         raise FolderError(overlap)
+
+
+def _moves_within(inbox: Path, processing: Path) -> bool:
+    """Whether a file moves from `inbox` into `processing` (False only for EXDEV: two mounts
+    of one file system, which `st_dev` does not tell apart). Tried with a real rename: no
+    stat field says whether two paths are one mount."""
+    probe = inbox / f"{TEMP_PREFIX}probe-{os.getpid()}"
+    moved = processing / probe.name
+    try:
+        probe.touch()
+        try:
+            os.rename(probe, moved)
+        except OSError as exc:
+            if exc.errno == errno.EXDEV:
+                return False
+            raise
+        finally:
+            probe.unlink(missing_ok=True)
+        moved.unlink(missing_ok=True)
+    except OSError:
+        pass  # not this check's to report: the claims say what fails, and why
+    return True

@@ -32,7 +32,7 @@ from watcher.folders.results import Result, dump, now_iso, publish, read_result
 from watcher.jobs.messages import one_line
 from watcher.jobs.model import Job, JobError
 from watcher.jobs.reading import load_job
-from watcher.jobs.submission import read_submission
+from watcher.jobs.submission import read_tags
 from watcher.retry import retry
 from watcher.running.contract import Runner, RunnerUnavailable, RunOutcome, RunRequest
 from watcher.service.backoff import ClaimBackoff
@@ -259,12 +259,13 @@ class JobPipeline:
         }
         if claim.subfolder:
             base["subfolder"] = claim.subfolder
-        # `dropflow submit --wait` finds its own result by this id (see watcher.jobs.submission).
-        submission = await asyncio.to_thread(
-            read_submission, claim.path, self.settings.max_job_bytes
-        )
-        if submission:
-            base["submission"] = submission
+        # `dropflow submit --wait` finds its own result by its id, and `dropflow retry` names
+        # the result it retries (see watcher.jobs.submission).
+        tags = await asyncio.to_thread(read_tags, claim.path, self.settings.max_job_bytes)
+        if tags.submission:
+            base["submission"] = tags.submission
+        if tags.retry_of:
+            base["retry_of"] = tags.retry_of
         return base
 
     async def _load(self, claim: Claim) -> Job:

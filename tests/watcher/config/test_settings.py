@@ -99,11 +99,39 @@ def test_the_embedded_server_keys(tmp_path: Path) -> None:
     assert settings.server_port == defaults.SERVER_PORT == 4200
     assert settings.ui is True
     assert settings.history_days == defaults.HISTORY_DAYS == 30
+    assert settings.events is defaults.EVENTS is True
+    assert load_config(_write(tmp_path, "events: false\n")).events is False
     settings = load_config(
         _write(tmp_path, "data_dir: ../history\nserver_port: 4321\nui: false\nhistory_days: 0\n")
     )
     assert settings.data_dir == tmp_path / ".." / "history"
     assert (settings.server_port, settings.ui, settings.history_days) == (4321, False, 0)
+
+
+def test_the_metrics_keys(tmp_path: Path) -> None:
+    settings = load_config(_write(tmp_path, ""))
+    assert settings.metrics_port is defaults.METRICS_PORT is None  # off
+    assert settings.metrics_host == defaults.METRICS_HOST == "127.0.0.1"
+    settings = load_config(_write(tmp_path, "metrics_port: 9420\nmetrics_host: '::'\n"))
+    assert (settings.metrics_port, settings.metrics_host) == (9420, "::")
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("metrics_port: 0\n", "metrics_port: Input should be greater than or equal to 1"),
+        ("metrics_port: 65536\n", "metrics_port: Input should be less than or equal to 65535"),
+        ("metrics_port: '9420'\n", "metrics_port: Input should be a valid integer"),
+        ("metrics_port: true\n", "metrics_port: Input should be a valid integer, got true"),
+        ("metrics_host: ''\n", "metrics_host: String should have at least 1 character"),
+        ("metrics_host: 'a b'\n", "metrics_host: Value error, must be an address or host name"),
+        ("metrics_host: 80\n", "metrics_host: Input should be a valid string"),
+    ],
+)
+def test_bad_metrics_keys_are_named(tmp_path: Path, text: str, expected: str) -> None:
+    with pytest.raises(ConfigError) as raised:
+        load_config(_write(tmp_path, text))
+    assert expected in str(raised.value)
 
 
 @pytest.mark.parametrize(
@@ -175,6 +203,7 @@ def test_bad_flows(tmp_path: Path, text: str, message: str) -> None:
         ("polling: 1\n", "polling: Input should be a valid boolean, got 1"),
         ("ui: 0\n", "ui: Input should be a valid boolean, got 0"),
         ("ui: 'yes'\n", "ui: Input should be a valid boolean, got 'yes'"),
+        ("events: 1\n", "events: Input should be a valid boolean, got 1"),
     ],
 )
 def test_a_boolean_is_not_a_number_nor_a_number_a_boolean(

@@ -14,7 +14,17 @@ from watcher.cli.validate import Checked
 from watcher.folders.durable import rename_exclusive
 from watcher.jobs.model import JobLimits
 from watcher.jobs.reading import parse_job
-from watcher.jobs.submission import new_id, read_submission, submission_of, tagged
+from watcher.jobs.submission import (
+    Tags,
+    new_id,
+    read_submission,
+    read_tags,
+    retry_of,
+    retry_tagged,
+    submission_of,
+    tagged,
+    valid_retry_of,
+)
 
 LIMITS = JobLimits(max_timeout=60, max_sleep=30, max_bytes=32768 + 100)
 
@@ -134,3 +144,66 @@ def test_the_sweep_finds_a_result_the_service_had_to_name_otherwise(tmp_path: Pa
     assert not sub.find_result(results)
     assert sub.find_result(results, everywhere=True)
     assert sub.result_path == results / "x.0123abcd.result.yaml"
+
+
+# -- the retry tag ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["late.result.yaml", "late.result.2.yaml", "2026/12/late.result.yaml", "é x.result.12.yaml"],
+)
+def test_a_retry_tag_is_read_back_beside_the_submission_tag(value: str) -> None:
+    sid = new_id()
+    data = tagged(retry_tagged(b"timeout: 1\n", value), sid)
+    assert (submission_of(data), retry_of(data)) == (sid, value)
+    assert parse_job(data, LIMITS) == parse_job(b"timeout: 1\n", LIMITS)
+    assert retry_of(b"timeout: 1\n") is None
+
+
+def test_the_last_retry_tag_counts() -> None:
+    twice = retry_tagged(retry_tagged(b"timeout: 1", "a.result.yaml"), "a.result.2.yaml")
+    assert retry_of(twice) == "a.result.2.yaml"
+    assert retry_of(twice + b"# dropflow-retry-of: a.result.3.yaml  \r\n") == "a.result.3.yaml"
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "../late.result.yaml",
+        "a/../../late.result.yaml",
+        "/etc/late.result.yaml",
+        "a//late.result.yaml",
+        "./late.result.yaml",
+        "a\\late.result.yaml",
+        "late.yaml",
+        "late.result.0.yaml",
+        "late.result.yaml/x",
+        "",
+        " late.result.yaml",
+        "la\x1bte.result.yaml",
+        "la\u2028te.result.yaml",
+        "a/" * 600 + "late.result.yaml",
+    ],
+    ids=lambda v: repr(v)[:30],
+)
+def test_a_retry_tag_that_is_no_plain_result_path_is_refused_and_ignored(value: str) -> None:
+    assert not valid_retry_of(value)
+    with pytest.raises(ValueError):
+        retry_tagged(b"timeout: 1\n", value)
+    written = b"timeout: 1\n" + f"# dropflow-retry-of: {value}\n".encode()
+    assert retry_of(written) is None
+
+
+def test_a_retry_tag_of_bad_bytes_or_inside_a_value_is_no_tag() -> None:
+    assert retry_of(b"timeout: 1\n# dropflow-retry-of: \xff.result.yaml\n") is None
+    assert retry_of(b"name: '# dropflow-retry-of: a.result.yaml'\n") is None
+    assert retry_of(b"  # dropflow-retry-of: a.result.yaml\n") is None
+
+
+def test_the_service_reads_both_tags_from_a_file(tmp_path: Path) -> None:
+    sid = new_id()
+    job = tmp_path / "a.yaml"
+    job.write_bytes(tagged(retry_tagged(b"timeout: ten\n", "a.result.yaml"), sid))
+    assert read_tags(job, 1000) == Tags(sid, "a.result.yaml")
+    assert read_tags(tmp_path / "missing.yaml", 1000) == Tags()

@@ -3,6 +3,8 @@ watching while Prefect starts, and the start-up errors that name their key."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import os
 import socket
@@ -19,6 +21,7 @@ import pytest
 
 from tests.conftest import ServiceFactory
 from tests.harness import ServiceProcess, free_port, wait_until
+from tests.test_events import Hooks, check_job_events, create_automation, recipe, wait_events
 from watcher.server.postgres import PGDATA
 
 
@@ -71,6 +74,25 @@ def _sql(data_dir: Path, statement: str) -> None:
     )
 
 
+def _error_calls_the_webhook(svc: ServiceProcess, api: str) -> None:
+    """The webhook recipe of docs/operating.md works on the embedded server too (there the
+    server's triggers learn of a new automation through PostgreSQL's NOTIFY: a bad job is
+    dropped until one errs after that)."""
+    hooks = Hooks()
+    try:
+        asyncio.run(create_automation(api, hooks.url, recipe("call a webhook when a job errors")))
+        for n in range(10):
+            svc.drop(f"bad{n}.yaml", "timout: 5\n")
+            svc.wait_result(f"bad{n}.yaml")
+            with contextlib.suppress(TimeoutError):
+                _, call = hooks.wait(".yaml", timeout=3)
+                assert call["job"].startswith("bad") and "did you mean" in call["message"]
+                return
+        raise AssertionError("no webhook call for 10 bad jobs")
+    finally:
+        hooks.close()
+
+
 @pytest.mark.embedded
 def test_history_survives_restart_kill_9_and_old_runs_are_vacuumed(
     embedded_service: ServiceFactory, tmp_path: Path
@@ -98,6 +120,11 @@ def test_history_survives_restart_kill_9_and_old_runs_are_vacuumed(
     svc.drop("second.yaml", "timeout: 5\nsleep: 0\n")
     second = svc.wait_result("second.yaml", timeout=60)
     assert _flow_run_exists(svc, first["flow_run_id"])
+    _error_calls_the_webhook(svc, f"http://127.0.0.1:{port}/api")
+    # The first jobs' events: the typo's were kept until the server was up.
+    events = wait_events(f"http://127.0.0.1:{port}/api", {"f": first, "t": bad}, 3 + 2)
+    check_job_events(events, "first.yaml", first)
+    check_job_events(events, "typo.yaml", bad, started=False)
     assert (data_dir / PGDATA / "PG_VERSION").exists()
 
     # kill -9 of everything, PostgreSQL included: the stale pid file is dealt with.

@@ -13,7 +13,6 @@ import os
 import subprocess
 import sys
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -133,47 +132,6 @@ def test_an_empty_ui_url_means_no_view_at_link(prefect_api: str) -> None:
     )
     with temporary_settings({PREFECT_UI_URL: ""}):
         assert url_for("flow-run", obj_id=run_id) is None
-
-
-class _Collect(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__(logging.DEBUG)
-        self.records: list[logging.LogRecord] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.records.append(record)
-
-
-@contextlib.contextmanager
-def _prefect_records() -> Iterator[list[logging.LogRecord]]:
-    handler = _Collect()
-    loggers = [logging.getLogger(name) for name in internals.TIMEOUT_LINES]
-    for log in loggers:
-        log.addHandler(handler)
-    try:
-        yield handler.records
-    finally:
-        for log in loggers:
-            log.removeHandler(handler)
-
-
-@pytest.mark.anyio
-async def test_the_timeout_filter_drops_exactly_the_timeout_errors(prefect_api: str) -> None:
-    keep = internals.TimeoutRecordFilter()
-    with _prefect_records() as records:
-        state = await wait(timeout=0.3, sleep=3, name="times-out", return_state=True)
-    assert state.is_cancelled()
-    errors = [r for r in records if r.levelno >= logging.ERROR]
-    # Prefect logs the expected outcome as errors (else there is nothing to filter) ...
-    assert errors, [r.getMessage() for r in records]
-    # ... and the filter drops every one of them, and nothing else.
-    assert [r.getMessage() for r in errors if keep.filter(r)] == []
-    assert all(keep.filter(r) for r in records if r.levelno < logging.ERROR)
-
-    with _prefect_records() as records:
-        state = await wait(timeout=5, sleep=0, name="in-time", return_state=True)
-    assert state.is_completed()
-    assert records and all(keep.filter(r) for r in records)
 
 
 # -- events and workers (`runner: deployment`) ------------------------------------------------

@@ -18,6 +18,8 @@ import pytest
 
 from tests.conftest import ServiceFactory
 from tests.harness import ServiceProcess, free_port, wait_until
+from tests.test_events import wait_events
+from tests.watcher.service.test_health import get, wait_status
 from watcher.server.postgres import PGDATA
 
 
@@ -82,20 +84,37 @@ def _drop_running(svc: ServiceProcess, names: list[str], job: str) -> None:
 def test_a_killed_server_or_postgres_is_restarted_and_no_job_pays_for_it(
     embedded_service: ServiceFactory,
 ) -> None:
-    svc = embedded_service()
+    metrics = free_port()
+    svc = embedded_service({"metrics_port": metrics})
     data_dir = Path(svc.config["data_dir"])
     svc.wait_for_log("runner: ", 90)
+    wait_status(metrics, "/readyz", 200, 10)  # marked up just after that line
 
     # kill -9 the Prefect server while 3 jobs run, as the OOM killer would.
     job = "timeout: 60\nsleep: 4\n"
     _drop_running(svc, ["a.yaml", "b.yaml", "c.yaml"], job)
     _server(svc).kill()
+    # Not ready while the server is down, and says why; ready again once it serves.
+    down = wait_status(metrics, "/readyz", 503, 30)
+    assert down["problems"] == [
+        "runner down: the embedded Prefect server exited (killed by SIGKILL)"
+    ], down
     svc.wait_for_log("the embedded Prefect server exited (killed by SIGKILL); restarting", 30)
     svc.wait_for_log("the embedded Prefect server serves again", 60)
+    wait_status(metrics, "/readyz", 200, 10)
+    assert get(metrics, "/healthz")[0] == 200  # the service itself stayed alive throughout
     for name in ("a.yaml", "b.yaml", "c.yaml"):
         assert svc.wait_result(name, timeout=120)["status"] == "completed"
     svc.drop("after-server.yaml", "timeout: 30\nsleep: 0\n")
     assert svc.wait_result("after-server.yaml", timeout=60)["status"] == "completed"
+    # Every job's events reached the server: those the killed one took but had not stored yet
+    # were sent again (tests/test_events.py checks the events themselves).
+    names = ("a.yaml", "b.yaml", "c.yaml", "after-server.yaml")
+    wait_events(
+        f"http://127.0.0.1:{svc.config['server_port']}/api",
+        {name: svc.wait_result(name) for name in names},
+        3 * len(names),
+    )
 
     # kill -9 PostgreSQL while 2 jobs run: the server is restarted with it.
     _drop_running(svc, ["d.yaml", "e.yaml"], job)

@@ -4,6 +4,7 @@ that are one folder through a bind mount are refused."""
 from __future__ import annotations
 
 import os
+import subprocess
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -17,7 +18,7 @@ from watcher.folders import identity
 from watcher.folders.lock import LOCK_NAME
 from watcher.running.direct import DirectRunner
 from watcher.service.guard import routes_overlap
-from watcher.service.loop import Service
+from watcher.service.loop import FolderError, Service, _prepare_folders
 
 
 def test_without_identities_the_service_serves_and_still_sees_a_lost_lock_file(
@@ -83,3 +84,22 @@ def test_a_routes_results_inside_another_routes_inbox_through_a_bind_mount_are_r
     reason = routes_overlap(_routes(tmp_path, routes))
     assert reason is not None
     assert f"routes: a's results ({tmp_path / 'mnt/out'}) is inside b's inbox" in reason
+
+
+def test_processing_on_a_second_mount_of_the_inbox_file_system_is_refused(
+    tmp_path: Path, bind: Callable[[Path, Path], None]
+) -> None:
+    # One file system, two mounts (as two ReadWritePaths= entries of a systemd unit make):
+    # st_dev is the same, but every claim would fail with EXDEV.
+    (tmp_path / "elsewhere").mkdir()
+    bind(tmp_path / "elsewhere", tmp_path / "processing")
+    config = tmp_path / "config.yaml"
+    config.write_text("runner: direct\n")
+    settings = load_config(config)
+    with pytest.raises(FolderError, match=r"mounted twice .* \(EXDEV\)"):
+        _prepare_folders(settings, [settings])
+    assert os.listdir(tmp_path / "inbox") == os.listdir(tmp_path / "processing") == []
+    # One mount: served, and the probe leaves nothing behind.
+    subprocess.run(["umount", "-l", str(tmp_path / "processing")], check=True)
+    _prepare_folders(settings, [settings])
+    assert os.listdir(tmp_path / "inbox") == os.listdir(tmp_path / "processing") == []

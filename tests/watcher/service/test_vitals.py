@@ -4,11 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import os
+import subprocess
+import sys
+import threading
 from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from tests.watcher.service.test_pipeline import _claim, _Gate, _pipeline, _Runner, _settings
+from watcher.config.settings import load_config
+from watcher.folders.lock import DataDirLock, Owner
+from watcher.running.direct import DirectRunner
+from watcher.service.loop import Service
 from watcher.service.vitals import JobSeen, Vitals
 
 
@@ -118,3 +126,39 @@ class _Seen:
 
     def finished(self, job: JobSeen, result: Mapping[str, Any]) -> None:
         pass
+
+
+def test_the_loop_beats_while_it_waits_for_a_dead_owners_data_dir(tmp_path: Path) -> None:
+    """Between taking the folders and its tick (waiting for the data_dir's lock, recovering),
+    the loop still beats: a watchdog must not see a live service as wedged."""
+    config = tmp_path / "config.yaml"
+    config.write_text("data_dir: data\ndefaults: {timeout: 5, sleep: 0}\n")
+    settings = load_config(config)
+    # A dead service's embedded server still holds the data_dir: the new owner waits for it.
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    holder = DataDirLock(settings.data_dir)
+    holder.acquire(
+        replace(Owner.me("2026-01-01T00:00:00Z"), pid=int(dead.stdout)), threading.Event()
+    )
+    service = Service(settings, DirectRunner(), data_lock=DataDirLock(settings.data_dir))
+    beats = threading.Semaphore(0)
+    service.vitals.beat_listeners.append(beats.release)
+    thread = threading.Thread(target=service.run)
+    thread.start()
+    try:
+        for _ in range(5):  # half a second of beats, all while the lock is held
+            assert beats.acquire(timeout=5)
+        assert not service.started.is_set()
+        assert service.vitals.phase == "starting"
+        holder.release()
+        assert service.started.wait(30)
+    finally:
+        holder.release()
+        service.request_stop()
+        thread.join(30)
+    assert service.vitals.phase == "stopped"

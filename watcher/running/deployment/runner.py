@@ -124,6 +124,8 @@ class DeploymentRunner:
         self._deployment_ids: dict[str, UUID] = {}  # by deployment name
         self._clients = contextlib.AsyncExitStack()
         self._client: PrefectClient | None = None
+        self.api_url: str | None = None
+        """The Prefect API the flow runs are created at, once `start` connected."""
         self._tracker = Tracker(
             self._api,
             self._deployments,
@@ -146,7 +148,7 @@ class DeploymentRunner:
         # Every registered flow, once (its parameter schema checks jobs before any run).
         await asyncio.to_thread(self.registry.load)
         self._client = await self._clients.enter_async_context(get_client())
-        url = str(self._client.api_url)
+        url = self.api_url = str(self._client.api_url)
         if await self._client.api_healthcheck() is None:
             for deployment in self.deployments:
                 await self._find_deployment(self.registry.names[0], deployment)
