@@ -91,6 +91,19 @@ def _route_option(command: argparse.ArgumentParser, text: str) -> None:
     command.add_argument("--route", "-r", default=None, metavar="NAME", help=text)
 
 
+def _wait_options(command: argparse.ArgumentParser, wait: str) -> None:
+    """--wait, --timeout and --json, as `submit` and `retry` both take them."""
+    command.add_argument("--wait", action="store_true", help=wait)
+    command.add_argument(
+        "--timeout",
+        type=_seconds,
+        default=None,
+        metavar="SECONDS",
+        help="with --wait: stop waiting after this long, exit 3 (the job goes on)",
+    )
+    command.add_argument("--json", action="store_true", help="print JSON, no progress")
+
+
 def _seconds(text: str) -> float:
     try:
         value = float(text)
@@ -157,15 +170,7 @@ def _parser() -> argparse.ArgumentParser:
         "this very submission and print it.",
     )
     submit.add_argument("files", nargs="+", metavar="FILE", help="job files to submit")
-    submit.add_argument("--wait", action="store_true", help="wait for the results")
-    submit.add_argument(
-        "--timeout",
-        type=_seconds,
-        default=None,
-        metavar="SECONDS",
-        help="with --wait: stop waiting after this long, exit 3 (the job goes on)",
-    )
-    submit.add_argument("--json", action="store_true", help="print JSON, no progress")
+    _wait_options(submit, "wait for the results")
     _route_option(
         submit,
         "the route whose inbox takes the files, with its defaults and flows (needed when the "
@@ -207,15 +212,7 @@ def _parser() -> argparse.ArgumentParser:
     retry.add_argument(
         "--completed", action="store_true", help="also retry a completed result: it runs again"
     )
-    retry.add_argument("--wait", action="store_true", help="wait for the new results")
-    retry.add_argument(
-        "--timeout",
-        type=_seconds,
-        default=None,
-        metavar="SECONDS",
-        help="with --wait: stop waiting after this long, exit 3 (the job goes on)",
-    )
-    retry.add_argument("--json", action="store_true", help="print JSON, no progress")
+    _wait_options(retry, "wait for the new results")
     _route_option(
         retry,
         "only results of this route (with --status: look in its results alone)",
