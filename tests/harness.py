@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import socket
@@ -344,3 +345,12 @@ def audit(root: Path, names: list[str]) -> dict[str, Any]:
 
 
 _STATUSES = ("completed", "canceled", "error")
+
+
+def post_json(url: str, body: Mapping[str, Any]) -> Any:
+    """POST `body` as JSON to `url` (a Prefect API route) and return the decoded answer."""
+    request = urllib.request.Request(
+        url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return json.loads(response.read())

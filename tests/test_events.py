@@ -10,7 +10,6 @@ import queue
 import re
 import threading
 import time
-import urllib.request
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -21,7 +20,7 @@ import pytest
 import yaml
 
 from tests.conftest import ServiceFactory
-from tests.harness import PrefectServer, wait_until
+from tests.harness import PrefectServer, post_json, wait_until
 from watcher.service.events import event_fields
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -37,14 +36,7 @@ def read_events(url: str, claim_ids: list[str]) -> list[dict[str, Any]]:
         },
         "limit": 50,
     }
-    request = urllib.request.Request(
-        f"{url}/events/filter",
-        data=json.dumps(body).encode(),
-        headers={"Content-Type": "application/json"},
-        method="POST",
-    )
-    with urllib.request.urlopen(request, timeout=10) as response:
-        events: list[dict[str, Any]] = json.loads(response.read())["events"]
+    events: list[dict[str, Any]] = post_json(f"{url}/events/filter", body)["events"]
     return events
 
 

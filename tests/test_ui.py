@@ -3,17 +3,14 @@ Playwright). Without a browser the test is skipped, except in CI (CI=true), wher
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
-import urllib.request
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from tests.conftest import ServiceFactory
-from tests.harness import wait_until
+from tests.harness import post_json, wait_until
 
 CHROMIUM = os.environ.get("DROPFLOW_CHROMIUM", "/usr/bin/chromium")
 """The system chromium (`apt-get install chromium`; `.ci/run` installs it)."""
@@ -48,19 +45,11 @@ def _browser_or_skip() -> str:
     pytest.skip(reason)
 
 
-def _post(url: str, body: dict[str, Any]) -> Any:
-    request = urllib.request.Request(
-        url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}
-    )
-    with urllib.request.urlopen(request, timeout=10) as response:
-        return json.loads(response.read())
-
-
 def _recorded(api: str, flow_run_id: str) -> bool:
     """Whether the API has the run's last log line and its task runs' final states (both reach
     the server a moment after the result): the page then shows the run's whole story."""
-    logs = _post(f"{api}/logs/filter", {"logs": {"flow_run_id": {"any_": [flow_run_id]}}})
-    tasks = _post(f"{api}/task_runs/filter", {"flow_runs": {"id": {"any_": [flow_run_id]}}})
+    logs = post_json(f"{api}/logs/filter", {"logs": {"flow_run_id": {"any_": [flow_run_id]}}})
+    tasks = post_json(f"{api}/task_runs/filter", {"flow_runs": {"id": {"any_": [flow_run_id]}}})
     ended = any(
         e["task_run_id"] is None and e["message"].startswith("Finished in state ") for e in logs
     )

@@ -17,7 +17,7 @@ import psutil
 import pytest
 
 from tests.conftest import ServiceFactory
-from tests.harness import ServiceProcess, free_port, wait_until
+from tests.harness import ServiceProcess, free_port, post_json, wait_until
 from tests.test_events import wait_events
 from tests.watcher.service.test_health import get, wait_status
 from watcher.server.postgres import PGDATA
@@ -50,14 +50,7 @@ def _active_runs(svc: ServiceProcess) -> list[dict[str, Any]]:
     """Flow runs the embedded server still has as running, pending or scheduled."""
     port = svc.config["server_port"]
     body = {"flow_runs": {"state": {"type": {"any_": ["RUNNING", "PENDING", "SCHEDULED"]}}}}
-    request = urllib.request.Request(
-        f"http://127.0.0.1:{port}/api/flow_runs/filter",
-        data=json.dumps(body).encode(),
-        headers={"Content-Type": "application/json"},
-        method="POST",
-    )
-    with urllib.request.urlopen(request, timeout=10) as response:
-        runs: list[dict[str, Any]] = json.loads(response.read())
+    runs: list[dict[str, Any]] = post_json(f"http://127.0.0.1:{port}/api/flow_runs/filter", body)
     return runs
 
 
