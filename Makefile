@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 CONFIG ?= config.yaml
 PYTEST_ARGS ?=
 
-.PHONY: install run lint test docs bench bench-startup fuzz chaos clean
+.PHONY: install run lint test docs bench bench-startup soak fuzz chaos clean
 
 # Reinstalls when the dependencies or their pins change.
 $(VENV)/.installed: pyproject.toml constraints.txt
@@ -43,6 +43,14 @@ bench: install
 # The start-up half of `make bench` alone (its section of bench/RESULTS.md).
 bench-startup: install
 	$(BIN)/python -m bench.startup
+
+# A long run of the embedded default at a steady rate, with retention set short (not in `make
+# test`): bench/soak.csv, bench/soak.png and the soak section of bench/RESULTS.md.
+MINUTES ?= 60
+RATE ?= 5
+soak: install
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[test,bench]'
+	$(BIN)/python -m bench.soak --minutes $(MINUTES) --rate $(RATE)
 
 fuzz: install
 	$(BIN)/python -m tests.fuzz
