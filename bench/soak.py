@@ -200,11 +200,13 @@ class Soak:
         assert self.proc is not None
         service, server = self.proc.pid, self.server_pid()
         latencies = dropper.take_latencies()
+        cluster = cluster_pids(self.data)
         return Row(
             elapsed_s=elapsed,
             rss_service_mb=self.probe.rss_mb([service]),
             rss_server_mb=None if server is None else self.probe.rss_mb([server]),
-            rss_postgres_mb=self.probe.rss_mb(cluster_pids(self.data)),
+            rss_postgres_mb=self.probe.rss_mb(cluster),
+            pss_postgres_mb=self.probe.pss_mb(cluster),
             fds_service=self.probe.fds(service),
             fds_server=None if server is None else self.probe.fds(server),
             inotify_watches=self.probe.inotify_watches(service),

@@ -1,9 +1,10 @@
 """What `make soak` samples every few seconds: one `Row` of the running stack.
 
-On Linux everything is read from /proc (RSS from `VmRSS`, descriptors from `fd/`, inotify
-watches from the `inotify wd:` lines of `fdinfo/`). Elsewhere (no /proc) the memory and the
-descriptors come from psutil where it can read them, the inotify watches stay empty, and so does
-any figure that cannot be read: an empty cell in `bench/soak.csv`, never a made-up zero.
+On Linux everything is read from /proc (RSS from `VmRSS`, PostgreSQL's PSS from
+`smaps_rollup`, descriptors from `fd/`, inotify watches from the `inotify wd:` lines of
+`fdinfo/`). Elsewhere (no /proc) the memory and the descriptors come from psutil where it can
+read them, the PSS and the inotify watches stay empty, and so does any figure that cannot be
+read: an empty cell in `bench/soak.csv`, never a made-up zero.
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ class Row:
     rss_service_mb: float | None
     rss_server_mb: float | None
     rss_postgres_mb: float | None
+    pss_postgres_mb: float | None
     fds_service: int | None
     fds_server: int | None
     inotify_watches: int | None
@@ -142,6 +144,20 @@ class Probe:
         with contextlib.suppress(psutil.Error, OSError):
             return int(psutil.Process(pid).memory_info().rss)
         return None
+
+    def pss_mb(self, pids: Iterable[int]) -> float | None:
+        """Proportional memory of `pids` together (`Pss` of smaps_rollup), in MB: memory
+        shared between them counted once. None where there is no /proc."""
+        if not self.linux:
+            return None
+        found, total = False, 0
+        for pid in pids:
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                for line in (self.proc / str(pid) / "smaps_rollup").read_text().splitlines():
+                    if line.startswith("Pss:"):
+                        found, total = True, total + int(line.split()[1]) * 1024
+                        break
+        return total / _MB if found else None
 
     def fds(self, pid: int) -> int | None:
         """Open file descriptors (handles on Windows) of `pid`; None if unreadable."""

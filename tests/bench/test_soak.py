@@ -18,6 +18,7 @@ BASE = Row(
     rss_service_mb=100.0,
     rss_server_mb=200.0,
     rss_postgres_mb=50.0,
+    pss_postgres_mb=40.0,
     fds_service=40,
     fds_server=60,
     inotify_watches=3,
@@ -62,6 +63,16 @@ def test_rss_that_grows_past_ten_percent_fails() -> None:
 def test_growth_during_the_warm_up_does_not_count() -> None:
     run = rows(60, rss_service_mb=lambda t: 50 + min(t, 500) / 10)
     assert growth(run, "rss_service_mb", warmup(run), "RSS").ok is True
+
+
+def test_postgresql_is_judged_on_its_pss_not_its_summed_rss() -> None:
+    # Backends touching more of the shared buffers: the RSS sum climbs, the PSS does not.
+    run = rows(60, rss_postgres_mb=lambda t: 300 + t / 6, pss_postgres_mb=lambda t: 150.0)
+    found = {v.target: v for v in verdicts(run, retention=False, db_since=0)}
+    assert found["PSS PostgreSQL grows <= 10 %"].ok is True
+    without = [replace(row, pss_postgres_mb=None) for row in run]
+    found = {v.target: v for v in verdicts(without, retention=False, db_since=0)}
+    assert found["RSS PostgreSQL grows <= 10 %"].ok is False
 
 
 def test_a_count_that_plateaus_under_retention_is_flat() -> None:
@@ -150,6 +161,7 @@ def fake_proc(root: Path, pid: int) -> None:
     (own / "fd").mkdir(parents=True)
     (own / "fdinfo").mkdir()
     (own / "status").write_text("Name:\tpython\nVmHWM:\t 9000 kB\nVmRSS:\t 2048 kB\n")
+    (own / "smaps_rollup").write_text("Rss:    2048 kB\nPss:    1024 kB\nPss_Anon: 512 kB\n")
     os.symlink("anon_inode:inotify", own / "fd" / "5")
     (own / "fdinfo" / "5").write_text(
         "pos:\t0\nflags:\t02004000\n"
@@ -167,6 +179,7 @@ def test_on_linux_the_probe_reads_proc(tmp_path: Path) -> None:
     assert probe.rss_mb([42, 43, 44]) == 4.0  # 44 is gone: not counted, not an error
     assert probe.fds(42) == 2
     assert probe.inotify_watches(42) == 2
+    assert probe.pss_mb([42, 43, 44]) == 2.0
     assert probe.rss_mb([44]) is None
 
 
@@ -177,6 +190,7 @@ def test_without_proc_the_probe_reads_what_psutil_can_and_leaves_the_rest(tmp_pa
     fds = probe.fds(os.getpid())
     assert fds is not None and fds > 0
     assert probe.inotify_watches(os.getpid()) is None
+    assert probe.pss_mb([os.getpid()]) is None
     assert probe.rss_mb([2**22 + 12345]) is None
 
 
