@@ -117,21 +117,22 @@ class Dropper:
             self._stop.wait(max(0.0, started + self.dropped / self.rate - time.monotonic()))
 
     def _collect(self) -> None:
-        while not self._stop.wait(0.25):
+        # One listing a tick, not a look per pending job: a backlog of thousands would cost
+        # the machine under test more than the folder, which retention keeps small.
+        while not self._stop.wait(0.5):
             with self._lock:
-                pending = list(self._pending.items())
-            for name, dropped in pending:
-                path = self.results / name
-                try:
-                    text = path.read_text()
-                except FileNotFoundError:
-                    continue
-                seen = time.time()
-                finished = _finished_at(text)
-                with self._lock:
-                    del self._pending[name]
-                    self._latencies.append((finished or seen) - dropped)
-                    self.done += 1
+                pending = dict(self._pending)
+            with contextlib.suppress(OSError):
+                with os.scandir(self.results) as entries:
+                    arrived = [entry.name for entry in entries if entry.name in pending]
+                for name in arrived:
+                    seen = time.time()
+                    with contextlib.suppress(OSError):
+                        seen = _finished_at((self.results / name).read_text()) or seen
+                    with self._lock:
+                        del self._pending[name]
+                        self._latencies.append(seen - pending[name])
+                        self.done += 1
 
 
 def _finished_at(text: str) -> float | None:
@@ -254,6 +255,8 @@ def run(args: argparse.Namespace, argv: Sequence[str] | None) -> int:
     rows: list[Row] = []
     with contextlib.suppress(AttributeError, ValueError):
         signal.signal(signal.SIGTERM, _raise_stop)
+        # A shell starts background jobs with SIGINT ignored; `kill -INT` must still stop us.
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         soak.start()
         soak.wait_log("runner: ")
@@ -275,11 +278,19 @@ def run(args: argparse.Namespace, argv: Sequence[str] | None) -> int:
     except (KeyboardInterrupt, Stop):
         print("interrupted: stopping the service", flush=True)
     finally:
+        # A second Ctrl-C must not cut the stop short and leave the service and PostgreSQL
+        # running: it is ignored until the service is gone (killed after 90 s if it hangs).
+        with contextlib.suppress(AttributeError, ValueError):
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
         dropper.stop()
         soak.stop()
         log = work / "service.log"
         if log.exists():
-            shutil.copy(log, args.csv.with_name("soak-service.log"))
+            kept = BENCH / "out" / "soak-service.log"
+            kept.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(log, kept)
+            print(f"the service's log: {kept}", flush=True)
         shutil.rmtree(work, ignore_errors=True)
     if rows:
         plot(rows, [args.png, *([ROOT / "docs" / "img" / "soak.png"] if args.docs_png else [])])
