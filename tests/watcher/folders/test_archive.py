@@ -108,13 +108,20 @@ def test_the_day_is_the_one_the_claim_id_says_to_the_last_microsecond() -> None:
 def test_a_job_is_found_under_the_layout_it_was_archived_with(store: ClaimStore) -> None:
     """A result from before a change of layout still finds its job, and one after it too."""
     daily = ClaimStore(store.root, store.archive_dir, store.inbox, layout="daily")
-    before, after = new_id(), new_id()
-    flat = _run(store, "sub/a.yaml", tagged(b"timeout: 1\n", before))
-    dated = _run(daily, "sub/a.yaml", tagged(b"timeout: 2\n", after))
-    again = _run(daily, "sub/a.yaml", b"timeout: 3\n")
+    mine = new_id()
+    flat = _run(store, "sub/a.yaml", tagged(b"timeout: 1\n", mine))
+    taken = _run(store, "sub/a.yaml", b"timeout: 2\n")  # a.yaml is taken in the flat folder
+    dated = _run(daily, "sub/a.yaml", b"timeout: 3\n")
+    again = _run(daily, "sub/a.yaml", b"timeout: 4\n")
     day = store.archive_dir / claimed_day(dated.id)
-    assert _find(store, flat, before) == store.archive_dir / "sub/a.yaml"
-    assert _find(daily, dated, after) == day / "sub/a.yaml"
+    assert _find(store, flat, mine) == store.archive_dir / "sub/a.yaml"
+    # Its unique name in the flat folder, before an a.yaml of no submission in its date folder.
+    flat_unique = store.archive_dir / "sub" / unique_archive_name("a.yaml", taken.id)
+    assert _find(store, taken, None) == flat_unique
+    assert _find(daily, dated, None) == day / "sub/a.yaml"
     assert _find(daily, again, None) == day / "sub" / unique_archive_name("a.yaml", again.id)
-    # Each plain a.yaml is the other's only by name: the submission tells them apart.
-    assert _find(store, flat, new_id()) is None
+    assert [p.read_bytes() for p in (flat_unique, day / "sub/a.yaml")] == [
+        b"timeout: 2\n",
+        b"timeout: 3\n",
+    ]
+    assert _find(store, flat, new_id()) is None  # the plain names are other submissions'
