@@ -44,6 +44,7 @@ from tests.cluster import Cluster
 from tests.harness import (
     PrefectServer,
     ServiceProcess,
+    archived_files,
     audit,
     claim_folders,
     flow_runs_per_job,
@@ -181,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
             svc = start()
         for name in names[dropped:]:
             svc.drop(name, "{}\n")
-        wait_until(lambda: len(os.listdir(svc.archive)) >= len(names), 600, 0.5)
+        wait_until(lambda: len(archived_files(svc.archive)) >= len(names), 600, 0.5)
         wait_until(lambda: not claim_folders(svc.processing), 60, 0.2)
         svc.stop()
         found = audit(root, names)

@@ -37,6 +37,22 @@ def claim_folders(processing: Path) -> list[Path]:
     return sorted(p for p in processing.iterdir() if not p.name.startswith("."))
 
 
+def archived_files(archive: Path) -> list[Path]:
+    """The files in an archive (hidden ones left out), under either `archive_layout`: in the
+    archive itself (`flat`) or in its `YYYY/MM/DD/` folders (`daily`, the default), and in
+    the subfolders of a recursive route's jobs. Links are listed, never followed."""
+    found: list[Path] = []
+    for folder, dirs, files in os.walk(archive):
+        links = [d for d in dirs if os.path.islink(os.path.join(folder, d))]
+        found += [Path(folder, n) for n in (*files, *links) if not n.startswith(".")]
+    return sorted(found)
+
+
+def archived_names(archive: Path) -> list[str]:
+    """The names of `archived_files`, sorted."""
+    return sorted(p.name for p in archived_files(archive))
+
+
 def wait_until(check: Callable[[], Any], timeout: float, interval: float = 0.05) -> Any:
     """Poll `check` until it returns something truthy; fail after `timeout` seconds."""
     deadline = time.monotonic() + timeout
@@ -332,7 +348,7 @@ def audit(root: Path, names: list[str]) -> dict[str, Any]:
         if (root / folder).exists()
         for p in claim_folders(root / folder)
     ]
-    archived = sorted(p.name for p in (root / "archive").iterdir())
+    archived = archived_names(root / "archive")
     return {
         "results": {job: runs[0] for job, runs in by_job.items()},
         "lost": sorted(set(names) - set(by_job)),

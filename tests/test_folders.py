@@ -19,7 +19,15 @@ import pytest
 import yaml
 
 from tests.conftest import ServiceFactory
-from tests.harness import ServiceProcess, audit, claim_folders, wait_until
+from tests.harness import (
+    ServiceProcess,
+    archived_files,
+    archived_names,
+    audit,
+    claim_folders,
+    wait_until,
+)
+from watcher.folders.archive import claimed_day
 
 PORTABLE = {"DROPFLOW_PORTABLE": "1"}
 
@@ -74,8 +82,52 @@ def test_archive_and_results_on_other_file_systems(
         svc.drop(name, "sleep: 0\n")
     for name in ("a.yaml", "b.yaml"):
         assert svc.wait_result(name)["status"] == "completed"
-    wait_until(lambda: _results(svc.archive) == ["a.yaml", "b.yaml"], 20)
+    wait_until(lambda: archived_names(svc.archive) == ["a.yaml", "b.yaml"], 20)
     wait_until(lambda: claim_folders(svc.processing) == [], 20)
+    assert _results(svc.results) == ["a.result.yaml", "b.result.yaml"]
+
+
+def _fill(folder: Path) -> Path:
+    """Fill the file system of `folder` to the last byte; the filler file is returned."""
+    filler = folder / "filler"
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
+    try:
+        for size in (65536, 4096, 1):
+            with contextlib.suppress(OSError):
+                while os.write(fd, b"\0" * size):
+                    pass
+    finally:
+        os.close(fd)
+    return filler
+
+
+def test_a_dated_archive_on_another_file_system_across_a_kill_and_a_restart(
+    service: ServiceFactory, tmp_path: Path, tmpfs: Callable[[Path], Path]
+) -> None:
+    """Each job is filed under the UTC day its claim id gives (`archive_layout: daily`, the
+    default), on the archive's own file system; a job whose archiving a full disk held up
+    when the service was killed is filed there by the next start, its result not written
+    again."""
+    archive = tmpfs(tmp_path / "archive", size="1m")
+    svc = service()
+    svc.drop("a.yaml", "sleep: 0\n")
+    first = svc.wait_result("a.yaml")
+    filed = archive / claimed_day(first["claim_id"]) / "a.yaml"
+    wait_until(filed.exists, 20)
+    filler = _fill(archive)
+    svc.drop("b.yaml", "sleep: 0\n")
+    second = svc.wait_result("b.yaml")
+    svc.wait_for_log("b.yaml: cannot write its result", 30)
+    assert len(claim_folders(svc.processing)) == 1
+    svc.kill()
+    filler.unlink()
+    svc.start()
+    held = archive / claimed_day(second["claim_id"]) / "b.yaml"
+    wait_until(held.exists, 30)
+    wait_until(lambda: claim_folders(svc.processing) == [], 20)
+    assert archived_files(archive) == sorted([filed, held])
+    assert {os.stat(p).st_dev for p in (filed, held)} == {os.stat(archive).st_dev}
+    assert os.stat(archive).st_dev != os.stat(svc.processing).st_dev
     assert _results(svc.results) == ["a.result.yaml", "b.result.yaml"]
 
 
@@ -98,8 +150,8 @@ def test_an_archive_folder_removed_at_run_time_is_recreated(service: ServiceFact
     shutil.rmtree(svc.archive)
     svc.drop("a.yaml", "sleep: 0\n")
     assert svc.wait_result("a.yaml")["status"] == "completed"
-    wait_until(lambda: (svc.archive / "a.yaml").exists(), 20)
-    assert yaml.safe_load((svc.archive / "a.yaml").read_text()) == {"sleep": 0}
+    (archived,) = wait_until(lambda: archived_files(svc.archive), 20)
+    assert archived.name == "a.yaml" and yaml.safe_load(archived.read_text()) == {"sleep": 0}
 
 
 def test_a_failing_archive_never_publishes_again(service: ServiceFactory) -> None:
@@ -111,7 +163,7 @@ def test_a_failing_archive_never_publishes_again(service: ServiceFactory) -> Non
     svc.wait_for_log("cannot write its result", 30)
     assert _results(svc.results) == ["a.result.yaml"]
     svc.archive.unlink()
-    wait_until(lambda: (svc.archive / "a.yaml").exists(), 60)
+    wait_until(lambda: archived_names(svc.archive) == ["a.yaml"], 60)
     svc.wait_for_log("a.yaml: its result could be written again", 10)
     # Every failed try had the same error: said once, not at each try.
     assert svc.log().count("cannot write its result") == 1

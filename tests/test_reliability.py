@@ -15,7 +15,14 @@ from typing import Any
 import pytest
 
 from tests.conftest import ServiceFactory
-from tests.harness import PrefectServer, ServiceProcess, audit, claim_folders, wait_until
+from tests.harness import (
+    PrefectServer,
+    ServiceProcess,
+    archived_files,
+    audit,
+    claim_folders,
+    wait_until,
+)
 from watcher.config.settings import load_config
 from watcher.running.direct import DirectRunner
 from watcher.service.loop import Service
@@ -64,7 +71,7 @@ def test_kill_9_at_random_moments_loses_nothing(service: ServiceFactory, tmp_pat
         (inbox / name).write_text("{}\n")
     everything = [*names, "inflight.yaml"]
     svc = service(config)
-    wait_until(lambda: len(list(svc.archive.iterdir())) == len(everything), 60)
+    wait_until(lambda: len(archived_files(svc.archive)) == len(everything), 60)
     assert svc.stop() == 0
     results = check_every_job_has_one_complete_result(tmp_path, everything)
     assert all(r["status"] in ("completed", "canceled") for r in results.values()), results
@@ -185,11 +192,11 @@ def test_prefect_server_stopped_mid_batch_loses_and_errors_nothing(
         # Prefect client's retries, which log nothing, and the service need not take the new
         # files in meanwhile: there is no event to wait for.
         time.sleep(5)
-        assert len(list(svc.archive.iterdir())) < len(names)
+        assert len(archived_files(svc.archive)) < len(names)
         restarted = PrefectServer(home, database_url=database)
         restarted.port, restarted.url = server.port, server.url
         server = restarted.start()
-        wait_until(lambda: len(list(svc.archive.iterdir())) == len(names), 180)
+        wait_until(lambda: len(archived_files(svc.archive)) == len(names), 180)
         results = check_every_job_has_one_complete_result(tmp_path, names)
         assert {r["status"] for r in results.values()} == {"completed"}, results
         assert svc.stop() == 0
@@ -243,7 +250,7 @@ def test_a_burst_of_2000_files_with_lost_events_is_all_processed(tmp_path: Path)
         for name in names:
             (staging / name).write_text("{}\n")
             os.rename(staging / name, tmp_path / "inbox" / name)
-        wait_until(lambda: len(os.listdir(tmp_path / "archive")) == len(names), 240, 0.5)
+        wait_until(lambda: len(archived_files(tmp_path / "archive")) == len(names), 240, 0.5)
     finally:
         service.request_stop()
         thread.join(60)

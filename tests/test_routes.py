@@ -15,6 +15,7 @@ import yaml
 
 from tests.conftest import ServiceFactory
 from tests.harness import ROOT, ServiceProcess, wait_until
+from watcher.folders.archive import claimed_day
 
 # docs/routes.md shows this config: keep the two the same.
 THREE_ROUTES: dict[str, Any] = {
@@ -110,19 +111,20 @@ def test_three_routes_each_run_their_own_flow_defaults_and_folders(
     assert (invoice["flow"], invoice["timeout"]) == ("csv_summary", 60)
     assert invoice["return_value"]["rows"] == 2  # split on ';', the route's default
     assert invoice["return_value"]["columns"] == ["region", "units"]
-    _archived(tmp_path / "done/invoices/march.yaml")
+    # Filed by the day it was claimed (the default `archive_layout: daily`), then its subfolder.
+    _archived(tmp_path / "done/invoices" / claimed_day(invoice["claim_id"]) / "march.yaml")
 
     page = _result(svc, tmp_path / "results/scans/2026/12/06/page.result.yaml")
     assert page["status"] == "completed", page
     assert (page["route"], page["subfolder"], page["flow"]) == ("scans", "2026/12/06", "wait")
     assert (page["timeout"], page["sleep"]) == (10, 0)
-    _archived(tmp_path / "archive/scans/2026/12/06/page.yaml")
+    _archived(tmp_path / "archive/scans" / claimed_day(page["claim_id"]) / "2026/12/06/page.yaml")
     assert deep.is_dir() and os.listdir(deep) == []  # the emptied subfolder is left alone
 
     big = _result(svc, tmp_path / "results/slow/big.result.yaml")
     assert big["status"] == "completed", big
     assert big["route"] == "slow" and big["timeout"] == 30 and 1 <= big["sleep"] <= 2
-    _archived(tmp_path / "archive/slow/big.yaml")
+    _archived(tmp_path / "archive/slow" / claimed_day(big["claim_id"]) / "big.yaml")
 
     # A flow the route does not take is an error result naming the route's flows.
     _drop(tmp_path, tmp_path / "hot/invoices/wrong.yaml", "flow: wait\nsleep: 0\n")
@@ -174,7 +176,8 @@ def test_a_subfolder_made_while_running_is_watched_at_once(
     odd_result = Path(os.fsdecode(os.path.join(os.fsencode(tmp_path), b"results/tree/odd\xff")))
     refused = _result(svc, odd_result / "job.result.yaml", 30)
     assert refused["status"] == "error" and "is not UTF-8 text" in refused["message"]
-    _archived(os.path.join(os.fsencode(tmp_path / "archive/tree"), b"odd\xff", b"job.yaml"))
+    day = tmp_path / "archive/tree" / claimed_day(refused["claim_id"])
+    _archived(os.path.join(os.fsencode(day), b"odd\xff", b"job.yaml"))
     done = sorted(
         p.relative_to(tmp_path / "results/tree").as_posix()
         for p in (tmp_path / "results/tree").rglob("*.yaml")

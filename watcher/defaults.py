@@ -16,6 +16,12 @@ RESULTS = "./results"
 ARCHIVE = "./archive"
 """Where job files go once their result is written."""
 
+ArchiveLayout = Literal["daily", "flat"]
+ARCHIVE_LAYOUT: ArchiveLayout = "daily"
+"""How the archive is laid out: `daily` files a job under `<archive>/YYYY/MM/DD/` by the UTC
+date it was claimed; `flat` puts every job in the archive folder itself (see
+docs/running-for-months.md, "The archive's layout")."""
+
 PROCESSING = "./processing"
 """Where a job file is moved (claimed) before its flow starts; what is here at start-up
 was in flight when the service stopped and is run again."""

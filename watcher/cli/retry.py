@@ -4,8 +4,9 @@ The results are given as files (`RESULT_FILE...`) or chosen (`--status canceled|
 DURATION`: the route's results of that status whose file is that recent, except those a later
 result already retries). For each one:
 
-- its route is the one the result names; its job file is found in that route's archive, in the
-  same subfolder, under the job's name or, for a name that was taken, `<stem>.<claim id><ext>`
+- its route is the one the result names; its job file is found in that route's archive, in its
+  claim's date folder (or the archive itself, `flat`), in the same subfolder, under the job's
+  name or, for a name that was taken, `<stem>.<claim id><ext>`
   (`watcher.folders.archive.find_archived`);
 - it is refused when its job would fail the same way (the service refused the file itself: it
   never ran), when it completed (unless `--completed`), and when its archived file is gone or is
@@ -42,7 +43,7 @@ from watcher.cli.submit import (
 )
 from watcher.cli.validate import Checked, check_bytes, job_limits
 from watcher.config.settings import Settings
-from watcher.folders.archive import find_archived, unique_archive_name
+from watcher.folders.archive import archive_folder, find_archived, unique_archive_name
 from watcher.folders.claims import CLAIM_FOLDER
 from watcher.folders.results import read_result
 from watcher.jobs.messages import one_line
@@ -249,9 +250,14 @@ def prepare(
             "and max_depth): the job would never run"
         )
     limits = job_limits(own)
-    folder = own.archive / subfolder if subfolder else own.archive
-    archived = find_archived(folder, job, claim_id, data.get("submission"), limits.max_bytes)
+    archived = find_archived(
+        own.archive, subfolder, job, claim_id, data.get("submission"), limits.max_bytes
+    )
     if archived is None:
+        try:
+            folder = archive_folder(own.archive, own.archive_layout, claim_id, subfolder)
+        except ValueError:  # no date in the claim id: it could only be in the flat folder
+            folder = archive_folder(own.archive, "flat", claim_id, subfolder)
         raise NotRetried(
             f"its job file is no longer in the archive (neither {folder / job} of this "
             f"submission nor {folder / unique_archive_name(job, claim_id)}): it was removed"

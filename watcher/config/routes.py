@@ -64,6 +64,7 @@ class RouteConfig(BaseModel):
     results: Path | None = None
     archive: Path | None = None
     processing: Path | None = None
+    archive_layout: builtin.ArchiveLayout | None = None
     flow: str | None = None
     flows: tuple[str, ...] | None = None
     defaults: RouteDefaults = RouteDefaults(timeout=None, sleep=None, parameters=None)
@@ -88,6 +89,7 @@ class Route:
     results: Path
     archive: Path
     processing: Path
+    archive_layout: builtin.ArchiveLayout = builtin.ARCHIVE_LAYOUT
     flow: str = builtin.WAIT_FLOW
     """The flow of jobs that name none."""
     flows: tuple[str, ...] = (builtin.WAIT_FLOW,)

@@ -69,6 +69,7 @@ class Settings(BaseModel):
     inbox: Path = Path(builtin.INBOX)
     results: Path = Path(builtin.RESULTS)
     archive: Path = Path(builtin.ARCHIVE)
+    archive_layout: builtin.ArchiveLayout = builtin.ARCHIVE_LAYOUT
     processing: Path = Path(builtin.PROCESSING)
     max_concurrent_jobs: StrictInt = Field(builtin.MAX_CONCURRENT_JOBS, ge=1, le=1000)
     defaults: JobDefaults = JobDefaults(timeout=builtin.JOB_TIMEOUT, sleep=builtin.JOB_SLEEP)
@@ -238,6 +239,7 @@ class Settings(BaseModel):
                     results=self.results,
                     archive=self.archive,
                     processing=self.processing,
+                    archive_layout=self.archive_layout,
                     flows=tuple(self.flows),
                     timeout=top.timeout,
                     sleep=top.sleep,
@@ -281,6 +283,7 @@ class Settings(BaseModel):
                 results=given.results or self.results / name,
                 archive=given.archive or self.archive / name,
                 processing=given.processing or self.processing / name,
+                archive_layout=given.archive_layout or self.archive_layout,
                 flow=flow,
                 flows=tuple(flows),
                 timeout=mine.timeout if mine.timeout is not None else top.timeout,
@@ -320,6 +323,7 @@ class Settings(BaseModel):
                 "results": route.results,
                 "archive": route.archive,
                 "processing": route.processing,
+                "archive_layout": route.archive_layout,
                 "defaults": JobDefaults(timeout=route.timeout, sleep=route.sleep),
             }
         )

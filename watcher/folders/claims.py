@@ -9,7 +9,7 @@ state that `recover` can finish:
 - a folder with the job file and no staged result was in flight: it runs again, as the next
   attempt (the attempt number is in the folder name);
 - a folder with a staged result only needs publishing (unless `.published` says it was) and
-  archiving (to the name `.archive` gives, if the move had begun);
+  archiving (to the place `.archive` gives, if the move had begun);
 - an empty folder is a claim that never got its file (a crash between mkdir and rename).
 """
 
@@ -25,11 +25,19 @@ import threading
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from watcher.folders.archive import move_file, same_bytes, split_name, unique_archive_name
+from watcher.defaults import ArchiveLayout
+from watcher.folders.archive import (
+    archive_folder,
+    move_file,
+    same_bytes,
+    split_name,
+    unique_archive_name,
+)
 from watcher.folders.durable import (
     TEMP_PREFIX,
     fsync_dir,
     link_or_rename,
+    make_folders,
     place,
     same_file,
     write_atomic,
@@ -47,8 +55,10 @@ SUBFOLDER = ".subfolder"
 """The job's folder relative to the inbox, for a job taken from a subfolder (a recursive
 route): its result and archived file go to the same relative folder."""
 ARCHIVE_JOURNAL = ".archive"
-"""The archive name chosen for the job file, written before it is moved there: a move cut by
-a crash is finished under the same name, never copied twice."""
+"""Where the job file goes in the archive (its path relative to the archive, `/` between
+parts), written before it is moved there: a move cut by a crash is finished in the same folder
+under the same name, never copied twice, even by a restart with another `archive_layout`. A
+name alone (written before dated archives) is in the flat layout's folder."""
 RETIRED_PREFIX = ".dropflow-done-"
 """A finished claim folder is renamed to this before it is removed."""
 ASIDE_PREFIX = ".dropflow-claimed-"
@@ -101,9 +111,19 @@ class LostRace(Exception):
 class ClaimStore:
     """Claims, recovery and archiving over the processing and archive folders."""
 
-    def __init__(self, root: Path, archive: Path, inbox: Path | None = None) -> None:
+    def __init__(
+        self,
+        root: Path,
+        archive: Path,
+        inbox: Path | None = None,
+        *,
+        layout: ArchiveLayout = "flat",
+    ) -> None:
+        """`layout`: how `archive` is laid out (`archive_folder`); the service passes its
+        route's `archive_layout`."""
         self.root = root
         self.archive_dir = archive
+        self.layout: ArchiveLayout = layout
         self.inbox = inbox
         # Archive names are chosen, reserved and taken under one lock: two jobs of the same
         # name may finish at once, and each must get a name of its own.
@@ -282,7 +302,7 @@ class ClaimStore:
             self._finish_take(claim)
             journal = self._journaled(claim)
             if journal is not None:
-                self._reserved.add(str(self.archive_folder(claim) / journal))
+                self._reserved.add(str(journal))
             if not claim.staged_result.exists():
                 claim = self._move(claim, claim.attempt + 1)
             found.append(claim)
@@ -346,9 +366,9 @@ class ClaimStore:
         return archived
 
     def archive_folder(self, claim: Claim) -> Path:
-        """The folder the claim's job file is archived in: the archive, or the same relative
-        folder in it as in the inbox."""
-        return self.archive_dir / claim.subfolder if claim.subfolder else self.archive_dir
+        """The folder the claim's job file is archived in: the archive, or its date folder
+        (`daily`), then the same relative folder as in the inbox."""
+        return archive_folder(self.archive_dir, self.layout, claim.id, claim.subfolder)
 
     def archive_name(self, claim: Claim) -> Path:
         """Where the job file goes: its own name, or one made unique by the claim id."""
@@ -358,24 +378,31 @@ class ClaimStore:
             return first
         return folder / unique_archive_name(claim.name, claim.id)
 
-    @staticmethod
-    def _journaled(claim: Claim) -> str | None:
+    def _journaled(self, claim: Claim) -> Path | None:
+        """Where the claim's job file was bound in the archive, if its move had begun."""
         try:
-            return os.fsdecode((claim.folder / ARCHIVE_JOURNAL).read_bytes())
+            entry = os.fsdecode((claim.folder / ARCHIVE_JOURNAL).read_bytes())
         except FileNotFoundError:
             return None
+        if "/" not in entry:
+            return archive_folder(self.archive_dir, "flat", claim.id, claim.subfolder) / entry
+        return self.archive_dir.joinpath(*entry.split("/"))
+
+    def _journal(self, claim: Claim, target: Path) -> None:
+        self._write(
+            claim, ARCHIVE_JOURNAL, os.fsencode(target.relative_to(self.archive_dir).as_posix())
+        )
 
     def _archive(self, claim: Claim) -> Path:
-        # Recreated if someone removed it while the service runs: never a reason to lose a job.
-        folder = self.archive_folder(claim)
-        folder.mkdir(parents=True, exist_ok=True)
         with self._archive_lock:
-            name = self._journaled(claim)
-            if name is None:
-                name = self.archive_name(claim).name
-                self._write(claim, ARCHIVE_JOURNAL, os.fsencode(name))
-            self._reserved.add(str(folder / name))
-        target = folder / name
+            target = self._journaled(claim)
+            if target is None:
+                target = self.archive_name(claim)
+                self._journal(claim, target)
+            self._reserved.add(str(target))
+        folder = target.parent
+        # Recreated if someone removed it while the service runs: never a reason to lose a job.
+        make_folders(folder)
         tmp = folder / f"{TEMP_PREFIX}{claim.id}"
         placed = same_file(claim.path, target) or same_file(tmp, target)
         if placed or (not target.is_symlink() and same_bytes(claim.path, target)):
@@ -387,8 +414,9 @@ class ClaimStore:
         if os.path.lexists(target):
             # Taken by someone else since the journal was written: a fresh name.
             with self._archive_lock:
-                target = folder / f"{split_name(name)[0]}.{claim.id}{split_name(name)[1]}"
-                self._write(claim, ARCHIVE_JOURNAL, os.fsencode(target.name))
+                stem, suffix = split_name(target.name)
+                target = folder / f"{stem}.{claim.id}{suffix}"
+                self._journal(claim, target)
                 self._reserved.add(str(target))
         move_file(claim.path, target, tmp)
         return target

@@ -29,6 +29,7 @@ __all__ = [
     "copy_into",
     "fsync_dir",
     "link_or_rename",
+    "make_folders",
     "place",
     "rename_exclusive",
     "same_file",
@@ -58,6 +59,27 @@ def fsync_dir(folder: Path) -> None:
             raise
     finally:
         os.close(fd)
+
+
+def make_folders(folder: Path) -> None:
+    """Create `folder` and whichever of its parents are missing, each made durable in its
+    parent: a new dated archive folder survives a power cut with the file moved into it.
+
+    Raises:
+        FileExistsError: a file, not a folder, holds one of those names.
+    """
+    missing: list[Path] = []
+    current = folder
+    while not current.is_dir() and current.parent != current:
+        missing.append(current)
+        current = current.parent
+    for path in reversed(missing):
+        try:
+            path.mkdir()
+        except FileExistsError:
+            if not path.is_dir():
+                raise
+        fsync_dir(path.parent)
 
 
 def _create_flags() -> int:

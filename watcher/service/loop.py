@@ -99,7 +99,7 @@ class Service:
             _Served(
                 mine := settings.for_route(name),
                 FolderLock(mine.inbox, mine.processing),
-                ClaimStore(mine.processing, mine.archive, mine.inbox),
+                ClaimStore(mine.processing, mine.archive, mine.inbox, layout=mine.archive_layout),
             )
             for name in settings.served
         ]

@@ -29,6 +29,7 @@ from watcher.cli.retry import (
     select,
 )
 from watcher.config.settings import Settings, load_config
+from watcher.folders.archive import archive_folder, claimed_day
 from watcher.jobs.submission import retry_tagged
 from watcher.running.contract import RunOutcome, RunRequest
 
@@ -39,8 +40,9 @@ CONFIG: dict[str, Any] = {
     "max_concurrent_jobs": 8,
     "flows": {"wait": "flows.wait:wait", "windowed": f"{ROOT / 'tests/userflows.py'}:windowed"},
     "routes": {
+        # One route of each archive layout: retry finds the job file under either.
         "scans": {"inbox": "./hot/scans", "recursive": True},
-        "mail": {"inbox": "./hot/mail"},
+        "mail": {"inbox": "./hot/mail", "archive_layout": "flat"},
     },
 }
 
@@ -76,10 +78,17 @@ def _finished(svc: ServiceProcess, relative: str, job: str | None = None) -> dic
         return yaml.safe_load(path.read_text()) if path.exists() else None
 
     result: dict[str, Any] = wait_until(ready, 60)
-    route, *sub = relative.split("/")[:-1]
-    archived = svc.root / "archive" / route / "/".join(sub) / (job or result["job"])
+    archived = _archive_folder(svc, relative, result) / (job or result["job"])
     wait_until(lambda: archived.exists(), 10)  # archived right after its result is published
     return result
+
+
+def _archive_folder(svc: ServiceProcess, relative: str, result: dict[str, Any]) -> Path:
+    """Where the job of the result at `results/<relative>` is archived: `mail` is flat, the
+    other routes file their jobs by the day they were claimed, then their subfolder."""
+    route, *sub = relative.split("/")[:-1]
+    layout = CONFIG["routes"][route].get("archive_layout", "daily")
+    return archive_folder(svc.root / "archive" / route, layout, result["claim_id"], "/".join(sub))
 
 
 def _retry(svc: ServiceProcess, *args: str) -> tuple[int, list[dict[str, Any]], str]:
@@ -123,7 +132,8 @@ def test_canceled_jobs_retried_with_a_longer_timeout_complete_in_their_own_folde
     assert (result["status"], result["subfolder"]) == ("completed", "2026/12")
     assert result["retry_of"] == "2026/12/late.result.yaml"
     # The resubmitted file: the new timeout, the same work, and the two tags.
-    archived = (svc.root / "archive/scans/2026/12").iterdir()
+    # Under the day the retry was claimed: most often the first's, but midnight may pass.
+    archived = _archive_folder(svc, "scans/2026/12/late.result.2.yaml", result).iterdir()
     again = next(p for p in archived if p.name != "late.yaml").read_text()
     assert again.startswith(
         "timeout: 10\nsleep: 1\n# dropflow-retry-of: 2026/12/late.result.yaml\n"
@@ -398,10 +408,16 @@ def test_a_result_file_is_refused_with_a_reason_before_anything_is_read(tmp_path
         prepare(finished)
 
 
-def test_a_retried_job_goes_where_it_came_from_with_its_new_timeout(tmp_path: Path) -> None:
+@pytest.mark.parametrize("layout", ["daily", "flat"])
+def test_a_retried_job_goes_where_it_came_from_with_its_new_timeout(
+    tmp_path: Path, layout: str
+) -> None:
+    """Its job file is found under the default layout, daily, and where a job archived before
+    it (flat) is: in the archive itself."""
     settings = _two_routes(tmp_path)
     result = _result(tmp_path / "results/a/2026", "x.result.yaml", 0, route="a", subfolder="2026")
-    archived = tmp_path / "archive/a/2026/x.yaml"
+    day = claimed_day("20261206T120000.000000-abcdef") if layout == "daily" else ""
+    archived = tmp_path / "archive/a" / day / "2026/x.yaml"
     archived.parent.mkdir(parents=True)
     archived.write_bytes(b"# mine\nsleep: 3\ntimeout: 1\n")
     sub = prepare(read_finished(str(result), settings, None), job_timeout=4.5)

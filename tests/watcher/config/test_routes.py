@@ -186,3 +186,23 @@ def test_routes_need_no_wait_flow_when_the_config_registers_none(tmp_path: Path)
     )
     with pytest.raises(ConfigError, match=r"routes: a: flow: wait is not among the route's flows"):
         load_config(path)
+
+
+def test_the_archive_layout_is_daily_unless_the_config_or_a_route_says_flat(
+    tmp_path: Path,
+) -> None:
+    config = tmp_path / "config.yaml"
+    config.write_text("{}\n")
+    assert load_config(config).route.archive_layout == "daily"
+    config.write_text(
+        "archive_layout: flat\n"
+        "routes:\n"
+        "  a: {inbox: ./a}\n"
+        "  b: {inbox: ./b, archive_layout: daily}\n"
+    )
+    settings = load_config(config)
+    layouts = {name: settings.for_route(name).archive_layout for name in settings.served}
+    assert layouts == {"a": "flat", "b": "daily"}
+    assert settings.for_route("a").route.archive_layout == "flat"
+    refused = _refused(tmp_path, "routes: {a: {inbox: ./a, archive_layout: weekly}}\n")
+    assert "routes.a.archive_layout: Input should be 'daily' or 'flat', got 'weekly'" in refused

@@ -7,6 +7,8 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Callable, Iterator
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +16,7 @@ import pytest
 
 from watcher import features
 from watcher.folders import archive, claims, durable
+from watcher.folders.archive import claimed_day
 from watcher.folders.claims import Claim, ClaimStore
 from watcher.folders.durable import TEMP_PREFIX, fsync_dir, write_atomic
 from watcher.folders.results import publish
@@ -230,6 +233,90 @@ def test_jobs_of_one_name_each_keep_their_archived_copy_across_a_restart(
     texts = sorted(p.read_text() for p in other_fs.archive_dir.iterdir())
     assert texts == ["timeout: 1\n", "timeout: 2\n"]
     assert (other_fs.archive_dir / "job.yaml").read_text() == "timeout: 1\n"
+
+
+# -- the daily layout ----------------------------------------------------------------------
+
+
+def _claimed_late_yesterday(claim: Claim) -> Claim:
+    """The claim as if made at 23:59:59.999999 yesterday (UTC): its folder renamed to the id
+    such a claim has, as a service stopped then and started today finds it."""
+    late = (datetime.now(UTC) - timedelta(days=1)).strftime("%Y%m%dT235959.999999")
+    moved = replace(claim, id=f"{late}-{claim.id.rpartition('-')[2]}")
+    os.rename(claim.folder, moved.folder)
+    return moved
+
+
+def _files(folder: Path) -> list[Path]:
+    return sorted(
+        Path(parent, name)
+        for parent, _, names in os.walk(folder)
+        for name in names
+        if not name.startswith(".")
+    )
+
+
+@pytest.mark.parametrize("cut", ["not begun", "journal written", "copied"])
+def test_a_claim_archived_after_midnight_goes_to_the_day_it_was_claimed(
+    cut: str, folders: Path, tmpfs: Callable[[Path], Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    disk = tmpfs(folders / "archive-disk")
+    store = ClaimStore(folders / "processing", disk, folders / "inbox", layout="daily")
+    claim = _claimed_late_yesterday(_claimed(store, _drop(folders)))
+    if cut != "not begun":
+        with monkeypatch.context() as patch:
+            crash = _crash_before if cut == "journal written" else _crash_after
+            crash(archive, "copy_into", patch)
+            with pytest.raises(Crash):
+                store.finish(claim)
+    restarted = ClaimStore(folders / "processing", disk, folders / "inbox", layout="daily")
+    (again,) = restarted.recover()
+    restarted.finish(again)
+    yesterday = (datetime.now(UTC) - timedelta(days=1)).strftime("%Y/%m/%d")
+    assert claimed_day(claim.id) == yesterday
+    assert _files(disk) == [disk / yesterday / "job.yaml"]
+    assert (disk / yesterday / "job.yaml").read_text() == "timeout: 1\n"
+    assert list((folders / "processing").iterdir()) == []
+
+
+def test_each_new_date_folder_is_made_durable_in_its_parent(
+    folders: Path, other_fs: ClaimStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    synced: list[Path] = []
+
+    def spy(folder: Path) -> None:
+        synced.append(folder)
+        fsync_dir(folder)
+
+    monkeypatch.setattr(durable, "fsync_dir", spy)
+    disk = other_fs.archive_dir
+    daily = ClaimStore(folders / "processing", disk, folders / "inbox", layout="daily")
+    claim = _claimed(daily, _drop(folders))
+    daily.finish(claim)
+    day = disk / claimed_day(claim.id)
+    for made in (day.parent.parent, day.parent, day):
+        assert made.parent in synced, f"{made} made, {made.parent} not synced"
+    assert synced.index(day.parent.parent.parent) < synced.index(day.parent)
+
+
+def test_a_restart_with_another_layout_finishes_a_cut_move_where_it_began(
+    folders: Path, other_fs: ClaimStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Nothing archived is moved: the cut move ends in the flat folder (its journal, a bare
+    name, is also what a journal written before dated archives holds); new jobs go by date."""
+    first = _claimed(other_fs, _drop(folders, "a.yaml"))
+    with monkeypatch.context() as patch:
+        _crash_after(archive, "copy_into", patch)  # copied to a temp name, not placed
+        with pytest.raises(Crash):
+            other_fs.finish(first)
+    disk = other_fs.archive_dir
+    daily = ClaimStore(folders / "processing", disk, folders / "inbox", layout="daily")
+    (first,) = daily.recover()
+    daily.finish(first)
+    second = _claimed(daily, _drop(folders, "b.yaml"))
+    daily.finish(second)
+    assert _files(disk) == [disk / claimed_day(second.id) / "b.yaml", disk / "a.yaml"]
+    assert [p.name for p in disk.iterdir() if p.name.startswith(".")] == []
 
 
 # -- results -------------------------------------------------------------------------------

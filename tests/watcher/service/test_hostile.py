@@ -39,6 +39,9 @@ CONFIG: dict[str, Any] = {
     "max_job_bytes": MAX_BYTES,
     "defaults": {"timeout": 5, "sleep": 0},
     "max_concurrent_jobs": 4,
+    # Every entry in one folder, with a link planted at one job's name (a date folder would
+    # put the jobs beside it, never at it; tests/watcher/folders covers the daily layout).
+    "archive_layout": "flat",
 }
 VALID = b"timeout: 5\nsleep: 0\n"
 BLOCKER_SLEEP = 8

@@ -19,7 +19,14 @@ import pytest
 from prefect.client.schemas.objects import StateType
 
 from tests.conftest import ServiceFactory
-from tests.harness import PrefectServer, ServiceProcess, claim_folders, wait_until
+from tests.harness import (
+    PrefectServer,
+    ServiceProcess,
+    archived_files,
+    archived_names,
+    claim_folders,
+    wait_until,
+)
 
 
 def _interval(result: dict[str, object]) -> tuple[datetime, datetime]:
@@ -34,13 +41,13 @@ def _archived(svc: ServiceProcess, names: set[str]) -> None:
     published before its file is archived and its claim removed."""
 
     def done() -> bool:
-        archived = {p.name for p in svc.archive.iterdir()}
+        archived = set(archived_names(svc.archive))
         return archived == names and not claim_folders(svc.processing)
 
     try:
         wait_until(done, 10)
     except TimeoutError:
-        archived = sorted(p.name for p in svc.archive.iterdir())
+        archived = archived_names(svc.archive)
         claims = claim_folders(svc.processing)
         raise AssertionError(f"archived {archived}, claims {claims}, expected {names}") from None
 
@@ -175,7 +182,7 @@ def test_a_reused_name_is_a_new_job_with_its_own_result(service: ServiceFactory)
     assert first["claim_id"] != second["claim_id"]
     # Both files archived, under two names (results come before the archive step).
     wait_until(
-        lambda: len(list(svc.archive.iterdir())) == 2 and not claim_folders(svc.processing), 10
+        lambda: len(archived_files(svc.archive)) == 2 and not claim_folders(svc.processing), 10
     )
 
 
