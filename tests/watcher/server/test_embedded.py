@@ -232,3 +232,35 @@ def test_the_embedded_server_uses_the_port_given(tmp_path: Path) -> None:
     )
     assert kept["PREFECT_UI_ENABLED"] == "false"
     assert "PREFECT_SERVER_SERVICES_DB_VACUUM_ENABLED" not in kept
+
+
+@pytest.mark.parametrize("history_days", [1 / 24, 2.5])
+def test_prefect_takes_the_history_and_events_retention_it_is_given(
+    tmp_path: Path, history_days: float
+) -> None:
+    # Prefect's flow-run retention must be more than one hour, yet `history_days: 1/24` is
+    # allowed; its events' retention reads only ISO 8601 durations from the environment.
+    from watcher.server.embedded import EmbeddedOptions, server_environment
+
+    options = EmbeddedOptions(port=1, data_dir=tmp_path, ui=False, history_days=history_days)
+    env = server_environment(options, dict(os.environ))
+    seconds = max(3601, int(history_days * 86400))
+    assert env["PREFECT_SERVER_SERVICES_DB_VACUUM_RETENTION_PERIOD"] == str(seconds)
+    assert env["PREFECT_SERVER_EVENTS_RETENTION_PERIOD"] == f"PT{seconds}S"
+    # What the server process reads from that environment (Prefect's own settings model).
+    read = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "from prefect.settings import get_current_settings as g; s = g().server; "
+            "print(int(s.services.db_vacuum.retention_period.total_seconds()), "
+            "int(s.events.retention_period.total_seconds()))",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+    )
+    assert read.returncode == 0, read.stderr
+    assert read.stdout.split() == [str(seconds), str(seconds)]

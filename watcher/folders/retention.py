@@ -1,0 +1,316 @@
+"""Retention: deleting result files and archived job files past their age.
+
+`results_days` and `archive_days` (0: keep for ever) say how old a file may grow. A result's
+age is its file time (mtime: it is written once, when the job ends). An archived job file's
+age is its mtime too, which the archive step sets to the time of archiving
+(`ClaimStore._archive`): the job file's own mtime says nothing about when it was archived (a
+job copied with `cp -p` keeps a years-old one), ctime is not a creation time on every system
+(and `os.utime` moves it), and only a daily layout's date folders would say it otherwise.
+
+Only result files (`<stem>.result.yaml`, `<stem>.result.<n>.yaml`) leave the results folder,
+and only files the archive step puts there leave the archive: never a folder of ours, a
+hidden file (a temp file being written), nor anything outside those folders. Empty date
+folders of the archive (`YYYY/MM/DD`) older than yesterday go too.
+
+A waiting `dropflow submit --wait` keeps a marker in the route's processing folder naming the
+stems of the results it looks for (`Waiter`); results of those stems are kept while the marker
+is fresh (refreshed every `WAITER_REFRESH` seconds, ignored after `WAITER_STALE`), whichever
+machine the waiter runs on.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import json
+import logging
+import os
+import re
+import secrets
+import stat
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from watcher import defaults
+from watcher.config.settings import Settings
+from watcher.folders.durable import write_atomic
+from watcher.folders.pruned import write_cutoff
+
+__all__ = [
+    "WAITER_PREFIX",
+    "Pruned",
+    "Waiter",
+    "interval",
+    "is_result_name",
+    "prune",
+    "waiting_stems",
+]
+
+logger = logging.getLogger(__name__)
+
+Kind = Literal["result", "archived", "folder"]
+
+RESULT_NAME = re.compile(r"^(?P<stem>[^.].*)\.result(?:\.[0-9]+)?\.yaml$")
+WAITER_PREFIX = ".dropflow-waiting-"
+"""A waiting `submit`'s marker in a route's processing folder: `{"stems": [...]}`."""
+_DATE_PARTS = (re.compile(r"^[0-9]{4}$"), re.compile(r"^[0-9]{2}$"), re.compile(r"^[0-9]{2}$"))
+
+
+def is_result_name(name: str) -> bool:
+    """Whether a file name is a result file's (`<stem>.result[.<n>].yaml`, not hidden)."""
+    return RESULT_NAME.match(name) is not None
+
+
+@dataclass
+class Pruned:
+    """What one retention run removed (or, dry, would remove), per route."""
+
+    dry_run: bool = False
+    results: dict[str, int] = field(default_factory=dict)
+    archived: dict[str, int] = field(default_factory=dict)
+    folders: dict[str, int] = field(default_factory=dict)
+    kept_for_waiters: dict[str, int] = field(default_factory=dict)
+    cutoffs: dict[str, float] = field(default_factory=dict)
+    """Per route, the results cut-off applied (routes with `results_days` only)."""
+
+    def total(self, route: str) -> int:
+        return self.results.get(route, 0) + self.archived.get(route, 0) + self.folders.get(route, 0)
+
+
+def interval(settings: Settings) -> float | None:
+    """Seconds between the service's retention runs; None when nothing is ever deleted."""
+    periods = [days * 86400 for days in (settings.results_days, settings.archive_days) if days]
+    if not periods:
+        return None
+    return min(defaults.RETENTION_INTERVAL, *periods)
+
+
+def prune(
+    settings: Settings,
+    *,
+    now: float | None = None,
+    dry_run: bool = False,
+    on_path: Callable[[Kind, Path], None] | None = None,
+    stopping: threading.Event | None = None,
+) -> Pruned:
+    """Delete (with `dry_run`, only list) every route's results and archived files past their
+    age; `on_path` hears of each path first. A folder shared by several routes is looked
+    through once. After a route's results were looked through, its cut-off is recorded
+    (`watcher.folders.pruned`) so that `dropflow status` counts only what is left.
+
+    `stopping` cuts a run short between files (the service stopping); the cut-off is then not
+    recorded.
+    """
+    now = time.time() if now is None else now
+    report = Pruned(dry_run=dry_run)
+    seen: set[tuple[str, Path]] = set()
+    for name, route in settings.served.items():
+        report.results[name] = report.archived[name] = report.folders[name] = 0
+        if settings.results_days:
+            cutoff = now - settings.results_days * 86400
+            if ("results", route.results) not in seen:
+                seen.add(("results", route.results))
+                keep = waiting_stems(
+                    [r.processing for r in settings.served.values() if r.results == route.results],
+                    now,
+                )
+                for path in _old_files(route.results, cutoff, route.recursive, stopping):
+                    if not is_result_name(path.name):
+                        continue
+                    if RESULT_NAME.match(path.name)["stem"] in keep:  # type: ignore[index]
+                        report.kept_for_waiters[name] = report.kept_for_waiters.get(name, 0) + 1
+                        continue
+                    if _remove(path, "result", dry_run, on_path):
+                        report.results[name] += 1
+            if stopping is not None and stopping.is_set():
+                return report
+            report.cutoffs[name] = cutoff
+            if not dry_run:
+                _record_cutoff(route.processing, cutoff)
+        if settings.archive_days and ("archive", route.archive) not in seen:
+            seen.add(("archive", route.archive))
+            cutoff = now - settings.archive_days * 86400
+            for path in _old_files(route.archive, cutoff, True, stopping):
+                if _remove(path, "archived", dry_run, on_path):
+                    report.archived[name] += 1
+            for folder in _empty_date_folders(route.archive, now, dry_run):
+                if _remove(folder, "folder", dry_run, on_path):
+                    report.folders[name] += 1
+        if stopping is not None and stopping.is_set():
+            break
+    return report
+
+
+def _record_cutoff(processing: Path, cutoff: float) -> None:
+    if not processing.is_dir():
+        return  # never served: no `status` index to keep in step
+    try:
+        write_cutoff(processing, cutoff)
+    except OSError as exc:  # e.g. a `dropflow prune` writing it at the same moment
+        logger.warning("retention: cannot record the cut-off in %s: %s", processing, exc)
+
+
+def _old_files(
+    folder: Path, cutoff: float, recursive: bool, stopping: threading.Event | None
+) -> Iterator[Path]:
+    """Files (and links) in `folder` whose mtime is before `cutoff`, not hidden; subfolders
+    too with `recursive`, except hidden ones."""
+    try:
+        with os.scandir(folder) as found:
+            entries = list(found)
+    except (FileNotFoundError, NotADirectoryError):
+        return
+    for entry in entries:
+        if stopping is not None and stopping.is_set():
+            return
+        if entry.name.startswith("."):
+            continue
+        try:
+            info = entry.stat(follow_symlinks=False)
+        except OSError:
+            continue
+        if stat.S_ISDIR(info.st_mode):
+            if recursive:
+                yield from _old_files(Path(entry.path), cutoff, recursive, stopping)
+        elif info.st_mtime < cutoff:
+            yield Path(entry.path)
+
+
+def _empty_date_folders(archive: Path, now: float, dry_run: bool) -> Iterator[Path]:
+    """The date folders (`YYYY/MM/DD`, and the folders under them) left empty, deepest first,
+    of dates before yesterday: today's and yesterday's may be about to take a job (in any
+    time zone). With `dry_run`, those that would be empty once the listed files are gone are
+    not foreseen: only those empty now."""
+    oldest_kept = datetime.date.fromtimestamp(now) - datetime.timedelta(days=1)
+    for year in _subfolders(archive, _DATE_PARTS[0]):
+        for month in _subfolders(year, _DATE_PARTS[1]):
+            for day in _subfolders(month, _DATE_PARTS[2]):
+                try:
+                    date = datetime.date(int(year.name), int(month.name), int(day.name))
+                except ValueError:
+                    continue
+                if date < oldest_kept:
+                    yield from _empty_tree(day)
+            this_month = (int(year.name), int(month.name))
+            if this_month < (oldest_kept.year, oldest_kept.month) and _is_empty(month, dry_run):
+                yield month
+        if int(year.name) < oldest_kept.year and _is_empty(year, dry_run):
+            yield year
+
+
+def _subfolders(folder: Path, pattern: re.Pattern[str]) -> list[Path]:
+    try:
+        with os.scandir(folder) as entries:
+            return [
+                Path(entry.path)
+                for entry in entries
+                if pattern.match(entry.name) and entry.is_dir(follow_symlinks=False)
+            ]
+    except OSError:
+        return []
+
+
+def _empty_tree(folder: Path) -> Iterator[Path]:
+    """`folder` and the folders under it that hold nothing but empty folders, deepest first."""
+    try:
+        with os.scandir(folder) as found:
+            entries = list(found)
+    except OSError:
+        return
+    for entry in entries:
+        if entry.is_dir(follow_symlinks=False):
+            yield from _empty_tree(Path(entry.path))
+    yield folder
+
+
+def _is_empty(folder: Path, dry_run: bool) -> bool:
+    return not dry_run and _is_empty_now(folder)
+
+
+def _remove(
+    path: Path, kind: Kind, dry_run: bool, on_path: Callable[[Kind, Path], None] | None
+) -> bool:
+    if kind == "folder":
+        if dry_run:
+            if not _is_empty_now(path):
+                return False
+        else:
+            try:
+                os.rmdir(path)  # only an empty folder: never a file being archived into it
+            except OSError:
+                return False
+        if on_path is not None:
+            on_path(kind, path)
+        return True
+    if on_path is not None:
+        on_path(kind, path)
+    if dry_run:
+        return True
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        return False
+    except OSError as exc:
+        logger.warning("retention: cannot remove %s: %s", path, exc)
+        return False
+    return True
+
+
+def _is_empty_now(folder: Path) -> bool:
+    try:
+        with os.scandir(folder) as entries:
+            return next(entries, None) is None
+    except OSError:
+        return False
+
+
+# -- a waiting `submit`'s marker -------------------------------------------------------------
+
+
+def waiting_stems(processing: list[Path], now: float) -> set[str]:
+    """The result stems fresh waiters' markers in these processing folders name."""
+    stems: set[str] = set()
+    for folder in processing:
+        try:
+            with os.scandir(folder) as found:
+                entries = list(found)
+        except OSError:
+            continue
+        for entry in entries:
+            if not entry.name.startswith(WAITER_PREFIX):
+                continue
+            with contextlib.suppress(OSError, ValueError, TypeError):
+                if entry.stat(follow_symlinks=False).st_mtime < now - defaults.WAITER_STALE:
+                    continue
+                data = json.loads(Path(entry.path).read_bytes())
+                stems.update(str(stem) for stem in data["stems"])
+    return stems
+
+
+class Waiter:
+    """The marker a waiting `submit` keeps in a route's processing folder: its result stems,
+    rewritten every `WAITER_REFRESH` seconds (its mtime is its freshness), removed at the end."""
+
+    def __init__(self, processing: Path, stems: list[str]) -> None:
+        self.path = processing / f"{WAITER_PREFIX}{os.getpid()}-{secrets.token_hex(4)}.json"
+        self.data = json.dumps({"stems": sorted(set(stems))}).encode()
+        self.written = 0.0
+
+    def refresh(self, now: float | None = None) -> None:
+        """Write the marker if it is due (never fails the wait: a marker is a courtesy)."""
+        now = time.monotonic() if now is None else now
+        if now - self.written < defaults.WAITER_REFRESH:
+            return
+        try:
+            os.replace(write_atomic(self.path.parent, self.data), self.path)
+        except OSError as exc:
+            logger.debug("cannot write %s: %s", self.path, exc)
+        self.written = now
+
+    def remove(self) -> None:
+        with contextlib.suppress(OSError):
+            os.unlink(self.path)
