@@ -42,6 +42,7 @@ from watcher.folders.pruned import write_cutoff
 
 __all__ = [
     "WAITER_PREFIX",
+    "Kind",
     "Pruned",
     "Waiter",
     "interval",
@@ -134,10 +135,12 @@ def prune(
         if settings.archive_days and ("archive", route.archive) not in seen:
             seen.add(("archive", route.archive))
             cutoff = now - settings.archive_days * 86400
+            gone: set[Path] = set()
             for path in _old_files(route.archive, cutoff, True, stopping):
                 if _remove(path, "archived", dry_run, on_path):
                     report.archived[name] += 1
-            for folder in _empty_date_folders(route.archive, now, dry_run):
+                    gone.add(path)
+            for folder in _empty_date_folders(route.archive, now, gone):
                 if _remove(folder, "folder", dry_run, on_path):
                     report.folders[name] += 1
         if stopping is not None and stopping.is_set():
@@ -161,7 +164,7 @@ def _old_files(
     too with `recursive`, except hidden ones."""
     try:
         with os.scandir(folder) as found:
-            entries = list(found)
+            entries = sorted(found, key=lambda entry: entry.name)  # a listing in name order
     except (FileNotFoundError, NotADirectoryError):
         return
     for entry in entries:
@@ -180,11 +183,11 @@ def _old_files(
             yield Path(entry.path)
 
 
-def _empty_date_folders(archive: Path, now: float, dry_run: bool) -> Iterator[Path]:
-    """The date folders (`YYYY/MM/DD`, and the folders under them) left empty, deepest first,
-    of dates before yesterday: today's and yesterday's may be about to take a job (in any
-    time zone). With `dry_run`, those that would be empty once the listed files are gone are
-    not foreseen: only those empty now."""
+def _empty_date_folders(archive: Path, now: float, gone: set[Path]) -> Iterator[Path]:
+    """The date folders (`YYYY/MM/DD`, and the folders under them) that hold nothing but what
+    is in `gone` (the files this run removes), deepest first, of dates before yesterday:
+    today's and yesterday's may be about to take a job (in any time zone). A dry run lists
+    the same folders as a real one."""
     oldest_kept = datetime.date.fromtimestamp(now) - datetime.timedelta(days=1)
     for year in _subfolders(archive, _DATE_PARTS[0]):
         for month in _subfolders(year, _DATE_PARTS[1]):
@@ -194,11 +197,13 @@ def _empty_date_folders(archive: Path, now: float, dry_run: bool) -> Iterator[Pa
                 except ValueError:
                     continue
                 if date < oldest_kept:
-                    yield from _empty_tree(day)
+                    emptied: list[Path] = []
+                    if _emptied(day, gone, emptied):
+                        yield from emptied
             this_month = (int(year.name), int(month.name))
-            if this_month < (oldest_kept.year, oldest_kept.month) and _is_empty(month, dry_run):
+            if this_month < (oldest_kept.year, oldest_kept.month) and _emptied(month, gone, []):
                 yield month
-        if int(year.name) < oldest_kept.year and _is_empty(year, dry_run):
+        if int(year.name) < oldest_kept.year and _emptied(year, gone, []):
             yield year
 
 
@@ -214,31 +219,33 @@ def _subfolders(folder: Path, pattern: re.Pattern[str]) -> list[Path]:
         return []
 
 
-def _empty_tree(folder: Path) -> Iterator[Path]:
-    """`folder` and the folders under it that hold nothing but empty folders, deepest first."""
+def _emptied(folder: Path, gone: set[Path], emptied: list[Path]) -> bool:
+    """Whether `folder` holds only what is in `gone` and folders that do too; those folders
+    (deepest first, then `folder`) are added to `emptied` and to `gone`."""
     try:
         with os.scandir(folder) as found:
             entries = list(found)
     except OSError:
-        return
+        return False
+    empty = True
     for entry in entries:
-        if entry.is_dir(follow_symlinks=False):
-            yield from _empty_tree(Path(entry.path))
-    yield folder
-
-
-def _is_empty(folder: Path, dry_run: bool) -> bool:
-    return not dry_run and _is_empty_now(folder)
+        path = Path(entry.path)
+        if path in gone:
+            continue
+        if entry.is_dir(follow_symlinks=False) and _emptied(path, gone, emptied):
+            continue
+        empty = False
+    if empty:
+        emptied.append(folder)
+        gone.add(folder)
+    return empty
 
 
 def _remove(
     path: Path, kind: Kind, dry_run: bool, on_path: Callable[[Kind, Path], None] | None
 ) -> bool:
     if kind == "folder":
-        if dry_run:
-            if not _is_empty_now(path):
-                return False
-        else:
+        if not dry_run:
             try:
                 os.rmdir(path)  # only an empty folder: never a file being archived into it
             except OSError:
@@ -258,14 +265,6 @@ def _remove(
         logger.warning("retention: cannot remove %s: %s", path, exc)
         return False
     return True
-
-
-def _is_empty_now(folder: Path) -> bool:
-    try:
-        with os.scandir(folder) as entries:
-            return next(entries, None) is None
-    except OSError:
-        return False
 
 
 # -- a waiting `submit`'s marker -------------------------------------------------------------

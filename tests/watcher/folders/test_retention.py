@@ -145,25 +145,38 @@ def test_archived_files_go_by_age_and_empty_old_date_folders_with_them(tmp_path:
     assert read_cutoff(tmp_path / "processing") is None
 
 
-def test_a_dry_run_lists_every_path_and_removes_nothing(tmp_path: Path) -> None:
+def test_a_dry_run_lists_every_path_a_real_run_removes_and_removes_nothing(
+    tmp_path: Path,
+) -> None:
     s = _config(tmp_path, "results_days: 1\narchive_days: 1\n")
     old_result = _file(tmp_path / "results" / "old.result.yaml", 2)
     old_job = _file(tmp_path / "archive" / "old.yaml", 2)
     _file(tmp_path / "archive" / "young.yaml", 0.1)
-    empty = tmp_path / "archive" / "2020" / "01" / "01"
-    empty.mkdir(parents=True)
+    dated = _file(tmp_path / "archive" / "2020" / "01" / "01" / "dated.yaml", 2)
+    before = _left(tmp_path)
     heard: list[tuple[str, Path]] = []
 
     report = prune(s, now=NOW, dry_run=True, on_path=lambda kind, path: heard.append((kind, path)))
 
-    assert heard == [("result", old_result), ("archived", old_job), ("folder", empty)]
-    assert old_result.exists() and old_job.exists() and empty.exists()
-    assert read_cutoff(tmp_path / "processing") is None  # nothing was removed
+    day = dated.parent
+    assert heard == [
+        ("result", old_result),
+        ("archived", dated),  # in name order, subfolders where they sort
+        ("archived", old_job),
+        ("folder", day),
+        ("folder", day.parent),
+        ("folder", day.parent.parent),
+    ]
+    assert _left(tmp_path) == before  # nothing removed, no cut-off recorded
     assert (report.results, report.archived, report.folders) == (
         {"default": 1},
-        {"default": 1},
-        {"default": 1},
+        {"default": 2},
+        {"default": 3},
     )
+    removed: list[tuple[str, Path]] = []
+    prune(s, now=NOW, on_path=lambda kind, path: removed.append((kind, path)))
+    assert removed == heard
+    assert not any(path.exists() for _, path in heard)
 
 
 def test_a_folder_shared_by_two_routes_is_looked_through_once(tmp_path: Path) -> None:
