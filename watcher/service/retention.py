@@ -40,9 +40,9 @@ async def keep_pruning(settings: Settings, stopping: threading.Event) -> None:
 def log_pruned(settings: Settings, report: Pruned, *, always: bool) -> None:
     """One INFO line per route: what retention removed (`always`: also when nothing)."""
     for name in settings.served:
-        if not always and not report.total(name):
-            continue
         kept = report.kept_for_waiters.get(name, 0)
+        if not always and not report.total(name) and not kept:
+            continue
         logger.info(
             "retention: %s%s, %s, %d empty date folder(s)%s",
             f"route {name}: " if settings.routes is not None else "",

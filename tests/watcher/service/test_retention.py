@@ -5,6 +5,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import signal
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -16,6 +19,7 @@ from tests.harness import ServiceProcess, claim_folders, wait_until
 from watcher import defaults
 from watcher.config.settings import load_config
 from watcher.folders.pruned import read_cutoff
+from watcher.folders.retention import WAITER_PREFIX
 from watcher.service.retention import keep_pruning
 
 
@@ -152,3 +156,48 @@ def test_a_restart_removes_exactly_the_old_results_and_archived_files(
     assert "3 empty date folder(s)" in svc.log()
     cutoff = read_cutoff(svc.processing)
     assert cutoff is not None and before - DAY - 1 < cutoff < time.time() - DAY + 1
+
+
+def test_a_waiting_submit_never_loses_its_result_to_retention(
+    service: ServiceFactory, tmp_path: Path
+) -> None:
+    # A waiter stopped (a laptop asleep, a stalled NFS client) while its result ages past
+    # results_days: the service keeps that result while the waiter's marker is fresh.
+    floor = {defaults.RETENTION_FLOOR_ENV: "1"}
+    svc = service({"runner": "direct", "results_days": 2 / 86400}, extra_env=floor)
+    job = tmp_path / "jobs" / "guarded.yaml"
+    job.parent.mkdir()
+    job.write_text("timeout: 10\nsleep: 1.5\n")
+    waiter = subprocess.Popen(
+        [sys.executable, "-m", "watcher", "submit", "--wait", "-c", "config.yaml", str(job)],
+        cwd=tmp_path,
+        env={**os.environ, **floor},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert waiter.stdout is not None
+        first = waiter.stdout.readline()
+        assert "guarded.yaml: submitted as" in first, first + waiter.stderr.read()
+        waiter.send_signal(signal.SIGSTOP)  # its job runs 1.5 s: it has not seen its result
+        assert [p.name for p in svc.processing.glob(f"{WAITER_PREFIX}*")]
+        result = svc.result_path("guarded.yaml")
+        wait_until(result.exists, 30)
+        # Retention goes on meanwhile: a result nobody waits for goes...
+        svc.drop("plain.yaml", "timeout: 5\nsleep: 0\n")
+        wait_until(svc.result_path("plain.yaml").exists, 30)
+        wait_until(lambda: not svc.result_path("plain.yaml").exists(), 30)
+        # ...the awaited one, older than results_days by now, stays.
+        svc.wait_for_log("1 result(s) kept for a waiting submit", 30)
+        assert result.exists() and time.time() - result.stat().st_mtime > 2
+        waiter.send_signal(signal.SIGCONT)
+        out, err = waiter.communicate(timeout=30)
+    finally:
+        waiter.send_signal(signal.SIGCONT)
+        waiter.kill()
+        waiter.wait()
+    assert waiter.returncode == 0, out + err
+    assert "guarded.yaml: completed" in out
+    assert not list(svc.processing.glob(f"{WAITER_PREFIX}*"))  # its marker went with it
+    wait_until(lambda: not result.exists(), 30)  # and so does the guard
