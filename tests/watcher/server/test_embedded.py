@@ -264,3 +264,33 @@ def test_prefect_takes_the_history_and_events_retention_it_is_given(
     )
     assert read.returncode == 0, read.stderr
     assert read.stdout.split() == [str(seconds), str(seconds)]
+
+
+@pytest.mark.embedded
+def test_the_embedded_server_process_keeps_history_and_events_for_history_days(
+    embedded_service: ServiceFactory,
+) -> None:
+    # An hour, the least allowed: Prefect itself takes more than an hour only.
+    svc = embedded_service({"history_days": 1 / 24})
+    svc.wait_for_log("runner: ", 120)
+    assert "cannot start" not in svc.log()  # the server started with what it was given
+    assert svc.proc is not None
+    servers = [
+        child.environ()
+        for child in psutil.Process(svc.proc.pid).children(recursive=True)
+        if "PREFECT_SERVER_SERVICES_DB_VACUUM_ENABLED" in child.environ()
+    ]
+    assert servers, "no child process carries the embedded server's settings"
+    assert {
+        key: servers[0].get(key)
+        for key in (
+            "PREFECT_SERVER_SERVICES_DB_VACUUM_ENABLED",
+            "PREFECT_SERVER_SERVICES_DB_VACUUM_RETENTION_PERIOD",
+            "PREFECT_SERVER_EVENTS_RETENTION_PERIOD",
+        )
+    } == {
+        "PREFECT_SERVER_SERVICES_DB_VACUUM_ENABLED": "events,flow_runs",
+        "PREFECT_SERVER_SERVICES_DB_VACUUM_RETENTION_PERIOD": "3601",
+        "PREFECT_SERVER_EVENTS_RETENTION_PERIOD": "PT3601S",
+    }
+    assert svc.stop() == 0
