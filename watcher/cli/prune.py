@@ -9,7 +9,7 @@ from typing import Any, TextIO
 
 from watcher import defaults
 from watcher.config.settings import Settings
-from watcher.folders.retention import Kind, Pruned, prune
+from watcher.folders.retention import Kind, Pruned, interval, kept_days, prune
 
 __all__ = ["prune_command"]
 
@@ -20,7 +20,7 @@ def prune_command(
     settings: Settings, *, dry_run: bool, as_json: bool, out: TextIO, err: TextIO
 ) -> int:
     """Run `dropflow prune`; return the exit status (0, or 1 if a folder cannot be read)."""
-    if not settings.results_days and not settings.archive_days:
+    if interval(settings) is None:
         if as_json:
             print(json.dumps(_as_json(Pruned(dry_run=dry_run), [], settings), indent=2), file=out)
         else:
@@ -66,11 +66,13 @@ def _as_json(report: Pruned, paths: list[dict[str, str]], settings: Settings) ->
         "paths": paths,
         "routes": {
             name: {
+                "results_days": kept_days(settings, route, "results"),
+                "archive_days": kept_days(settings, route, "archive"),
                 "results": report.results.get(name, 0),
                 "archived": report.archived.get(name, 0),
                 "folders": report.folders.get(name, 0),
                 "kept_for_waiters": report.kept_for_waiters.get(name, 0),
             }
-            for name in settings.served
+            for name, route in settings.served.items()
         },
     }

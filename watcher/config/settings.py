@@ -40,7 +40,14 @@ from watcher.jobs.messages import did_you_mean, humanize, show
 from watcher.jobs.model import FLOW_NAME, JobError, JobLimits
 from watcher.jobs.reading import DuplicateKeyError, UniqueKeyLoader, parse_job
 
-__all__ = ["ConfigError", "JobDefaults", "Settings", "load_config", "retention_floor"]
+__all__ = [
+    "ConfigError",
+    "JobDefaults",
+    "Settings",
+    "load_config",
+    "retention_floor",
+    "retention_problem",
+]
 
 
 class ConfigError(Exception):
@@ -149,14 +156,9 @@ class Settings(BaseModel):
     @field_validator("results_days", "archive_days")
     @classmethod
     def _retention_days(cls, value: float) -> float:
-        floor = retention_floor()
-        if value != 0 and value * 86400 < floor:
-            if floor == builtin.RETENTION_FLOOR_SECONDS:
-                raise ValueError("must be 0 (keep for ever) or at least 1/24 (one hour)")
-            raise ValueError(
-                f"must be 0 (keep for ever) or at least {floor:g} seconds "
-                f"({floor / 86400:.6g} days, {builtin.RETENTION_FLOOR_ENV})"
-            )
+        problem = retention_problem(value)
+        if problem is not None:
+            raise ValueError(problem)
         return value
 
     @field_validator("patterns", mode="before")
@@ -257,6 +259,8 @@ class Settings(BaseModel):
                     flows=tuple(self.flows),
                     timeout=top.timeout,
                     sleep=top.sleep,
+                    results_days=self.results_days,
+                    archive_days=self.archive_days,
                 )
             }
         resolved = {}
@@ -291,6 +295,11 @@ class Settings(BaseModel):
             ):
                 if problem:
                     raise _problem(f"routes: {name}: {key}: {problem}")
+            for key in ("results_days", "archive_days"):
+                days = getattr(given, key)
+                problem = retention_problem(days) if days is not None else None
+                if problem is not None:
+                    raise _problem(f"routes: {name}: {key}: {problem}")
             resolved[name] = Route(
                 name=name,
                 inbox=given.inbox,
@@ -309,6 +318,8 @@ class Settings(BaseModel):
                 max_concurrent_jobs=given.max_concurrent_jobs,
                 deployment=given.deployment,
                 work_queue=given.work_queue,
+                results_days=_given_or(given.results_days, self.results_days),
+                archive_days=_given_or(given.archive_days, self.archive_days),
             )
         return resolved
 
@@ -373,6 +384,10 @@ class Settings(BaseModel):
         )
 
 
+def _given_or(given: float | None, default: float) -> float:
+    return default if given is None else given
+
+
 def retention_floor() -> float:
     """The shortest retention allowed, in seconds: `RETENTION_FLOOR_SECONDS`, or the value of
     the environment variable `RETENTION_FLOOR_ENV` (for soaks and tests; a documented
@@ -390,6 +405,19 @@ def retention_floor() -> float:
             f"seconds > 0, got {show(given)}"
         )
     return floor
+
+
+def retention_problem(days: float) -> str | None:
+    """What is wrong with a `results_days` / `archive_days` value, or None."""
+    floor = retention_floor()
+    if days == 0 or days * 86400 >= floor:
+        return None
+    if floor == builtin.RETENTION_FLOOR_SECONDS:
+        return "must be 0 (keep for ever) or at least 1/24 (one hour)"
+    return (
+        f"must be 0 (keep for ever) or at least {floor:g} seconds "
+        f"({floor / 86400:.6g} days, {builtin.RETENTION_FLOOR_ENV})"
+    )
 
 
 def _problem(message: str) -> PydanticCustomError:

@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Literal
 
 from watcher import defaults
+from watcher.config.routes import Route
 from watcher.config.settings import Settings
 from watcher.folders.durable import write_atomic
 from watcher.folders.pruned import write_cutoff
@@ -47,6 +48,7 @@ __all__ = [
     "Waiter",
     "interval",
     "is_result_name",
+    "kept_days",
     "prune",
     "waiting_stems",
 ]
@@ -75,6 +77,8 @@ class Pruned:
     archived: dict[str, int] = field(default_factory=dict)
     folders: dict[str, int] = field(default_factory=dict)
     kept_for_waiters: dict[str, int] = field(default_factory=dict)
+    days: dict[str, tuple[float, float]] = field(default_factory=dict)
+    """Per route, the `results_days` and `archive_days` applied (`kept_days`)."""
     cutoffs: dict[str, float] = field(default_factory=dict)
     """Per route, the results cut-off applied (routes with `results_days` only)."""
 
@@ -84,10 +88,25 @@ class Pruned:
 
 def interval(settings: Settings) -> float | None:
     """Seconds between the service's retention runs; None when nothing is ever deleted."""
-    periods = [days * 86400 for days in (settings.results_days, settings.archive_days) if days]
+    periods = [
+        days * 86400
+        for route in settings.served.values()
+        for days in (route.results_days, route.archive_days)
+        if days
+    ]
     if not periods:
         return None
     return min(defaults.RETENTION_INTERVAL, *periods)
+
+
+def kept_days(settings: Settings, route: Route, folder: Literal["results", "archive"]) -> float:
+    """The days `route`'s results (or archived files) are kept: its own setting, or, for a
+    folder several routes share, the longest of theirs (0, for ever, if any keeps for ever):
+    a file there cannot tell whose it is, and none is removed before every route lets it go."""
+    key = "results_days" if folder == "results" else "archive_days"
+    place = getattr(route, folder)
+    days = [getattr(r, key) for r in settings.served.values() if getattr(r, folder) == place]
+    return 0.0 if 0 in days else max(days)
 
 
 def prune(
@@ -99,9 +118,9 @@ def prune(
     stopping: threading.Event | None = None,
 ) -> Pruned:
     """Delete (with `dry_run`, only list) every route's results and archived files past their
-    age; `on_path` hears of each path first. A folder shared by several routes is looked
-    through once. After a route's results were looked through, its cut-off is recorded
-    (`watcher.folders.pruned`) so that `dropflow status` counts only what is left.
+    age (`kept_days`); `on_path` hears of each path first. A folder shared by several routes
+    is looked through once. After a route's results were looked through, its cut-off is
+    recorded (`watcher.folders.pruned`) so that `dropflow status` counts only what is left.
 
     `stopping` cuts a run short between files (the service stopping); the cut-off is then not
     recorded.
@@ -109,17 +128,20 @@ def prune(
     now = time.time() if now is None else now
     report = Pruned(dry_run=dry_run)
     seen: set[tuple[str, Path]] = set()
-    for name, route in settings.served.items():
+    served = settings.served
+    for name, route in served.items():
         report.results[name] = report.archived[name] = report.folders[name] = 0
-        if settings.results_days:
-            cutoff = now - settings.results_days * 86400
+        results_days = kept_days(settings, route, "results")
+        archive_days = kept_days(settings, route, "archive")
+        report.days[name] = (results_days, archive_days)
+        if results_days:
+            cutoff = now - results_days * 86400
             if ("results", route.results) not in seen:
                 seen.add(("results", route.results))
-                keep = waiting_stems(
-                    [r.processing for r in settings.served.values() if r.results == route.results],
-                    now,
-                )
-                for path in _old_files(route.results, cutoff, route.recursive, stopping):
+                sharing = [r for r in served.values() if r.results == route.results]
+                keep = waiting_stems([r.processing for r in sharing], now)
+                recursive = any(r.recursive for r in sharing)
+                for path in _old_files(route.results, cutoff, recursive, stopping):
                     if not is_result_name(path.name):
                         continue
                     if RESULT_NAME.match(path.name)["stem"] in keep:  # type: ignore[index]
@@ -132,9 +154,9 @@ def prune(
             report.cutoffs[name] = cutoff
             if not dry_run:
                 _record_cutoff(route.processing, cutoff)
-        if settings.archive_days and ("archive", route.archive) not in seen:
+        if archive_days and ("archive", route.archive) not in seen:
             seen.add(("archive", route.archive))
-            cutoff = now - settings.archive_days * 86400
+            cutoff = now - archive_days * 86400
             gone: set[Path] = set()
             for path in _old_files(route.archive, cutoff, True, stopping):
                 if _remove(path, "archived", dry_run, on_path):

@@ -41,18 +41,14 @@ def log_pruned(settings: Settings, report: Pruned, *, always: bool) -> None:
     """One INFO line per route: what retention removed (`always`: also when nothing)."""
     for name in settings.served:
         kept = report.kept_for_waiters.get(name, 0)
+        days = report.days.get(name, (0.0, 0.0))
         if not always and not report.total(name) and not kept:
             continue
         logger.info(
             "retention: %s%s, %s, %d empty date folder(s)%s",
             f"route {name}: " if settings.routes is not None else "",
-            _part(report.results.get(name, 0), "result(s)", "results_days", settings.results_days),
-            _part(
-                report.archived.get(name, 0),
-                "archived file(s)",
-                "archive_days",
-                settings.archive_days,
-            ),
+            _part(report.results.get(name, 0), "result(s)", "results_days", days[0]),
+            _part(report.archived.get(name, 0), "archived file(s)", "archive_days", days[1]),
             report.folders.get(name, 0),
             f", {kept} result(s) kept for a waiting submit" if kept else "",
         )

@@ -46,7 +46,7 @@ def test_prune_lists_with_dry_run_then_removes_the_same_paths_beside_a_service(
     _old(svc.results / "old-notes.txt", 2)
     old_job = _old(svc.archive / "old.yaml", 2)
     dated = _old(svc.archive / "2020" / "01" / "01" / "sub" / "dated.yaml", 2)
-    before = _tree(tmp_path)
+    before = (_tree(svc.results), _tree(svc.archive))
 
     dry = _prune(tmp_path, "--dry-run")
 
@@ -63,7 +63,7 @@ def test_prune_lists_with_dry_run_then_removes_the_same_paths_beside_a_service(
         "would remove 1 result(s), 2 archived job file(s), 4 empty date folder(s)",
     ]
     assert dry.stdout.splitlines() == listed
-    assert _tree(tmp_path) == before  # nothing removed
+    assert (_tree(svc.results), _tree(svc.archive)) == before  # nothing removed
 
     real = _prune(tmp_path, "--json")
 
@@ -71,7 +71,14 @@ def test_prune_lists_with_dry_run_then_removes_the_same_paths_beside_a_service(
     report = json.loads(real.stdout)
     assert [p["path"] for p in report["paths"]] == [line.split(": ", 1)[1] for line in listed[:-1]]
     assert report["routes"] == {
-        "default": {"results": 1, "archived": 2, "folders": 4, "kept_for_waiters": 0}
+        "default": {
+            "results_days": 1,
+            "archive_days": 1,
+            "results": 1,
+            "archived": 2,
+            "folders": 4,
+            "kept_for_waiters": 0,
+        }
     }
     assert _tree(svc.results) == ["old-notes.txt", "young.result.yaml"]
     assert _tree(svc.archive) == []

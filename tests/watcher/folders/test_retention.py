@@ -262,3 +262,59 @@ def test_archiving_stamps_the_time_of_archiving_not_the_jobs_mtime(tmp_path: Pat
     assert archived is not None and archived.stat().st_mtime >= before
     prune(s)
     assert archived.exists()
+
+
+def test_each_route_keeps_for_its_own_days_and_a_shared_folder_for_the_longest(
+    tmp_path: Path,
+) -> None:
+    s = _config(
+        tmp_path,
+        "results_days: 10\narchive_days: 1\nroutes:\n"
+        "  quick: {inbox: in-q, results_days: 1, archive_days: 0}\n"
+        "  slow: {inbox: in-s}\n"
+        "  twin-a: {inbox: in-a, results: shared, results_days: 1}\n"
+        "  twin-b: {inbox: in-b, results: shared, results_days: 5}\n",
+    )
+    quick = _file(tmp_path / "results" / "quick" / "q.result.yaml", 2)
+    slow = _file(tmp_path / "results" / "slow" / "s.result.yaml", 2)
+    kept_archive = _file(tmp_path / "archive" / "quick" / "q.yaml", 2)  # archive_days: 0
+    gone_archive = _file(tmp_path / "archive" / "slow" / "s.yaml", 2)  # the top-level 1
+    shared_young = _file(tmp_path / "shared" / "a.result.yaml", 3)  # twin-b keeps it 5 days
+    shared_old = _file(tmp_path / "shared" / "b.result.yaml", 6)
+
+    report = prune(s, now=NOW)
+
+    assert not quick.exists() and slow.exists()
+    assert kept_archive.exists() and not gone_archive.exists()
+    assert shared_young.exists() and not shared_old.exists()
+    assert report.days == {
+        "quick": (1, 0),
+        "slow": (10, 1),
+        "twin-a": (5, 1),
+        "twin-b": (5, 1),
+    }
+    assert read_cutoff(tmp_path / "processing" / "twin-a") == NOW - 5 * DAY
+
+
+def test_a_route_that_keeps_for_ever_keeps_a_shared_folder_for_ever(tmp_path: Path) -> None:
+    s = _config(
+        tmp_path,
+        "results_days: 1\nroutes:\n"
+        "  a: {inbox: in-a, results: shared}\n"
+        "  b: {inbox: in-b, results: shared, results_days: 0}\n",
+    )
+    old = _file(tmp_path / "shared" / "x.result.yaml", 100)
+    prune(s, now=NOW)
+    assert old.exists()
+
+
+def test_a_routes_retention_is_checked_as_the_top_levels(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from watcher.config.settings import ConfigError
+
+    text = "routes:\n  a: {inbox: in-a, archive_days: 0.001}\n"
+    with pytest.raises(ConfigError, match=r"routes: a: archive_days: must be 0 .* 1/24"):
+        _config(tmp_path, text)
+    monkeypatch.setenv(defaults.RETENTION_FLOOR_ENV, "60")
+    assert interval(_config(tmp_path, text)) == 86.4
