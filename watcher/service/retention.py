@@ -31,6 +31,8 @@ async def keep_pruning(settings: Settings, stopping: threading.Event) -> None:
             report = await asyncio.to_thread(prune, settings, stopping=stopping)
         except OSError as exc:  # a folder unreadable now: the next run tries again
             logger.warning("retention: %s; trying again in %g s", exc, every)
+        except Exception:  # never a reason to stop serving jobs
+            logger.exception("retention failed; trying again in %g s", every)
         else:
             log_pruned(settings, report, always=first)
         first = False
