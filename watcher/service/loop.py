@@ -311,9 +311,9 @@ class Service:
         if self._beating is not None:
             self._beating.cancel()  # the tick beats from now on
         ticker = asyncio.create_task(self._tick())
-        # In a thread, after the first jobs are taken: a restart must stay fast.
+        # In a thread, once the runner is up: a restart must stay fast.
         halt = threading.Event()
-        pruner = asyncio.create_task(keep_pruning(s, halt))
+        pruner = asyncio.create_task(keep_pruning(s, halt, self.runner.health.up))
         try:
             await self._stop.wait()
             logger.info("stopping: no new jobs; %d in progress", len(self._job_tasks))

@@ -1,4 +1,5 @@
-"""The service's retention runs: one at start, then every `watcher.folders.retention.interval`.
+"""The service's retention runs: one at start (once the runner is up), then every
+`watcher.folders.retention.interval`.
 
 Each run goes through the folders in a thread, off the event loop and off the path to the first
 job (a restart stays fast however many files there are), and logs one line per route: always
@@ -8,6 +9,7 @@ at start, afterwards only when it removed something.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 
@@ -18,13 +20,21 @@ __all__ = ["keep_pruning", "log_pruned"]
 
 logger = logging.getLogger(__name__)
 
+_FIRST_WAIT = 120.0  # seconds the first run waits for the runner at most
 
-async def keep_pruning(settings: Settings, stopping: threading.Event) -> None:
-    """Run retention now and then periodically until cancelled (or `stopping` is set, which
-    also cuts a run short between files)."""
+
+async def keep_pruning(
+    settings: Settings, stopping: threading.Event, after: asyncio.Event | None = None
+) -> None:
+    """Run retention once `after` is set (the runner is up: the first jobs do not share the
+    machine with a scan of a big folder; at most `_FIRST_WAIT` seconds), then periodically,
+    until cancelled (or `stopping` is set, which also cuts a run short between files)."""
     every = interval(settings)
     if every is None:
         return
+    if after is not None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(after.wait(), _FIRST_WAIT)
     first = True
     while not stopping.is_set():
         try:

@@ -75,6 +75,28 @@ def test_retention_runs_at_start_then_every_period_and_logs_each_run(
     )
 
 
+def test_the_first_run_waits_for_the_runner(tmp_path: Path) -> None:
+    config = tmp_path / "config.yaml"
+    config.write_text("results_days: 1\n")
+    settings = load_config(config)
+    (tmp_path / "results").mkdir()
+    (tmp_path / "processing").mkdir()
+    old = tmp_path / "results" / "old.result.yaml"
+    old.write_text("status: completed\n")
+    os.utime(old, (time.time() - 2 * DAY, time.time() - 2 * DAY))
+
+    async def main() -> None:
+        runner_up = asyncio.Event()
+        task = asyncio.create_task(keep_pruning(settings, threading.Event(), runner_up))
+        done, _ = await asyncio.wait([task], timeout=0.5)  # no event to wait for: a run
+        assert not done and old.exists()
+        runner_up.set()
+        await _until_gone(old, 5)
+        task.cancel()
+
+    asyncio.run(main())
+
+
 def test_nothing_runs_when_everything_is_kept_for_ever(tmp_path: Path) -> None:
     config = tmp_path / "config.yaml"
     config.write_text("results_days: 0\n")
