@@ -45,6 +45,34 @@ HISTORY_DAYS = 30.0
 """Flow runs that ended longer ago than this are deleted from the embedded server's history
 (Prefect's db_vacuum service, hourly); 0 keeps them for ever."""
 
+RESULTS_DAYS = 0.0
+"""Result files older than this many days (by file time) are deleted by the service (at start,
+then hourly) and by `dropflow prune`; 0 keeps them for ever. At least one hour otherwise."""
+
+ARCHIVE_DAYS = 0.0
+"""Archived job files archived longer ago than this many days are deleted, as results are by
+`RESULTS_DAYS`; 0 keeps them for ever. The archive step sets an archived file's mtime to the
+time it was archived, so a job file's own (perhaps years old) mtime never counts."""
+
+RETENTION_FLOOR_SECONDS = 3600.0
+"""The shortest `results_days` / `archive_days` allowed, in seconds: one hour. The environment
+variable `RETENTION_FLOOR_ENV` lowers it, for soaks and tests only."""
+
+RETENTION_FLOOR_ENV = "DROPFLOW_RETENTION_FLOOR_SECONDS"
+"""Environment variable that lowers `RETENTION_FLOOR_SECONDS` (seconds, > 0): for soaks and
+tests that need a retention of minutes. Not for production."""
+
+RETENTION_INTERVAL = 3600.0
+"""Seconds between the service's retention runs (after the one at start); shorter only when a
+retention period is (possible only below the floor, see `RETENTION_FLOOR_ENV`)."""
+
+WAITER_STALE = 300.0
+"""Seconds after which a waiting `dropflow submit --wait`'s marker no longer protects its
+results from retention (it refreshes it every `WAITER_REFRESH`): a waiter that died."""
+
+WAITER_REFRESH = 30.0
+"""Seconds between refreshes of a waiting `dropflow submit --wait`'s marker."""
+
 METRICS_PORT: int | None = None
 """Port of the health and metrics endpoints (`/healthz`, `/readyz`, `/metrics`); None: not
 served. See docs/operating.md."""

@@ -1,6 +1,6 @@
 """`dropflow`: the command line. Parses arguments, sets up logging, and hands over to the
 command: `run` (`watcher.cli.run`), `deploy` (`watcher.cli.deploy`), or one of the operator's
-commands (`submit`, `retry`, `validate`, `status`, `schema`)."""
+commands (`submit`, `retry`, `validate`, `status`, `prune`, `schema`)."""
 
 from __future__ import annotations
 
@@ -50,6 +50,10 @@ _EXAMPLES = {
         "exit status: 0 if every file is valid, 2 otherwise"
     ),
     "status": "examples:\n  dropflow status --config config.yaml\n  dropflow status --json",
+    "prune": (
+        "examples:\n  dropflow prune --dry-run --config config.yaml   # list, remove nothing\n"
+        "  dropflow prune --config config.yaml\n  dropflow prune --json"
+    ),
     "schema": (
         "examples:\n  dropflow schema --config config.yaml > job.schema.json\n"
         "  dropflow schema --route invoices > invoices.schema.json\n"
@@ -246,6 +250,24 @@ def _parser() -> argparse.ArgumentParser:
         help="print JSON with the keys service, inbox, in_flight, results (and routes, for a "
         "config with routes)",
     )
+    prune = _command(
+        commands,
+        "prune",
+        "delete results and archived jobs past their retention now",
+        "Run retention now, as the service does at start and hourly: delete the result files "
+        "older than results_days and the archived job files archived more than archive_days "
+        "ago, then the archive's empty date folders, printing each path. Works with or without "
+        "a running service; results a waiting `submit --wait` looks for are kept.",
+    )
+    prune.add_argument(
+        "--dry-run", action="store_true", help="list what would be removed; remove nothing"
+    )
+    prune.add_argument(
+        "--json",
+        action="store_true",
+        help="print JSON with the keys dry_run, results_days, archive_days, paths (kind, path) "
+        "and routes (counts per route)",
+    )
     schema = _command(
         commands,
         "schema",
@@ -340,6 +362,12 @@ def _folders_command(args: argparse.Namespace, settings: Settings) -> int:
         else:
             render(status, out)
         return 0
+    if args.command == "prune":
+        from watcher.cli.prune import prune_command
+
+        return prune_command(
+            settings, dry_run=args.dry_run, as_json=args.json, out=out, err=sys.stderr
+        )
     from watcher.cli.routes import choose
     from watcher.cli.submit import submit
 

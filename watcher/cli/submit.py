@@ -38,6 +38,7 @@ from watcher.config.settings import Settings
 from watcher.folders.durable import fsync_dir, rename_exclusive, write_atomic
 from watcher.folders.lock import is_held
 from watcher.folders.results import read_result, result_names
+from watcher.folders.retention import Waiter
 from watcher.jobs.messages import one_line
 from watcher.jobs.names import cut_stem
 from watcher.jobs.submission import new_id, tagged
@@ -341,6 +342,43 @@ def deliver(
             )
         return None
 
+    # Before the first drop: retention (`dropflow prune`, a service on any machine) keeps the
+    # results a waiter looks for while its marker in the route's processing folder is fresh.
+    waiters = _waiters(subs) if wait else []
+    try:
+        return _drop_and_wait(subs, screen, idle, waiters, wait=wait, timeout=timeout)
+    finally:
+        for waiter in waiters:
+            waiter.remove()
+
+
+def _waiters(subs: Sequence[Submission]) -> list[Waiter]:
+    """One marker per route, naming the result stems of its submissions under either name
+    they may be dropped as."""
+    stems: dict[Path, list[str]] = {}
+    for sub in subs:
+        assert sub.target is not None
+        name = sub.checked.path.name
+        for dropped_as in (name, unique_name(name, sub.id[-12:])):
+            result = next(result_names(dropped_as))
+            stems.setdefault(sub.target.settings.processing, []).append(
+                result.removesuffix(".result.yaml")
+            )
+    waiters = [Waiter(processing, names) for processing, names in stems.items()]
+    for waiter in waiters:
+        waiter.refresh()
+    return waiters
+
+
+def _drop_and_wait(
+    subs: Sequence[Submission],
+    screen: Screen,
+    idle: list[Target],
+    waiters: list[Waiter],
+    *,
+    wait: bool,
+    timeout: float | None,
+) -> dict[int, int]:
     for sub in subs:
         assert sub.target is not None
         data = tagged(sub.checked.data, sub.id)
@@ -392,6 +430,8 @@ def deliver(
                     )
                 )
             break
+        for waiter in waiters:
+            waiter.refresh()
         lines = [_progress(sub, now, started, timeout) for sub in pending]
         for sub in pending:
             screen.phase(sub.id, _phase(sub))

@@ -75,6 +75,8 @@ class RouteConfig(BaseModel):
     max_concurrent_jobs: StrictInt | None = Field(None, ge=1, le=1000)
     deployment: str | None = Field(None, min_length=1, max_length=200)
     work_queue: str | None = Field(None, min_length=1, max_length=200)
+    results_days: StrictFloat | None = Field(None, ge=0, allow_inf_nan=False)
+    archive_days: StrictFloat | None = Field(None, ge=0, allow_inf_nan=False)
 
 
 KNOWN_KEYS = tuple(RouteConfig.model_fields) + tuple(RouteDefaults.model_fields)
@@ -105,6 +107,10 @@ class Route:
     max_concurrent_jobs: int | None = None
     deployment: str | None = None
     work_queue: str | None = None
+    results_days: float = builtin.RESULTS_DAYS
+    """Days a result is kept (0: for ever): the route's own, else the top-level key."""
+    archive_days: float = builtin.ARCHIVE_DAYS
+    """Days an archived job file is kept (0: for ever): the route's own, else the top-level key."""
 
     def folders(self) -> dict[str, Path]:
         """The route's four folders by key."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import replace
 from pathlib import Path
@@ -39,7 +40,14 @@ from watcher.jobs.messages import did_you_mean, humanize, show
 from watcher.jobs.model import FLOW_NAME, JobError, JobLimits
 from watcher.jobs.reading import DuplicateKeyError, UniqueKeyLoader, parse_job
 
-__all__ = ["ConfigError", "JobDefaults", "Settings", "load_config"]
+__all__ = [
+    "ConfigError",
+    "JobDefaults",
+    "Settings",
+    "load_config",
+    "retention_floor",
+    "retention_problem",
+]
 
 
 class ConfigError(Exception):
@@ -100,6 +108,8 @@ class Settings(BaseModel):
     events: StrictBool = builtin.EVENTS
     # Prefect's retention cannot go below one hour.
     history_days: StrictFloat = Field(builtin.HISTORY_DAYS, allow_inf_nan=False)
+    results_days: StrictFloat = Field(builtin.RESULTS_DAYS, ge=0, allow_inf_nan=False)
+    archive_days: StrictFloat = Field(builtin.ARCHIVE_DAYS, ge=0, allow_inf_nan=False)
     metrics_port: StrictInt | None = Field(builtin.METRICS_PORT, ge=1, le=65535)
     metrics_host: str = Field(builtin.METRICS_HOST, min_length=1, max_length=253)
     routes: dict[str, RouteConfig] | None = None
@@ -142,6 +152,14 @@ class Settings(BaseModel):
     def _history_days(cls, value: float) -> float:
         if value != 0 and value < 1 / 24:
             raise ValueError("must be 0 (keep for ever) or at least 1/24 (one hour)")
+        return value
+
+    @field_validator("results_days", "archive_days")
+    @classmethod
+    def _retention_days(cls, value: float) -> float:
+        problem = retention_problem(value)
+        if problem is not None:
+            raise ValueError(problem)
         return value
 
     @field_validator("patterns", mode="before")
@@ -243,6 +261,8 @@ class Settings(BaseModel):
                     flows=tuple(self.flows),
                     timeout=top.timeout,
                     sleep=top.sleep,
+                    results_days=self.results_days,
+                    archive_days=self.archive_days,
                 )
             }
         resolved = {}
@@ -277,6 +297,11 @@ class Settings(BaseModel):
             ):
                 if problem:
                     raise _problem(f"routes: {name}: {key}: {problem}")
+            for key in ("results_days", "archive_days"):
+                days = getattr(given, key)
+                problem = retention_problem(days) if days is not None else None
+                if problem is not None:
+                    raise _problem(f"routes: {name}: {key}: {problem}")
             resolved[name] = Route(
                 name=name,
                 inbox=given.inbox,
@@ -296,6 +321,8 @@ class Settings(BaseModel):
                 max_concurrent_jobs=given.max_concurrent_jobs,
                 deployment=given.deployment,
                 work_queue=given.work_queue,
+                results_days=_given_or(given.results_days, self.results_days),
+                archive_days=_given_or(given.archive_days, self.archive_days),
             )
         return resolved
 
@@ -359,6 +386,42 @@ class Settings(BaseModel):
             default_sleep=self.defaults.sleep,
             flows=tuple(self.flows),
         )
+
+
+def _given_or(given: float | None, default: float) -> float:
+    return default if given is None else given
+
+
+def retention_floor() -> float:
+    """The shortest retention allowed, in seconds: `RETENTION_FLOOR_SECONDS`, or the value of
+    the environment variable `RETENTION_FLOOR_ENV` (for soaks and tests; a documented
+    fallback, as watchfiles' `WATCHFILES_FORCE_POLLING` is)."""
+    given = os.environ.get(builtin.RETENTION_FLOOR_ENV, "").strip()
+    if not given:
+        return builtin.RETENTION_FLOOR_SECONDS
+    try:
+        floor = float(given)
+    except ValueError:
+        floor = 0.0
+    if not 0 < floor < float("inf"):
+        raise ValueError(
+            f"the environment variable {builtin.RETENTION_FLOOR_ENV} must be a number of "
+            f"seconds > 0, got {show(given)}"
+        )
+    return floor
+
+
+def retention_problem(days: float) -> str | None:
+    """What is wrong with a `results_days` / `archive_days` value, or None."""
+    floor = retention_floor()
+    if days == 0 or days * 86400 >= floor:
+        return None
+    if floor == builtin.RETENTION_FLOOR_SECONDS:
+        return "must be 0 (keep for ever) or at least 1/24 (one hour)"
+    return (
+        f"must be 0 (keep for ever) or at least {floor:g} seconds "
+        f"({floor / 86400:.6g} days, {builtin.RETENTION_FLOOR_ENV})"
+    )
 
 
 def _problem(message: str) -> PydanticCustomError:

@@ -21,6 +21,7 @@ import os
 import re
 import secrets
 import shutil
+import stat
 import threading
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -418,8 +419,19 @@ class ClaimStore:
                 target = folder / f"{stem}.{claim.id}{suffix}"
                 self._journal(claim, target)
                 self._reserved.add(str(target))
+        _mark_archived_now(claim.path)
         move_file(claim.path, target, tmp)
         return target
+
+
+def _mark_archived_now(path: Path) -> None:
+    """Give a job file about to be archived the time of archiving as its mtime: retention
+    (`archive_days`) ages archived files by it, and the job's own mtime may be years old
+    (`cp -p`). Set before the move, so the archived name never shows an old time. Only a
+    regular file: a hostile link must not make us touch what it points to."""
+    with contextlib.suppress(OSError):
+        if stat.S_ISREG(os.lstat(path).st_mode):
+            os.utime(path)
 
 
 _BOOKKEEPING = frozenset({STAGED_RESULT, PUBLISHED, ARCHIVE_JOURNAL, SUBFOLDER})

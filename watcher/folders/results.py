@@ -117,6 +117,10 @@ def publish(
     publishing and recording it), a result of the same claim already there is returned and
     nothing new is written.
     """
+    # Its file time is when it is published, which retention (`results_days`) ages it by: a
+    # result staged before a long outage is not removed the moment it appears.
+    with contextlib.suppress(OSError):
+        os.utime(source)
     copy: Path | None = None
     try:
         for name in result_names(job_name):

@@ -151,6 +151,10 @@ def open_server_log(data_dir: Path) -> IO[bytes]:
     return path.open("ab")
 
 
+_SHORTEST_VACUUM_SECONDS = 3601
+"""Prefect's db_vacuum takes a flow-run retention of more than one hour only."""
+
+
 def server_environment(options: EmbeddedOptions, base: Mapping[str, str]) -> dict[str, str]:
     """The server process's environment: `base` plus the embedded server's settings."""
     from watcher.server.prefect_internals import SERVER_PROCESS_ENVIRONMENT
@@ -164,11 +168,14 @@ def server_environment(options: EmbeddedOptions, base: Mapping[str, str]) -> dic
     }
     if options.history_days > 0:
         # Prefect's own retention: its db_vacuum service deletes flow runs that ended longer
-        # ago than this (and their task runs, logs and artifacts), hourly.
+        # ago than this (and their task runs, logs and artifacts), and events, hourly. Prefect
+        # refuses a flow-run retention of one hour or less (`gt=timedelta(hours=1)`), which
+        # `history_days: 1/24` would give: one second more then. The events' setting is a
+        # plain timedelta, which reads ISO 8601 from the environment, not bare seconds.
+        seconds = max(int(options.history_days * 86400), _SHORTEST_VACUUM_SECONDS)
         env["PREFECT_SERVER_SERVICES_DB_VACUUM_ENABLED"] = "events,flow_runs"
-        env["PREFECT_SERVER_SERVICES_DB_VACUUM_RETENTION_PERIOD"] = str(
-            int(options.history_days * 86400)
-        )
+        env["PREFECT_SERVER_SERVICES_DB_VACUUM_RETENTION_PERIOD"] = str(seconds)
+        env["PREFECT_SERVER_EVENTS_RETENTION_PERIOD"] = f"PT{seconds}S"
     env.pop("PREFECT_API_URL", None)
     return env
 

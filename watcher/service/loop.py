@@ -32,6 +32,7 @@ from watcher.service.gate import Slots
 from watcher.service.guard import FolderGuard, Lost, overlaps, routes_overlap
 from watcher.service.inbox import Inbox
 from watcher.service.pipeline import RETRY_FIRST, JobPipeline
+from watcher.service.retention import keep_pruning
 from watcher.service.signals import StopSignals
 from watcher.service.vitals import Vitals
 
@@ -310,6 +311,9 @@ class Service:
         if self._beating is not None:
             self._beating.cancel()  # the tick beats from now on
         ticker = asyncio.create_task(self._tick())
+        # In a thread, once the runner is up: a restart must stay fast.
+        halt = threading.Event()
+        pruner = asyncio.create_task(keep_pruning(s, halt, self.runner.health.up))
         try:
             await self._stop.wait()
             logger.info("stopping: no new jobs; %d in progress", len(self._job_tasks))
@@ -321,6 +325,8 @@ class Service:
             starter.cancel()
             dispatcher.cancel()
             ticker.cancel()
+            halt.set()  # cuts a run short between files
+            pruner.cancel()
             await self._drain()
 
     def _start_route(self, served: _Served, slots: Slots) -> None:

@@ -73,7 +73,7 @@ def idle(tmp_path: Path) -> Path:
 
 # -- help and bad use ----------------------------------------------------------------------
 
-COMMANDS = ("run", "submit", "retry", "validate", "status", "schema", "deploy")
+COMMANDS = ("run", "submit", "retry", "validate", "status", "prune", "schema", "deploy")
 
 
 def test_help_lists_every_command_and_each_command_gives_an_example(idle: Path) -> None:

@@ -295,3 +295,48 @@ def test_a_route_s_deployment_and_work_queue_are_checked_naming_the_route(
     with pytest.raises(ConfigError) as caught:
         load_config(path)
     assert f"{path}: {message}" in str(caught.value)
+
+
+def test_the_retention_keys_keep_for_ever_by_default(tmp_path: Path) -> None:
+    settings = load_config(_write(tmp_path, ""))
+    assert settings.results_days == defaults.RESULTS_DAYS == 0
+    assert settings.archive_days == defaults.ARCHIVE_DAYS == 0
+    settings = load_config(_write(tmp_path, "results_days: 7\narchive_days: 0.0417\n"))
+    assert (settings.results_days, settings.archive_days) == (7, 0.0417)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (
+            "results_days: 0.04\n",
+            "results_days: Value error, must be 0 (keep for ever) or at least",
+        ),
+        ("archive_days: -1\n", "archive_days: Input should be greater than or equal to 0"),
+        ("archive_days: true\n", "archive_days: Input should be a valid number, got true"),
+        ("results_days: .inf\n", "results_days: Input should be a finite number"),
+    ],
+)
+def test_bad_retention_keys_are_named(tmp_path: Path, text: str, expected: str) -> None:
+    with pytest.raises(ConfigError) as raised:
+        load_config(_write(tmp_path, text))
+    assert expected in str(raised.value)
+
+
+def test_the_retention_floor_is_lowered_only_by_its_environment_variable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The soak's retention of minutes: `results_days: 0.0035` (5 min) under a 60 s floor.
+    config = _write(tmp_path, "results_days: 0.0035\n")
+    with pytest.raises(ConfigError, match=r"at least 1/24 \(one hour\)"):
+        load_config(config)
+    monkeypatch.setenv(defaults.RETENTION_FLOOR_ENV, "60")
+    assert load_config(config).results_days == 0.0035
+    with pytest.raises(
+        ConfigError, match=rf"at least 60 seconds .* {defaults.RETENTION_FLOOR_ENV}"
+    ):
+        load_config(_write(tmp_path, "archive_days: 0.0001\n"))
+    monkeypatch.setenv(defaults.RETENTION_FLOOR_ENV, "soon")
+    with pytest.raises(ConfigError, match=r"must be a number of seconds > 0, got 'soon'"):
+        load_config(config)
+    assert load_config(_write(tmp_path, "")).results_days == 0  # only a value given is checked

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import os
 import stat
+import time
 from itertools import islice
 from pathlib import Path
 
@@ -51,6 +52,19 @@ def test_publish_is_atomic_and_keeps_earlier_results(tmp_path: Path) -> None:
     assert read_result(two)["claim_id"] == "c2"  # type: ignore[index]
     assert not [p for p in results.iterdir() if p.name.startswith(TEMP_PREFIX)]
     assert stat.S_IMODE(one.stat().st_mode) == 0o644
+
+
+def test_a_result_staged_long_ago_is_published_with_the_time_of_publishing(
+    tmp_path: Path,
+) -> None:
+    # Staged before a long outage, published at the restart: retention must not take it as old.
+    results = tmp_path / "results"
+    results.mkdir()
+    staged = _staged(tmp_path, _result(claim_id="c1"))
+    os.utime(staged, (1_000_000_000, 1_000_000_000))
+    before = time.time() - 1
+    published = publish(results, staged, "job.yaml", "c1")
+    assert published.stat().st_mtime >= before
 
 
 def test_publish_never_writes_through_a_planted_symlink(tmp_path: Path) -> None:

@@ -232,3 +232,65 @@ def test_the_embedded_server_uses_the_port_given(tmp_path: Path) -> None:
     )
     assert kept["PREFECT_UI_ENABLED"] == "false"
     assert "PREFECT_SERVER_SERVICES_DB_VACUUM_ENABLED" not in kept
+
+
+@pytest.mark.parametrize("history_days", [1 / 24, 2.5])
+def test_prefect_takes_the_history_and_events_retention_it_is_given(
+    tmp_path: Path, history_days: float
+) -> None:
+    # Prefect's flow-run retention must be more than one hour, yet `history_days: 1/24` is
+    # allowed; its events' retention reads only ISO 8601 durations from the environment.
+    from watcher.server.embedded import EmbeddedOptions, server_environment
+
+    options = EmbeddedOptions(port=1, data_dir=tmp_path, ui=False, history_days=history_days)
+    env = server_environment(options, dict(os.environ))
+    seconds = max(3601, int(history_days * 86400))
+    assert env["PREFECT_SERVER_SERVICES_DB_VACUUM_RETENTION_PERIOD"] == str(seconds)
+    assert env["PREFECT_SERVER_EVENTS_RETENTION_PERIOD"] == f"PT{seconds}S"
+    # What the server process reads from that environment (Prefect's own settings model).
+    read = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "from prefect.settings import get_current_settings as g; s = g().server; "
+            "print(int(s.services.db_vacuum.retention_period.total_seconds()), "
+            "int(s.events.retention_period.total_seconds()))",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+    )
+    assert read.returncode == 0, read.stderr
+    assert read.stdout.split() == [str(seconds), str(seconds)]
+
+
+@pytest.mark.embedded
+def test_the_embedded_server_process_keeps_history_and_events_for_history_days(
+    embedded_service: ServiceFactory,
+) -> None:
+    # An hour, the least allowed: Prefect itself takes more than an hour only.
+    svc = embedded_service({"history_days": 1 / 24})
+    svc.wait_for_log("runner: ", 120)
+    assert "cannot start" not in svc.log()  # the server started with what it was given
+    assert svc.proc is not None
+    servers = [
+        child.environ()
+        for child in psutil.Process(svc.proc.pid).children(recursive=True)
+        if "PREFECT_SERVER_SERVICES_DB_VACUUM_ENABLED" in child.environ()
+    ]
+    assert servers, "no child process carries the embedded server's settings"
+    assert {
+        key: servers[0].get(key)
+        for key in (
+            "PREFECT_SERVER_SERVICES_DB_VACUUM_ENABLED",
+            "PREFECT_SERVER_SERVICES_DB_VACUUM_RETENTION_PERIOD",
+            "PREFECT_SERVER_EVENTS_RETENTION_PERIOD",
+        )
+    } == {
+        "PREFECT_SERVER_SERVICES_DB_VACUUM_ENABLED": "events,flow_runs",
+        "PREFECT_SERVER_SERVICES_DB_VACUUM_RETENTION_PERIOD": "3601",
+        "PREFECT_SERVER_EVENTS_RETENTION_PERIOD": "PT3601S",
+    }
+    assert svc.stop() == 0
