@@ -24,7 +24,7 @@ PRUNED_FILE = ".dropflow-pruned.json"
 def write_cutoff(processing: Path, results_before: float) -> None:
     """Record that every result whose file time is before `results_before` was removed."""
     data = json.dumps({"results_before": results_before}).encode()
-    os.replace(write_atomic(processing, data, PRUNED_FILE), processing / PRUNED_FILE)
+    os.replace(write_atomic(processing, data), processing / PRUNED_FILE)
     fsync_dir(processing)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from watcher.folders.durable import TEMP_PREFIX
 from watcher.folders.pruned import PRUNED_FILE, read_cutoff, write_cutoff
 
 
@@ -20,3 +21,11 @@ def test_an_unreadable_record_counts_as_none(tmp_path: Path) -> None:
     assert read_cutoff(tmp_path) is None
     (tmp_path / PRUNED_FILE).write_text("{")
     assert read_cutoff(tmp_path) is None
+
+
+def test_a_writer_does_not_trip_over_another_writers_temp_file(tmp_path: Path) -> None:
+    # The service and `dropflow prune` may record a cut-off at the same moment: each writes its
+    # own temp file, so neither finds the other's in its way.
+    (tmp_path / f"{TEMP_PREFIX}{PRUNED_FILE}").write_text("{}")
+    write_cutoff(tmp_path, 3000.0)
+    assert read_cutoff(tmp_path) == 3000.0
