@@ -15,7 +15,13 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import ServiceFactory
-from tests.harness import ServiceProcess, claim_folders, wait_until
+from tests.harness import (
+    ServiceProcess,
+    archived_files,
+    archived_names,
+    claim_folders,
+    wait_until,
+)
 from watcher import defaults
 from watcher.config.settings import load_config
 from watcher.folders.pruned import read_cutoff
@@ -134,8 +140,7 @@ def _run_jobs(svc: ServiceProcess, names: list[str], *, mtime: float | None = No
         assert svc.wait_result(name)["status"] == "completed"
     wait_until(
         lambda: (
-            {n for n in names if (svc.archive / n).exists()} == set(names)
-            and not claim_folders(svc.processing)
+            set(names) <= set(archived_names(svc.archive)) and not claim_folders(svc.processing)
         ),
         30,
     )
@@ -154,10 +159,12 @@ def test_a_restart_removes_exactly_the_old_results_and_archived_files(
     # Copied with `cp -p` from a 2001 original, archived just now: not old.
     _run_jobs(svc, ["copied.yaml"], mtime=1_000_000_000)
     assert svc.stop() == 0
+    # The default layout: each job under the UTC day of its claim.
+    day = {p.name: p.parent for p in archived_files(svc.archive)}
     _age(svc.results / "old.result.yaml", 1.5)
     _age(svc.results / "copied.result.yaml", 0.5)
-    _age(svc.archive / "old.yaml", 2.5)
-    _age(svc.archive / "young.yaml", 1.5)
+    _age(day["old.yaml"] / "old.yaml", 2.5)
+    _age(day["young.yaml"] / "young.yaml", 1.5)
     _old_file(svc.results / "notes.txt", 10)  # not a result
     # A temp file being written into the archive (results' are the start's to clean).
     _old_file(svc.archive / ".dropflow-tmp-writing", 10)
@@ -173,7 +180,9 @@ def test_a_restart_removes_exactly_the_old_results_and_archived_files(
         "young.result.yaml",
     ]
     # 2020/01/01 and up: gone with their last file.
-    assert _tree(svc.archive) == [".dropflow-tmp-writing", "copied.yaml", "young.yaml"]
+    assert archived_names(svc.archive) == ["copied.yaml", "young.yaml"]
+    assert (svc.archive / ".dropflow-tmp-writing").exists()
+    assert not (svc.archive / "2020").exists()
     assert "1 empty date folder(s)" not in svc.log()
     assert "3 empty date folder(s)" in svc.log()
     cutoff = read_cutoff(svc.processing)
