@@ -209,10 +209,14 @@ def _results(
     states = {route.name: ledger.state(route.processing) for route in routes}
     cutoffs = {route.name: pruned.read_cutoff(route.processing) for route in routes}
     cuts = {name: ledger.stamp(cut) for name, cut in cutoffs.items() if cut is not None}
-    reading = ledger.Reading()
-    for processing in _processing_folders(routes):
-        reading.read(processing, since)
     uncovered = [route for route in routes if not _covers(states[route.name], since)]
+    reading = ledger.Reading()
+    for processing, name in _processing_folders(routes).items():
+        # Hour summaries hold no claim ids: only where no file is read (a claim's lines are
+        # all in one hour file, its result's), and for hours wholly after the cut-off.
+        summed_before = None if uncovered else now - 3600
+        start = max(since, cutoffs[name] or since)
+        reading.read(processing, since, summed_from=start, summed_before=summed_before)
     if uncovered:
         _from_files(uncovered, routes, states, reading, since)
     day_from, hour_from = ledger.stamp(since), ledger.stamp(now - 3600)
@@ -225,6 +229,7 @@ def _results(
     hour = dict.fromkeys(STATUSES, 0)
     day = dict.fromkeys(STATUSES, 0)
     by_route = {route.name: dict.fromkeys(STATUSES, 0) for route in routes}
+    counted.update({(route, status, False): n for (route, status), n in reading.summed.items()})
     for (route, status, recent), count in counted.items():
         if status not in day:
             continue
@@ -242,10 +247,10 @@ def _results(
     return results, by_route
 
 
-def _processing_folders(routes: list[Route]) -> list[Path]:
-    """Each route's processing folder, once (two routes never share one, but a ledger read
-    twice would count nothing twice either: lines are kept by claim id)."""
-    return list({route.processing.resolve(): None for route in routes})
+def _processing_folders(routes: list[Route]) -> dict[Path, str]:
+    """Each route's processing folder, once, with its route (two routes never share one, and
+    a ledger read twice would count nothing twice: lines are kept by claim id)."""
+    return {route.processing.resolve(): route.name for route in reversed(routes)}
 
 
 def _covers(state: ledger.LedgerState, since: float) -> bool:
@@ -319,6 +324,9 @@ def _newest(
     by_time = itemgetter(0)
     take(heapq.nlargest(NEWEST, reading.lines.values(), key=by_time))
     if len(newest) < NEWEST:  # files missing: look further
+        take(sorted(reading.lines.values(), key=by_time, reverse=True))
+    if len(newest) < NEWEST:
+        reading.read_summed()
         take(sorted(reading.lines.values(), key=by_time, reverse=True))
     if len(newest) < NEWEST:
         for folder_ in _processing_folders(routes):

@@ -4,6 +4,7 @@ time set by hand, and `status.gather` called in-process."""
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from pathlib import Path
@@ -19,6 +20,7 @@ from watcher.folders.ledger import LEDGER_FOLDER, Ledger
 from watcher.folders.pruned import write_cutoff
 
 HOUR = 3600.0
+STATUSES = ("completed", "canceled", "error")
 DAY = 24 * HOUR
 
 
@@ -213,3 +215,44 @@ def test_a_ledger_removed_by_hand_begins_again_from_now(root: Path) -> None:
     began = ledger.state(root / "proc").began
     assert began is not None and began >= now - 5
     assert _status(root)["last_hour"] == _counts(completed=1, error=1)
+
+
+def test_past_hours_are_counted_from_their_summaries_while_up_to_date(root: Path) -> None:
+    now = time.time()
+    this_hour = ledger.hour_start(ledger.hour_file(now))
+    book = _began(root, now - 2 * DAY)
+    for hours in (2, 3, 5):
+        for i in range(4):
+            at = this_hour - hours * HOUR + 60 * i
+            _result(root, f"h{hours}-{i}", STATUSES[i % 3], at, f"h{hours}-{i}", book)
+    _result(root, "new", "completed", now - 30, "new", book)
+    book.summarise(now)
+    folder = root / "proc" / LEDGER_FOLDER
+    sums = sorted(p.name for p in folder.glob("*.sum"))
+    assert sums == sorted(ledger.hour_file(this_hour - h * HOUR)[:-4] + ".sum" for h in (2, 3, 5))
+    status = _status(root)
+    assert status["last_day"] == _counts(completed=7, canceled=3, error=3)
+    assert status["last_hour"] == _counts(completed=1)
+    newest = [r["file"] for r in status["newest"]]
+    assert newest[:5] == ["new.result.yaml"] + [f"h2-{i}.result.yaml" for i in (3, 2, 1, 0)]
+    assert len(newest) == 10
+    # The summaries are what is counted: one made to say otherwise is believed ...
+    name = ledger.hour_file(this_hour - 3 * HOUR)[:-4] + ".sum"
+    summary = json.loads((folder / name).read_text())
+    summary["counts"] = [["default", "canceled", 40]]
+    (folder / name).write_text(json.dumps(summary))
+    assert _status(root)["last_day"] == _counts(completed=5, canceled=42, error=2)
+    # ... until a line appended to its hour (a result of that hour published late) outdates it.
+    _result(root, "late", "error", this_hour - 3 * HOUR + 600, "late", book)
+    assert _status(root)["last_day"] == _counts(completed=7, canceled=3, error=4)
+
+
+def test_an_hour_holding_the_retention_cutoff_is_read_not_summed(root: Path) -> None:
+    now = time.time()
+    this_hour = ledger.hour_start(ledger.hour_file(now))
+    book = _began(root, now - 2 * DAY)
+    for i in range(4):
+        _result(root, f"r{i}", "completed", this_hour - 3 * HOUR + 60 * i, f"r{i}", book)
+    book.summarise(now)
+    write_cutoff(root / "proc", this_hour - 3 * HOUR + 120)  # r0 and r1 removed
+    assert _status(root)["last_day"] == _counts(completed=2)
