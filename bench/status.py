@@ -10,10 +10,13 @@ One route on the real disk (a temp folder; its file system is named in the repor
 3. 900,000 more result files, older than a day (spread evenly over the 9 days before it),
    with no ledger lines (the service has removed those hour files by then): 1,000,000 files in
    the folder. The same two timings.
-4. The old way, for comparison: `status --json` with the ledger moved aside, which reads and
+4. A folder of its own with 1,000,000 results of the last day: the 100,000 of step 1 and
+   900,000 over the 23 hours before the last, each with its ledger line, the past hours summed
+   as the service sums them. The same two timings.
+5. The old way, for comparison: `status --json` with the ledger moved aside, which reads and
    parses every result file of the day (what `status` did before the ledger), at 10,000
    results from the last hour (at 100,000 it took 70 s).
-5. What a line costs the job path: `Ledger.append` alone, the median over 10,000 appends.
+6. What a line costs the job path: `Ledger.append` alone, the median over 10,000 appends.
 
 Bound: the whole command in <= 1 s. Writes the "status" section of `bench/RESULTS.md`
 (`--quick`: a tenth of every size, to `bench/out/RESULTS-partial.md`). The folder is removed
@@ -108,6 +111,29 @@ def build_old(root: Path, count: int, now: float, first: int) -> None:
         os.utime(path, (mtime, mtime))
 
 
+def build_day(root: Path, count: int, now: float, first: int) -> dict[str, int]:
+    """`count` results spread over the 23 hours before the last, each with its ledger line
+    (the YAML dumped once per status, as in `build_old`), then the past hours summed as the
+    service sums them; their counts by status."""
+    book = Ledger(root / "processing", "default")
+    templates = {status: dump(_result(0, status)) for status in STATUSES}
+    counts = dict.fromkeys(STATUSES, 0)
+    for i in range(first, first + count):
+        status = STATUSES[i % 3]
+        number = f"{i:07d}".encode()
+        data = templates[status].replace(b"0000000", number)
+        data = data.replace(b"000000-000000", f"{i:06d}-{i % 0xFFFFFF:06x}".encode()[-13:])
+        path = root / "results" / f"job{i:07d}.result.yaml"
+        path.write_bytes(data)
+        mtime = now - 3600 - 60 - 22.5 * 3600 * (i - first) / count
+        os.utime(path, (mtime, mtime))
+        result = _result(i, status)
+        book.append(path, path.name, result["claim_id"], result)
+        counts[status] += 1
+    book.summarise(time.time())
+    return counts
+
+
 def _folders(root: Path) -> None:
     for name in ("inbox", "results", "processing", "archive"):
         (root / name).mkdir(parents=True)
@@ -193,7 +219,9 @@ def render(
         f"{info['prefect']}, load at start {info['load']}; the folder on {fs}. "
         f"{recent:,} results from the last hour, each written as the service writes it (its "
         f"YAML, then its ledger line); then {old:,} more files older than a day (spread over "
-        "the 9 days before it, their hour files already removed, as the service does). Each "
+        "the 9 days before it, their hour files already removed, as the service does); and, in a "
+        f"folder of its own, {recent + old:,} results of the last day, each with its line "
+        "(the past hours summed, as the service does). Each "
         f"command a subprocess, process start to exit, median of {RUNS}; CPU is user + system.",
         "",
         "| folder | command | wall s (median) | each run | CPU s | bound 1 s |",
@@ -279,6 +307,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         _check(figures["status"], counts, "last_hour")
         _check(figures["status"], counts, "last_day")
         rows.append((f"{recent + old:,} result files, {recent:,} from the last hour", figures))
+        print(
+            f"   status {figures['text'][0]:.2f} s, --json {figures['json'][0]:.2f} s", flush=True
+        )
+        shutil.rmtree(big)
+
+        day = work / "day"
+        _folders(day)
+        now = time.time()
+        t0 = time.monotonic()
+        counts = build_recent(day, recent, now)
+        spread = build_day(day, old, now, recent)
+        print(f"== {recent + old:,} results of the day written in {time.monotonic() - t0:.0f} s")
+        figures = measure(day, RUNS)
+        _check(figures["status"], counts, "last_hour")
+        _check(figures["status"], {k: counts[k] + spread[k] for k in STATUSES}, "last_day")
+        rows.append(
+            (f"{recent + old:,} results of the last day, {recent:,} from the last hour", figures)
+        )
         print(
             f"   status {figures['text'][0]:.2f} s, --json {figures['json'][0]:.2f} s", flush=True
         )
