@@ -39,6 +39,7 @@ bench: install
 	$(BIN)/python -m bench.in_process
 	$(BIN)/python -m bench.routes
 	$(BIN)/python -m bench.vitals
+	$(BIN)/python -m bench.status
 
 # The start-up half of `make bench` alone (its section of bench/RESULTS.md).
 bench-startup: install

@@ -17,15 +17,19 @@ It works whether or not a service runs, and changes nothing (the only lock it to
 from __future__ import annotations
 
 import contextlib
+import heapq
 import os
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import asdict
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
+from operator import itemgetter
 from pathlib import Path
 from typing import Any, TextIO
 
 from watcher.config.routes import Route
 from watcher.config.settings import Settings
+from watcher.folders import ledger, pruned
 from watcher.folders.claims import CLAIM_FOLDER, STAGED_RESULT, SUBFOLDER
 from watcher.folders.lock import is_held, read_owner
 from watcher.folders.results import read_result
@@ -39,6 +43,7 @@ __all__ = ["gather", "render", "result_files"]
 NEWEST = 10
 """How many of the newest results `status` shows."""
 STATUSES = ("completed", "canceled", "error")
+DAY = 24 * 3600.0
 
 
 def _service(settings: Settings) -> dict[str, Any] | None:
@@ -193,45 +198,164 @@ def result_files(routes: list[Route]) -> list[tuple[float, Path, list[tuple[str,
 def _results(
     routes: list[Route], folder: Path | None, now: float
 ) -> tuple[dict[str, Any], dict[str, dict[str, int]]]:
-    """The results of the last hour and day, in all and by route (last hour), and the newest."""
+    """The results of the last hour and day, in all and by route (last hour), and the newest.
+
+    Read from the routes' ledgers (`watcher.folders.ledger`); the result files themselves are
+    read only where a ledger does not cover the day (none yet, or begun less than a day ago),
+    and for the newest ten when the ledgers hold fewer. Results older than a route's retention
+    cut-off (`watcher.folders.pruned`) are gone from its folder and are not counted.
+    """
+    since = now - DAY
+    states = {route.name: ledger.state(route.processing) for route in routes}
+    cutoffs = {route.name: pruned.read_cutoff(route.processing) for route in routes}
+    cuts = {name: ledger.stamp(cut) for name, cut in cutoffs.items() if cut is not None}
+    uncovered = [route for route in routes if not _covers(states[route.name], since)]
+    reading = ledger.Reading()
+    for processing, name in _processing_folders(routes).items():
+        # Hour summaries hold no claim ids: only where no file is read (a claim's lines are
+        # all in one hour file, its result's), and for hours wholly after the cut-off.
+        summed_before = None if uncovered else now - 3600
+        start = max(since, cutoffs[name] or since)
+        reading.read(processing, since, summed_from=start, summed_before=summed_before)
+    if uncovered:
+        _from_files(uncovered, routes, states, reading, since)
+    day_from, hour_from = ledger.stamp(since), ledger.stamp(now - 3600)
+    # One pass in C where it can be: times compare as text, counted by a Counter.
+    counted = Counter(
+        (line[2], line[1], line[0] >= hour_from)
+        for line in reading.lines.values()
+        if line[0] >= day_from and line[0] >= cuts.get(line[2], "")
+    )
     hour = dict.fromkeys(STATUSES, 0)
     day = dict.fromkeys(STATUSES, 0)
     by_route = {route.name: dict.fromkeys(STATUSES, 0) for route in routes}
-    newest: list[dict[str, Any]] = []
-    for mtime, path, owners in result_files(routes):
-        recent = now - mtime <= timedelta(days=1).total_seconds()
-        if not recent and len(newest) >= NEWEST:
-            break
-        data = read_result(path) or {}
-        # A shared results folder: the result says whose it is.
-        route, relative = next(
-            ((name, rel) for name, rel in owners if name == data.get("route")), owners[0]
-        )
-        status = str(data.get("status"))
-        if recent and status in day:
-            day[status] += 1
-            if now - mtime <= 3600:
-                hour[status] += 1
-                by_route[route][status] += 1
-        if len(newest) < NEWEST:
-            newest.append(
-                {
-                    "file": _shown(route, relative, folder),
-                    "route": route,
-                    "job": data.get("job"),
-                    "status": data.get("status"),
-                    "finished_at": data.get("finished_at"),
-                    "message": data.get("message"),
-                    "submission": data.get("submission"),
-                }
-            )
+    counted.update({(route, status, False): n for (route, status), n in reading.summed.items()})
+    for (route, status, recent), count in counted.items():
+        if status not in day:
+            continue
+        day[status] += count
+        if recent:
+            hour[status] += count
+            if route in by_route:
+                by_route[route][status] += count
     results = {
         "folder": str(folder) if folder else None,
         "last_hour": hour,
         "last_day": day,
-        "newest": newest,
+        "newest": _newest(routes, folder, reading, cuts, since),
     }
     return results, by_route
+
+
+def _processing_folders(routes: list[Route]) -> dict[Path, str]:
+    """Each route's processing folder, once, with its route (two routes never share one, and
+    a ledger read twice would count nothing twice: lines are kept by claim id)."""
+    return {route.processing.resolve(): route.name for route in reversed(routes)}
+
+
+def _covers(state: ledger.LedgerState, since: float) -> bool:
+    start = state.covers_from
+    return start is not None and start <= since
+
+
+def _from_files(
+    uncovered: list[Route],
+    routes: list[Route],
+    states: dict[str, ledger.LedgerState],
+    reading: ledger.Reading,
+    since: float,
+) -> None:
+    """Add the results of the last day that the `uncovered` routes' ledgers lack, read from
+    their files (only those older than the ledger's start are parsed)."""
+    names = {route.name for route in routes}
+    mine = {route.name for route in uncovered}
+
+    def in_ledger(route: str, mtime: float) -> bool:
+        start = states[route].covers_from if route in states else None
+        return start is not None and mtime >= start
+
+    for mtime, path, owners in result_files(uncovered):
+        if mtime < since:
+            break
+        if all(in_ledger(name, mtime) for name, _ in owners):
+            continue
+        data = read_result(path) or {}
+        whose = data.get("route")
+        if whose in names and whose not in mine:
+            continue  # another route's result in a shared folder: its ledger has it
+        route, relative = next(((n, rel) for n, rel in owners if n == whose), owners[0])
+        if in_ledger(route, mtime):
+            continue
+        claim = str(data.get("claim_id") or f"file {path}")
+        shown = {**{key: data.get(key) for key in ledger.FIELDS}, "file": relative}
+        reading.add((ledger.stamp(mtime), str(data.get("status")), route, claim), shown)
+
+
+def _newest(
+    routes: list[Route],
+    folder: Path | None,
+    reading: ledger.Reading,
+    cuts: dict[str, str],
+    since: float,
+) -> list[dict[str, Any]]:
+    """The newest ten results whose files are still there: from the last day's, then from the
+    older hour files the ledgers keep for this, then (fewer still) from the files."""
+    results = {route.name: route.results for route in routes}
+    processing = {route.name: route.processing.resolve() for route in routes}
+    newest: list[dict[str, Any]] = []
+    shown: set[str] = set()
+
+    def take(lines: list[ledger.Line]) -> None:
+        for line in lines:
+            if len(newest) >= NEWEST:
+                return
+            mtime, _, route, claim = line
+            if claim in shown or route not in results or mtime < cuts.get(route, ""):
+                continue
+            data = reading.fields(processing[route], line)
+            if data is None:
+                continue
+            relative = str(data.get("file"))
+            if not os.path.lexists(results[route] / relative):
+                continue  # removed by hand, or by retention after status read its cut-off
+            shown.add(claim)
+            newest.append(_item(route, relative, folder, data))
+
+    by_time = itemgetter(0)
+    take(heapq.nlargest(NEWEST, reading.lines.values(), key=by_time))
+    if len(newest) < NEWEST:  # files missing: look further
+        take(sorted(reading.lines.values(), key=by_time, reverse=True))
+    if len(newest) < NEWEST:
+        reading.read_summed()
+        take(sorted(reading.lines.values(), key=by_time, reverse=True))
+    if len(newest) < NEWEST:
+        for folder_ in _processing_folders(routes):
+            reading.read(folder_, since, before=True)
+        take(sorted(reading.lines.values(), key=by_time, reverse=True))
+    if len(newest) < NEWEST:
+        # Fewer than ten in the ledgers (a young ledger, results removed by hand): the files.
+        newest = []
+        for _, path, owners in result_files(routes):
+            if len(newest) >= NEWEST:
+                break
+            data = read_result(path) or {}
+            route, relative = next(
+                ((n, rel) for n, rel in owners if n == data.get("route")), owners[0]
+            )
+            newest.append(_item(route, relative, folder, data))
+    return newest
+
+
+def _item(route: str, relative: str, folder: Path | None, data: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "file": _shown(route, relative, folder),
+        "route": route,
+        "job": data.get("job"),
+        "status": data.get("status"),
+        "finished_at": data.get("finished_at"),
+        "message": data.get("message"),
+        "submission": data.get("submission"),
+    }
 
 
 def gather(settings: Settings) -> dict[str, Any]:

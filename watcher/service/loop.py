@@ -25,6 +25,7 @@ from watcher.config.routes import Route
 from watcher.config.settings import Settings
 from watcher.folders.claims import Claim, ClaimStore
 from watcher.folders.durable import TEMP_PREFIX
+from watcher.folders.ledger import Ledger
 from watcher.folders.lock import DataDirLock, FolderLock, Owner, read_owner, wait_for
 from watcher.folders.results import now_iso
 from watcher.running.contract import Runner, RunnerHealth
@@ -205,6 +206,8 @@ class Service:
             for served in self.served:
                 for stray in served.settings.results.glob(f"{TEMP_PREFIX}*"):
                     stray.unlink(missing_ok=True)
+                ledger = Ledger(served.settings.processing, served.route.name)
+                await asyncio.to_thread(ledger.begin)
                 claims = await asyncio.to_thread(served.processing.recover)
                 if claims:
                     logger.info(

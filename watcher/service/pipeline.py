@@ -7,7 +7,8 @@
    published: it never runs twice;
 3. otherwise run it, or refuse it with an error result: past the attempt cap, a job file that
    cannot be read or checked, parameters the flow does not take;
-4. stage the result in the claim, publish it to the results folder, archive the job file.
+4. stage the result in the claim, publish it to the results folder, add its line to the
+   route's ledger (`watcher.folders.ledger`, for `dropflow status`), archive the job file.
 
 `duration_s` in a result is `finished_at - started_at`: for a job that ran, from the moment it
 got its run slot; for a refused job, from the moment its claim was taken up.
@@ -28,6 +29,7 @@ from watcher.config.registry import Registry
 from watcher.config.settings import Settings
 from watcher.defaults import WAIT_FLOW
 from watcher.folders.claims import Claim, ClaimStore
+from watcher.folders.ledger import Ledger
 from watcher.folders.results import Result, dump, now_iso, publish, read_result
 from watcher.jobs.messages import one_line
 from watcher.jobs.model import Job, JobError
@@ -76,6 +78,7 @@ class JobPipeline:
         self.forced = forced
         self.vitals = vitals or Vitals([settings.route.name])
         self.claims = ClaimBackoff(RETRY_FIRST, RETRY_MAX)
+        self.ledger = Ledger(settings.processing, settings.route.name)
         self._claims_timer: asyncio.TimerHandle | None = None
 
     async def handle(self, item: Path | Claim) -> None:
@@ -397,6 +400,9 @@ class JobPipeline:
                 recovering=not fresh,
             )
             self.processing.mark_published(claim, path)
+        # Before the claim is finished: a crash before this line re-appends it at recovery.
+        relative = f"{claim.subfolder}/{path.name}" if claim.subfolder else path.name
+        self.ledger.append(path, relative, claim.id, staged)
         self.processing.finish(claim)
         return path, staged
 
