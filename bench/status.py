@@ -261,6 +261,18 @@ def render(
     return "\n".join(lines) + "\n"
 
 
+def _case(
+    label: str, folder: Path, hour: dict[str, int], day: dict[str, int]
+) -> tuple[str, dict[str, Any]]:
+    """Time `status` on `folder` (`measure`), check its counts against what was written, and
+    print the medians: one row of the table."""
+    figures = measure(folder, RUNS)
+    _check(figures["status"], hour, "last_hour")
+    _check(figures["status"], day, "last_day")
+    print(f"   status {figures['text'][0]:.2f} s, --json {figures['json'][0]:.2f} s", flush=True)
+    return label, figures
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.status", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="a tenth of every size")
@@ -293,22 +305,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         t0 = time.monotonic()
         counts = build_recent(big, recent, now)
         print(f"== {recent:,} recent results written in {time.monotonic() - t0:.0f} s", flush=True)
-        figures = measure(big, RUNS)
-        _check(figures["status"], counts, "last_hour")
-        _check(figures["status"], counts, "last_day")
-        rows.append((f"{recent:,} results, all from the last hour", figures))
-        print(
-            f"   status {figures['text'][0]:.2f} s, --json {figures['json'][0]:.2f} s", flush=True
-        )
+        rows.append(_case(f"{recent:,} results, all from the last hour", big, counts, counts))
         t0 = time.monotonic()
         build_old(big, old, now, recent)
         print(f"== {old:,} old results written in {time.monotonic() - t0:.0f} s", flush=True)
-        figures = measure(big, RUNS)
-        _check(figures["status"], counts, "last_hour")
-        _check(figures["status"], counts, "last_day")
-        rows.append((f"{recent + old:,} result files, {recent:,} from the last hour", figures))
-        print(
-            f"   status {figures['text'][0]:.2f} s, --json {figures['json'][0]:.2f} s", flush=True
+        rows.append(
+            _case(
+                f"{recent + old:,} result files, {recent:,} from the last hour", big, counts, counts
+            )
         )
         shutil.rmtree(big)
 
@@ -319,14 +323,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         counts = build_recent(day, recent, now)
         spread = build_day(day, old, now, recent)
         print(f"== {recent + old:,} results of the day written in {time.monotonic() - t0:.0f} s")
-        figures = measure(day, RUNS)
-        _check(figures["status"], counts, "last_hour")
-        _check(figures["status"], {k: counts[k] + spread[k] for k in STATUSES}, "last_day")
         rows.append(
-            (f"{recent + old:,} results of the last day, {recent:,} from the last hour", figures)
-        )
-        print(
-            f"   status {figures['text'][0]:.2f} s, --json {figures['json'][0]:.2f} s", flush=True
+            _case(
+                f"{recent + old:,} results of the last day, {recent:,} from the last hour",
+                day,
+                counts,
+                {k: counts[k] + spread[k] for k in STATUSES},
+            )
         )
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -126,9 +126,16 @@ def test_the_metrics_keys(tmp_path: Path) -> None:
         ("metrics_host: ''\n", "metrics_host: String should have at least 1 character"),
         ("metrics_host: 'a b'\n", "metrics_host: Value error, must be an address or host name"),
         ("metrics_host: 80\n", "metrics_host: Input should be a valid string"),
+        (
+            "results_days: 0.04\n",
+            "results_days: Value error, must be 0 (keep for ever) or at least",
+        ),
+        ("archive_days: -1\n", "archive_days: Input should be greater than or equal to 0"),
+        ("archive_days: true\n", "archive_days: Input should be a valid number, got true"),
+        ("results_days: .inf\n", "results_days: Input should be a finite number"),
     ],
 )
-def test_bad_metrics_keys_are_named(tmp_path: Path, text: str, expected: str) -> None:
+def test_bad_metrics_and_retention_keys_are_named(tmp_path: Path, text: str, expected: str) -> None:
     with pytest.raises(ConfigError) as raised:
         load_config(_write(tmp_path, text))
     assert expected in str(raised.value)
@@ -303,24 +310,6 @@ def test_the_retention_keys_keep_for_ever_by_default(tmp_path: Path) -> None:
     assert settings.archive_days == defaults.ARCHIVE_DAYS == 0
     settings = load_config(_write(tmp_path, "results_days: 7\narchive_days: 0.0417\n"))
     assert (settings.results_days, settings.archive_days) == (7, 0.0417)
-
-
-@pytest.mark.parametrize(
-    ("text", "expected"),
-    [
-        (
-            "results_days: 0.04\n",
-            "results_days: Value error, must be 0 (keep for ever) or at least",
-        ),
-        ("archive_days: -1\n", "archive_days: Input should be greater than or equal to 0"),
-        ("archive_days: true\n", "archive_days: Input should be a valid number, got true"),
-        ("results_days: .inf\n", "results_days: Input should be a finite number"),
-    ],
-)
-def test_bad_retention_keys_are_named(tmp_path: Path, text: str, expected: str) -> None:
-    with pytest.raises(ConfigError) as raised:
-        load_config(_write(tmp_path, text))
-    assert expected in str(raised.value)
 
 
 def test_the_retention_floor_is_lowered_only_by_its_environment_variable(
