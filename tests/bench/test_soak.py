@@ -8,8 +8,6 @@ import os
 from dataclasses import replace
 from pathlib import Path
 
-import pytest
-
 from bench.soak_probe import Probe, Row, append_row, read_rows
 from bench.soak_verdict import flat, growth, render, trend, verdicts, warmup
 
@@ -195,7 +193,7 @@ def test_without_proc_the_probe_reads_what_psutil_can_and_leaves_the_rest(tmp_pa
 
 
 def test_the_plot_has_a_panel_per_figure(tmp_path: Path) -> None:
-    pytest.importorskip("matplotlib")
+    # matplotlib is in the `test` extra too, so this runs in `make test`.
     from bench.soak_verdict import plot
 
     run = rows(5, inotify_watches=lambda t: None)
