@@ -45,6 +45,9 @@ WARMUP_S = 600.0
 WINDOW_S = 60.0
 GROWTH_LIMIT = 0.10
 FLAT_LIMIT = 0.10
+FLAT_MIN_SPAN_S = 15 * 60
+"""The least time after `since` on which flatness is judged: thirds of a few minutes say
+nothing (the database, judged from `history_days` plus two vacuum loops, needs a longer run)."""
 TREND_LIMIT = 0.20
 
 RSS = {"service": "rss_service_mb", "server": "rss_server_mb", "PostgreSQL": "rss_postgres_mb"}
@@ -110,6 +113,13 @@ def flat(rows: Sequence[Row], column: str, since: float, target: str) -> Verdict
     if not points:
         return Verdict(target, None, f"no samples after {since / 60:.0f} min")
     start, end = points[0][0], points[-1][0]
+    if end - start < FLAT_MIN_SPAN_S:
+        return Verdict(
+            target,
+            None,
+            f"{(end - start) / 60:.0f} min of samples from {since / 60:.0f} min on; flatness is "
+            f"judged on {FLAT_MIN_SPAN_S / 60:.0f} min at least",
+        )
     third = (end - start) / 3
     middle = [v for t, v in points if start + third <= t < start + 2 * third]
     last = [v for t, v in points if t >= start + 2 * third]

@@ -79,6 +79,13 @@ def test_a_count_that_plateaus_under_retention_is_flat() -> None:
     assert verdict.ok is True, verdict.detail
 
 
+def test_a_few_minutes_after_retention_can_act_are_not_judged() -> None:
+    # A 66-minute run with the database judged from 62 min: 4 minutes of thirds say nothing.
+    run = rows(66, db_mb=lambda t: 30 + t / 60)
+    found = {v.target: v for v in verdicts(run, retention=True, db_since=3720)}
+    assert found["database size flat"].ok is None, found["database size flat"].detail
+
+
 def test_a_count_that_keeps_growing_is_not_flat() -> None:
     run = rows(60, db_mb=lambda t: 30 + t / 60)
     verdict = flat(run, "db_mb", warmup(run), "db")
