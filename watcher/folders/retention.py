@@ -142,9 +142,10 @@ def prune(
                 keep = waiting_stems([r.processing for r in sharing], now)
                 recursive = any(r.recursive for r in sharing)
                 for path in _old_files(route.results, cutoff, recursive, stopping):
-                    if not is_result_name(path.name):
+                    match = RESULT_NAME.match(path.name)
+                    if match is None:  # not a result: never retention's to remove
                         continue
-                    if RESULT_NAME.match(path.name)["stem"] in keep:  # type: ignore[index]
+                    if match["stem"] in keep:
                         report.kept_for_waiters[name] = report.kept_for_waiters.get(name, 0) + 1
                         continue
                     if _remove(path, "result", dry_run, on_path):
